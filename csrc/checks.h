@@ -1,0 +1,57 @@
+// Argument checks shared by the ops of both cells: each failure names the argument and the
+// expected against the actual value.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+namespace tlstm {
+
+inline std::string shape_string(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    if (k) s += ", ";
+    s += std::to_string(sizes[k]);
+  }
+  return s + "]";
+}
+
+// `what` describes the expected shape in dimension letters, e.g. "[B, R]".
+inline void check_shape(const char* op, const char* name, const at::Tensor& t,
+                        const std::vector<int64_t>& expected, const char* what) {
+  TORCH_CHECK(t.sizes().equals(expected), op, ": expected ", name, " of shape ", what, " = ",
+              shape_string(expected), ", got ", shape_string(t.sizes()));
+}
+
+inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t,
+                                    const at::Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), op, ": expected ", name, " on device ",
+              input.device(), " (the input's), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": expected ", name, " of dtype ",
+              input.scalar_type(), " (the input's), got ", t.scalar_type());
+}
+
+// lengths: [B] int64 on the input's device; step t of sequence b runs iff t < lengths[b].
+inline void check_lengths(const char* op, const at::Tensor& lengths, const at::Tensor& input,
+                          int64_t batch) {
+  TORCH_CHECK(lengths.scalar_type() == at::kLong, op, ": expected lengths of dtype int64, got ",
+              lengths.scalar_type());
+  TORCH_CHECK(lengths.device() == input.device(), op, ": expected lengths on device ",
+              input.device(), " (the input's), got ", lengths.device());
+  check_shape(op, "lengths", lengths, {batch}, "[B]");
+}
+
+inline void check_floating(const char* op, const at::Tensor& input,
+                           std::initializer_list<at::ScalarType> supported, const char* device) {
+  bool ok = false;
+  std::string names;
+  for (auto s : supported) {
+    ok = ok || input.scalar_type() == s;
+    names += (names.empty() ? "" : ", ") + std::string(c10::toString(s));
+  }
+  TORCH_CHECK(ok, op, " on ", device, " supports dtypes ", names, ", got ", input.scalar_type());
+}
+
+}  // namespace tlstm

@@ -1,0 +1,279 @@
+// Sequence driver of the peephole LSTM, shared by every device (see peephole_lstm.h).
+#include "peephole_lstm.h"
+
+#include <ATen/OpMathType.h>
+
+#include "checks.h"
+
+namespace tlstm {
+
+Activation parse_activation(c10::string_view name) {
+  if (name == "tanh") return Activation::Tanh;
+  if (name == "identity") return Activation::Identity;
+  TORCH_CHECK(false, "tlstm: activation must be \"tanh\" or \"identity\", got \"", name, "\"");
+}
+
+namespace {
+
+constexpr const char* kForward = "tlstm.peephole_lstm_forward";
+constexpr const char* kBackward = "tlstm.peephole_lstm_backward";
+
+struct PeepholeSizes {
+  int64_t T, B, I, H, R;
+};
+
+// Validates the arguments both ops share and returns the sizes they imply.
+PeepholeSizes check_peephole_args(const char* op, const Tensor& input, const Tensor& weight_ih,
+                                  const Tensor& weight_hh,
+                                  const c10::optional<Tensor>& weight_peephole,
+                                  const c10::optional<Tensor>& weight_proj,
+                                  const c10::optional<Tensor>& lengths) {
+  TORCH_CHECK(input.dim() == 3, op, ": expected input of 3 dimensions [T, B, I], got ",
+              input.dim());
+  TORCH_CHECK(input.is_floating_point(), op, ": expected a floating-point input, got ",
+              input.scalar_type());
+  TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) > 0 && weight_hh.size(0) % 4 == 0, op,
+              ": expected weight_hh of shape [4H, R] with H > 0, got ",
+              shape_string(weight_hh.sizes()));
+  PeepholeSizes s;
+  s.T = input.size(0);
+  s.B = input.size(1);
+  s.I = input.size(2);
+  s.H = weight_hh.size(0) / 4;
+  s.R = weight_hh.size(1);
+  check_same_dtype_device(op, "weight_ih", weight_ih, input);
+  check_same_dtype_device(op, "weight_hh", weight_hh, input);
+  check_shape(op, "weight_ih", weight_ih, {4 * s.H, s.I}, "[4H, I]");
+  if (weight_peephole.has_value()) {
+    check_same_dtype_device(op, "weight_peephole", *weight_peephole, input);
+    check_shape(op, "weight_peephole", *weight_peephole, {3, s.H}, "[3, H]");
+  }
+  if (weight_proj.has_value()) {
+    check_same_dtype_device(op, "weight_proj", *weight_proj, input);
+    check_shape(op, "weight_proj", *weight_proj, {s.R, s.H}, "[R, H]");
+  } else {
+    TORCH_CHECK(s.R == s.H, op, ": without weight_proj, weight_hh must be [4H, H] = ",
+                shape_string({4 * s.H, s.H}), ", got ", shape_string(weight_hh.sizes()));
+  }
+  if (lengths.has_value()) check_lengths(op, *lengths, input, s.B);
+  return s;
+}
+
+Tensor contiguous_or_undefined(const c10::optional<Tensor>& t) {
+  return t.has_value() ? t->contiguous() : Tensor();
+}
+
+// Time index and slots of step s (see StepSlots).
+StepSlots step_slots(int64_t s, int64_t T, bool reverse, bool whole_history) {
+  StepSlots slots;
+  slots.t = reverse ? T - 1 - s : s;
+  if (whole_history) {
+    slots.prev = reverse ? slots.t + 1 : slots.t;
+    slots.next = reverse ? slots.t : slots.t + 1;
+  } else {
+    slots.prev = s % 2;
+    slots.next = (s + 1) % 2;
+  }
+  return slots;
+}
+
+// active[t, b, 0] is true where step t of sequence b runs (t < lengths[b]): [T, B, 1] bool
+Tensor active_mask(const Tensor& lengths, int64_t T) {
+  auto steps = at::arange(T, lengths.options()).unsqueeze(1);
+  return steps.lt(lengths.unsqueeze(0)).unsqueeze(2);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_driver(
+    const Tensor& input_, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih_,
+    const Tensor& weight_hh_, const c10::optional<Tensor>& bias_ih,
+    const c10::optional<Tensor>& bias_hh, const c10::optional<Tensor>& weight_peephole,
+    const c10::optional<Tensor>& weight_proj_, const c10::optional<Tensor>& lengths,
+    bool reverse, c10::string_view activation, bool training,
+    const PeepholePointwiseKernels& kernels) {
+  const auto sz = check_peephole_args(kForward, input_, weight_ih_, weight_hh_, weight_peephole,
+                                      weight_proj_, lengths);
+  const int64_t T = sz.T, B = sz.B, I = sz.I, H = sz.H, R = sz.R;
+  check_same_dtype_device(kForward, "h0", h0, input_);
+  check_same_dtype_device(kForward, "c0", c0, input_);
+  check_shape(kForward, "h0", h0, {B, R}, "[B, R]");
+  check_shape(kForward, "c0", c0, {B, H}, "[B, H]");
+  for (const auto* bias : {&bias_ih, &bias_hh}) {
+    if (bias->has_value()) {
+      const char* name = bias == &bias_ih ? "bias_ih" : "bias_hh";
+      check_same_dtype_device(kForward, name, **bias, input_);
+      check_shape(kForward, name, **bias, {4 * H}, "[4H]");
+    }
+  }
+
+  const Tensor input = input_.contiguous();
+  const Tensor weight_ih = weight_ih_.contiguous();
+  const Tensor weight_hh_t = weight_hh_.t();  // [R, 4H], a view: the GEMM takes it transposed
+  const Tensor weight_proj = contiguous_or_undefined(weight_proj_);
+  const bool projected = weight_proj.defined();
+  const auto op_math = at::toOpMathType(input.scalar_type());
+
+  PeepholeForwardBuffers buf;
+  buf.activation = parse_activation(activation);
+  buf.peephole = contiguous_or_undefined(weight_peephole);
+  buf.lengths = contiguous_or_undefined(lengths);
+
+  // Input projection of all steps, one GEMM: gates = x W_ih^T + b_ih + b_hh.
+  buf.gates = at::empty({T, B, 4 * H}, input.options());
+  auto gates_2d = buf.gates.view({T * B, 4 * H});
+  auto input_2d = input.view({T * B, I});
+  if (bias_ih.has_value() || bias_hh.has_value()) {
+    Tensor bias = bias_ih.has_value() && bias_hh.has_value() ? at::add(*bias_ih, *bias_hh)
+                  : bias_ih.has_value()                      ? *bias_ih
+                                                             : *bias_hh;
+    at::addmm_out(gates_2d, bias, input_2d, weight_ih.t());
+  } else {
+    at::mm_out(gates_2d, input_2d, weight_ih.t());
+  }
+
+  const int64_t slots = training ? T + 1 : 2;
+  const int64_t first = (training && reverse) ? T : 0;
+  buf.hidden_states = at::empty({slots, B, R}, input.options());
+  buf.cell_states = at::empty({slots, B, H}, input.options().dtype(op_math));
+  buf.hidden_states.select(0, first).copy_(h0);
+  buf.cell_states.select(0, first).copy_(c0);
+  buf.output = at::empty({T, B, R}, input.options());
+  if (projected) buf.hidden_pre = at::empty({B, H}, input.options());
+  // [T, B, 1] bool and the same as 0/1 in the input's dtype (only with a projection)
+  const Tensor active = buf.lengths.defined() ? active_mask(buf.lengths, T) : Tensor();
+  const Tensor active_scale =
+      active.defined() && projected ? active.to(input.scalar_type()) : Tensor();
+
+  int64_t last = first;
+  for (int64_t s = 0; s < T; ++s) {
+    const StepSlots step = step_slots(s, T, reverse, training);
+    auto gates_t = buf.gates.select(0, step.t);
+    at::addmm_out(gates_t, gates_t, buf.hidden_states.select(0, step.prev), weight_hh_t);
+    kernels.forward_step(buf, step);
+    if (projected) {
+      // h_t = m_t W_hr^T; rows past their sequence's end keep the previous state.
+      auto hidden_next = buf.hidden_states.select(0, step.next);
+      at::mm_out(hidden_next, buf.hidden_pre, weight_proj.t());
+      auto output_t = buf.output.select(0, step.t);
+      if (active.defined()) {
+        at::mul_out(output_t, hidden_next, active_scale.select(0, step.t));
+        at::where_out(hidden_next, active.select(0, step.t), hidden_next,
+                      buf.hidden_states.select(0, step.prev));
+      } else {
+        output_t.copy_(hidden_next);
+      }
+    }
+    last = step.next;
+  }
+
+  Tensor h_n = buf.hidden_states.select(0, last).clone();
+  Tensor c_n = buf.cell_states.select(0, last).to(input.scalar_type(), /*non_blocking=*/false,
+                                                  /*copy=*/true);
+  if (!training) {
+    buf.gates = at::empty({0}, input.options());
+    buf.hidden_states = at::empty({0}, input.options());
+    buf.cell_states = at::empty({0}, input.options().dtype(op_math));
+  }
+  return {buf.output, h_n, c_n, buf.gates, buf.hidden_states, buf.cell_states};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n,
+                              const Tensor& grad_c_n, const Tensor& input_,
+                              const Tensor& weight_ih_, const Tensor& weight_hh_,
+                              const c10::optional<Tensor>& weight_peephole,
+                              const c10::optional<Tensor>& weight_proj_,
+                              const c10::optional<Tensor>& lengths, const Tensor& gates_,
+                              const Tensor& hidden_states_, const Tensor& cell_states_,
+                              bool reverse, c10::string_view activation, bool need_grad_input,
+                              const PeepholePointwiseKernels& kernels) {
+  const auto sz = check_peephole_args(kBackward, input_, weight_ih_, weight_hh_, weight_peephole,
+                                      weight_proj_, lengths);
+  const int64_t T = sz.T, B = sz.B, I = sz.I, H = sz.H, R = sz.R;
+  const auto op_math = at::toOpMathType(input_.scalar_type());
+  check_same_dtype_device(kBackward, "grad_output", grad_output_, input_);
+  check_same_dtype_device(kBackward, "grad_h_n", grad_h_n, input_);
+  check_same_dtype_device(kBackward, "grad_c_n", grad_c_n, input_);
+  check_same_dtype_device(kBackward, "gates", gates_, input_);
+  check_same_dtype_device(kBackward, "hidden_states", hidden_states_, input_);
+  check_shape(kBackward, "grad_output", grad_output_, {T, B, R}, "[T, B, R]");
+  check_shape(kBackward, "grad_h_n", grad_h_n, {B, R}, "[B, R]");
+  check_shape(kBackward, "grad_c_n", grad_c_n, {B, H}, "[B, H]");
+  check_shape(kBackward, "gates", gates_, {T, B, 4 * H}, "[T, B, 4H]");
+  check_shape(kBackward, "hidden_states", hidden_states_, {T + 1, B, R}, "[T+1, B, R]");
+  check_shape(kBackward, "cell_states", cell_states_, {T + 1, B, H}, "[T+1, B, H]");
+  TORCH_CHECK(cell_states_.scalar_type() == op_math, kBackward,
+              ": expected cell_states of dtype ", op_math, ", got ", cell_states_.scalar_type());
+
+  const Tensor input = input_.contiguous();
+  const Tensor weight_hh = weight_hh_.contiguous();
+  const Tensor weight_proj = contiguous_or_undefined(weight_proj_);
+  const Tensor hidden_states = hidden_states_.contiguous();
+  const bool projected = weight_proj.defined();
+
+  PeepholeBackwardBuffers buf;
+  buf.activation = parse_activation(activation);
+  buf.peephole = contiguous_or_undefined(weight_peephole);
+  buf.lengths = contiguous_or_undefined(lengths);
+  buf.gates = gates_.contiguous();
+  buf.cell_states = cell_states_.contiguous();
+  buf.grad_output = grad_output_.contiguous();
+  buf.grad_cell = grad_c_n.to(op_math, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  buf.grad_gates = at::empty({T, B, 4 * H}, input.options());
+  buf.grad_peephole_rows = at::zeros({buf.peephole.defined() ? B : 0, 3 * H},
+                                     input.options().dtype(op_math));
+  // dL/dh of the state after the current step, alternating between two buffers.
+  Tensor grad_hidden[2] = {grad_h_n.contiguous().clone(), at::empty({B, R}, input.options())};
+  Tensor grad_hidden_total;  // [T, B, R] with a projection: dL/dh_t of every step
+  if (projected) {
+    grad_hidden_total = at::empty({T, B, R}, input.options());
+    buf.grad_hidden_pre = at::empty({B, H}, input.options());
+    buf.hidden_pre_all = at::empty({T, B, H}, input.options());
+  }
+  const Tensor active = buf.lengths.defined() ? active_mask(buf.lengths, T) : Tensor();
+  const Tensor active_scale =
+      active.defined() && projected ? active.to(input.scalar_type()) : Tensor();
+
+  int current = 0;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const StepSlots step = step_slots(s, T, reverse, /*whole_history=*/true);
+    buf.grad_hidden = grad_hidden[current];
+    if (projected) {
+      // dL/dh_t in full (zero past the sequence's end), then back through the projection.
+      auto total_t = grad_hidden_total.select(0, step.t);
+      at::add_out(total_t, buf.grad_hidden, buf.grad_output.select(0, step.t));
+      if (active.defined()) total_t.mul_(active_scale.select(0, step.t));
+      at::mm_out(buf.grad_hidden_pre, total_t, weight_proj);
+    }
+    kernels.backward_step(buf, step);
+    // dL/dh_{t-1} = dL/da_t W_hh; rows past their sequence's end pass dL/dh through unchanged.
+    auto& next_grad = grad_hidden[1 - current];
+    at::mm_out(next_grad, buf.grad_gates.select(0, step.t), weight_hh);
+    if (active.defined()) {
+      at::where_out(next_grad, active.select(0, step.t), next_grad, grad_hidden[current]);
+    }
+    current = 1 - current;
+  }
+
+  // Weight gradients of all steps, as GEMMs after the loop.
+  const auto grad_gates_2d = buf.grad_gates.view({T * B, 4 * H});
+  Tensor grad_input = need_grad_input ? at::mm(grad_gates_2d, weight_ih_).view({T, B, I})
+                                      : at::empty({0}, input.options());
+  Tensor grad_weight_ih = at::mm(grad_gates_2d.t(), input.view({T * B, I}));
+  const auto hidden_prev = hidden_states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, R});
+  Tensor grad_weight_hh = at::mm(grad_gates_2d.t(), hidden_prev);
+  Tensor grad_bias = grad_gates_2d.sum(0);
+  Tensor grad_weight_peephole =
+      buf.peephole.defined()
+          ? buf.grad_peephole_rows.sum(0).view({3, H}).to(input.scalar_type())
+          : at::empty({0}, input.options());
+  Tensor grad_weight_proj =
+      projected ? at::mm(grad_hidden_total.view({T * B, R}).t(), buf.hidden_pre_all.view({T * B, H}))
+                : at::empty({0}, input.options());
+  Tensor grad_c0 = buf.grad_cell.to(input.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  return {grad_input,     grad_hidden[current], grad_c0,   grad_weight_ih, grad_weight_hh,
+          grad_bias,      grad_weight_peephole, grad_weight_proj};
+}
+
+}  // namespace tlstm

@@ -1,0 +1,100 @@
+// The peephole LSTM over one layer and one direction of a whole sequence (SPEC.md section 1).
+//
+// The sequence driver (peephole_lstm.cpp) is the same for every device: it runs the input
+// projection for all steps as one GEMM, one recurrent GEMM per step and the weight gradients
+// as GEMMs after the loop, all through ATen (MKL / cuBLAS on the current stream). Each device
+// backend supplies the fused element-wise pass of one step, forward and backward.
+#pragma once
+
+#include <torch/types.h>
+
+#include <tuple>
+
+#include "dimensions.h"
+#include "peephole_lstm_cell.h"
+
+namespace tlstm {
+
+using at::Tensor;
+
+Activation parse_activation(c10::string_view name);
+
+// Time index and state slots of one step. Forward direction: step s reads slot t = s and
+// writes slot t+1; reverse: it reads slot t+1 and writes slot t (t = T-1-s), so that slot
+// order is time order in both. Without the saved history the slots alternate 0 and 1.
+struct StepSlots {
+  int64_t t;
+  int64_t prev;
+  int64_t next;
+};
+
+// Buffers of the forward pass of one layer and direction.
+struct PeepholeForwardBuffers {
+  Tensor gates;          // [T, B, 4H]  in: pre-activations a_t; out: post-activation i, f, g, o
+  Tensor hidden_states;  // [S, B, R]   h of every step (or two alternating slots)
+  Tensor cell_states;    // [S, B, H]   c of every step, op-math dtype (float for half inputs)
+  Tensor output;         // [T, B, R]   h_t where the sequence is active, zero past its end
+  Tensor hidden_pre;     // [B, H]      o * act(c) before the projection; defined only with one
+  Tensor peephole;       // [3, H]      w_ci, w_cf, w_co; undefined without peepholes
+  Tensor lengths;        // [B] int64   undefined: every sequence has length T
+  Activation activation;
+};
+
+// Buffers of the backward pass of one layer and direction.
+struct PeepholeBackwardBuffers {
+  Tensor gates;              // [T, B, 4H]  saved post-activation gates
+  Tensor cell_states;        // [T+1, B, H] saved cells, op-math dtype
+  Tensor grad_output;        // [T, B, R]
+  Tensor grad_hidden;        // [B, R]      dL/dh_t from later steps and h_n (no projection)
+  Tensor grad_hidden_pre;    // [B, H]      dL/dm_t through the projection (projection only)
+  Tensor grad_cell;          // [B, H]      dL/dc_t, running, op-math dtype
+  Tensor grad_gates;         // [T, B, 4H]  out: dL/da_t
+  Tensor hidden_pre_all;     // [T, B, H]   out: m_t, for the projection's weight gradient
+  Tensor grad_peephole_rows; // [B, 3H]     out: per-row sums of the peephole gradients, op-math dtype
+  Tensor peephole;           // [3, H]      or undefined
+  Tensor lengths;            // [B] int64   or undefined
+  Activation activation;
+};
+
+// What a device backend provides: the fused element-wise pass of one step.
+struct PeepholePointwiseKernels {
+  void (*forward_step)(const PeepholeForwardBuffers&, const StepSlots&);
+  void (*backward_step)(const PeepholeBackwardBuffers&, const StepSlots&);
+};
+
+// Returns output [T, B, R], h_n [B, R], c_n [B, H], and what the backward needs:
+// gates [T, B, 4H], hidden_states [T+1, B, R], cell_states [T+1, B, H] (empty when !training).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_driver(
+    const Tensor& input,                    // [T, B, I]
+    const Tensor& h0,                       // [B, R]
+    const Tensor& c0,                       // [B, H]
+    const Tensor& weight_ih,                // [4H, I]
+    const Tensor& weight_hh,                // [4H, R]
+    const c10::optional<Tensor>& bias_ih,   // [4H]
+    const c10::optional<Tensor>& bias_hh,   // [4H]
+    const c10::optional<Tensor>& weight_peephole,  // [3, H]
+    const c10::optional<Tensor>& weight_proj,      // [R, H]
+    const c10::optional<Tensor>& lengths,   // [B] int64
+    bool reverse, c10::string_view activation, bool training,
+    const PeepholePointwiseKernels& kernels);
+
+// Returns grad_input [T, B, I] (empty unless need_grad_input), grad_h0 [B, R], grad_c0 [B, H],
+// grad_weight_ih [4H, I], grad_weight_hh [4H, R], grad_bias [4H] (for each bias vector),
+// grad_weight_peephole [3, H] (empty without peepholes), grad_weight_proj [R, H] (empty without).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_backward_driver(
+    const Tensor& grad_output,              // [T, B, R]
+    const Tensor& grad_h_n,                 // [B, R]
+    const Tensor& grad_c_n,                 // [B, H]
+    const Tensor& input,                    // [T, B, I]
+    const Tensor& weight_ih,                // [4H, I]
+    const Tensor& weight_hh,                // [4H, R]
+    const c10::optional<Tensor>& weight_peephole,  // [3, H]
+    const c10::optional<Tensor>& weight_proj,      // [R, H]
+    const c10::optional<Tensor>& lengths,   // [B] int64
+    const Tensor& gates,                    // [T, B, 4H]
+    const Tensor& hidden_states,            // [T+1, B, R]
+    const Tensor& cell_states,              // [T+1, B, H]
+    bool reverse, c10::string_view activation, bool need_grad_input,
+    const PeepholePointwiseKernels& kernels);
+
+}  // namespace tlstm

@@ -1,0 +1,81 @@
+"""Builds tlstm._C: the C++ CPU kernels always, the CUDA kernels when they can be built.
+
+Environment switches:
+  TLSTM_CPU_ONLY=1      build without the CUDA sources even where nvcc and a CUDA torch exist
+  TLSTM_REQUIRE_CUDA=1  fail instead of silently building CPU-only (CI uses it)
+  TORCH_CUDA_ARCH_LIST  GPU targets; defaults to "8.0;9.0" when no GPU is visible
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+# torch decides CUDA_HOME when cpp_extension is imported; a wrapper script named nvcc on the
+# PATH (as on this project's machines) makes it guess the wrong root, so name the toolkit first.
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ:
+    for root in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _cuda_wanted():
+    if _flag("TLSTM_CPU_ONLY"):
+        return False
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if _flag("TLSTM_REQUIRE_CUDA") and not possible:
+        raise RuntimeError(
+            "TLSTM_REQUIRE_CUDA=1 but the CUDA sources cannot be built: "
+            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}"
+        )
+    return possible
+
+
+def _cuda_include_dirs():
+    # cublas_v2.h and cusparse.h come with the nvidia-* wheels that the CUDA torch depends on.
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    dirs = []
+    for base in nvidia.__path__:
+        dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return [d for d in dirs if os.path.exists(os.path.join(d, "cublas_v2.h"))][:1]
+
+
+def _extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-fno-math-errno"]  # the C++ standard comes from torch
+    if not _cuda_wanted():
+        return CppExtension("tlstm._C", sources, extra_compile_args={"cxx": cxx_flags})
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    return CUDAExtension(
+        "tlstm._C",
+        sources,
+        include_dirs=_cuda_include_dirs(),
+        define_macros=[("TLSTM_WITH_CUDA", "1")],
+        extra_compile_args={
+            "cxx": cxx_flags,
+            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
+        },
+        libraries=["cublas"],
+    )
+
+
+setup(
+    packages=find_packages(include=["tlstm", "tlstm.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+)

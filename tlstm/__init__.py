@@ -1,0 +1,11 @@
+"""tlstm: fused CPU and CUDA kernels for the peephole LSTM and the tensorized LSTM.
+
+    tlstm.PeepholeLSTM      drop-in for torch.nn.LSTM with peephole connections
+    tlstm.reference         pure-PyTorch references of the same modules
+    tlstm.ops               the registered ops (torch.ops.tlstm.*) behind them
+"""
+from . import ops, reference  # noqa: F401
+from .modules import PeepholeLSTM
+
+__all__ = ["PeepholeLSTM", "ops", "reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""The public modules: drop-in replacements for torch.nn.LSTM running the fused kernels."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import ops
+from .peephole_lstm_base import PeepholeLSTMBase
+
+
+class PeepholeLSTM(PeepholeLSTMBase):
+    r"""Multi-layer peephole LSTM (Gers & Schmidhuber 2000; Graves 2013, eq. 7-11).
+
+    For each layer and step (gate order i, f, g, o as in ``nn.LSTM``):
+
+        i = σ(W_ii x + b_ii + W_hi h + b_hi + w_ci ⊙ c_{t-1})
+        f = σ(W_if x + b_if + W_hf h + b_hf + w_cf ⊙ c_{t-1})
+        g = act(W_ig x + b_ig + W_hg h + b_hg)
+        c_t = f ⊙ c_{t-1} + i ⊙ g
+        o = σ(W_io x + b_io + W_ho h + b_ho + w_co ⊙ c_t)
+        h_t = o ⊙ act(c_t)            (then h_t W_hr^T with proj_size > 0)
+
+    Arguments, shapes, outputs, parameter names and errors are those of ``nn.LSTM``, plus:
+
+    Args:
+        peephole: with False there are no peephole weights and the module computes exactly
+            ``nn.LSTM`` (an ``nn.LSTM`` state_dict then loads strictly).
+        activation: ``"tanh"`` (default) or ``"identity"`` for the cell input and output.
+
+    Extra parameters per layer ``k`` and direction: ``weight_ci_l{k}``, ``weight_cf_l{k}``,
+    ``weight_co_l{k}`` of shape ``(hidden_size,)`` (suffix ``_reverse`` for the backward
+    direction). A state_dict of ``nn.LSTM`` loads into a peephole module with these set to zero.
+
+    Each layer and direction runs as one fused op (``torch.ops.tlstm.peephole_lstm_forward``)
+    on the CPU or a CUDA GPU; ``torch.compile(fullgraph=True)`` traces it without breaks.
+    """
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, peephole: bool = True) -> "PeepholeLSTM":
+        """A PeepholeLSTM computing what ``lstm`` computes (peephole weights start at zero)."""
+        weight = lstm.weight_ih_l0
+        module = cls(
+            lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
+            batch_first=lstm.batch_first, dropout=lstm.dropout,
+            bidirectional=lstm.bidirectional, proj_size=lstm.proj_size,
+            device=weight.device, dtype=weight.dtype, peephole=peephole,
+        )
+        module.load_state_dict(lstm.state_dict())
+        module.train(lstm.training)
+        return module
+
+    def _run_layer_direction(self, x, h0, c0, weights, lengths, reverse):
+        return ops.peephole_lstm_layer(
+            x, h0, c0, **weights, lengths=lengths, reverse=reverse, activation=self.activation
+        )
