@@ -3,11 +3,13 @@
 Environment switches:
   TLSTM_CPU_ONLY=1      build without the CUDA sources even where nvcc and a CUDA torch exist
   TLSTM_REQUIRE_CUDA=1  fail instead of silently building CPU-only (CI uses it)
+  TLSTM_AVX2=0|1        compile the CPU kernels for AVX2 + FMA; default: when this CPU has them
   TORCH_CUDA_ARCH_LIST  GPU targets; defaults to "8.0;9.0" when no GPU is visible
 """
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -40,6 +42,33 @@ def _cuda_wanted():
     return possible
 
 
+def _cpu_has(*features):
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(feature in flags for feature in features)
+
+
+def _cxx_flags():
+    # -fno-trapping-math (as torch itself builds) lets GCC vectorize the branch-free cell math
+    # (csrc/fast_math.h); neither flag changes a result.
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is OpenMP code inlined from ATen's headers: without -fopenmp it runs
+        # serially. The libgomp.so.1 it links is the one torch has already loaded.
+        flags.append("-fopenmp")
+    avx2 = os.environ.get("TLSTM_AVX2")
+    if (avx2 is None and _cpu_has("avx2", "fma")) or (avx2 is not None and _flag("TLSTM_AVX2")):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _link_flags():
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
 def _cuda_include_dirs():
     # cublas_v2.h and cusparse.h come with the nvidia-* wheels that the CUDA torch depends on.
     try:
@@ -55,9 +84,11 @@ def _cuda_include_dirs():
 
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fno-math-errno"]  # the C++ standard comes from torch
+    cxx_flags = _cxx_flags()  # the C++ standard comes from torch
     if not _cuda_wanted():
-        return CppExtension("tlstm._C", sources, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension(
+            "tlstm._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=_link_flags()
+        )
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
@@ -71,6 +102,7 @@ def _extension():
             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
         },
         libraries=["cublas"],
+        extra_link_args=_link_flags(),
     )
 
 

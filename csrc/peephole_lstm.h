@@ -1,14 +1,16 @@
 // The peephole LSTM over one layer and one direction of a whole sequence (SPEC.md section 1).
 //
 // The sequence driver (peephole_lstm.cpp) is the same for every device: it runs the input
-// projection for all steps as one GEMM, one recurrent GEMM per step and the weight gradients
-// as GEMMs after the loop, all through ATen (MKL / cuBLAS on the current stream). Each device
-// backend supplies the fused element-wise pass of one step, forward and backward.
+// projection for all steps as one GEMM, walks the steps, applies the optional projection, and
+// computes the weight gradients as GEMMs after the loop, all through ATen (MKL / cuBLAS on the
+// current stream). Each device backend supplies one step: the recurrent GEMM and the fused
+// element-wise pass, forward and backward.
 #pragma once
 
 #include <torch/types.h>
 
 #include <tuple>
+#include <vector>
 
 #include "dimensions.h"
 #include "peephole_lstm_cell.h"
@@ -30,35 +32,50 @@ struct StepSlots {
 
 // Buffers of the forward pass of one layer and direction.
 struct PeepholeForwardBuffers {
-  Tensor gates;          // [T, B, 4H]  in: pre-activations a_t; out: post-activation i, f, g, o
+  Tensor weight_hh_t;    // [R, 4H]     W_hh^T, contiguous
+  Tensor gates;          // [T, B, 4H]  in: a_t without biases; out: post-activation i, f, g, o
+  Tensor bias;           // [4H]        b_ih + b_hh (zeros without biases)
   Tensor hidden_states;  // [S, B, R]   h of every step (or two alternating slots)
   Tensor cell_states;    // [S, B, H]   c of every step, op-math dtype (float for half inputs)
   Tensor output;         // [T, B, R]   h_t where the sequence is active, zero past its end
   Tensor hidden_pre;     // [B, H]      o * act(c) before the projection; defined only with one
-  Tensor peephole;       // [3, H]      w_ci, w_cf, w_co; undefined without peepholes
+  Tensor peephole;       // [3, H]      w_ci, w_cf, w_co (zeros without peepholes)
   Tensor lengths;        // [B] int64   undefined: every sequence has length T
   Activation activation;
+  std::vector<Tensor> workspace;  // owned by the backend (e.g. W_hh^T packed for its GEMM)
 };
 
 // Buffers of the backward pass of one layer and direction.
 struct PeepholeBackwardBuffers {
+  Tensor weight_hh;          // [4H, R]     W_hh, contiguous
   Tensor gates;              // [T, B, 4H]  saved post-activation gates
   Tensor cell_states;        // [T+1, B, H] saved cells, op-math dtype
   Tensor grad_output;        // [T, B, R]
-  Tensor grad_hidden;        // [B, R]      dL/dh_t from later steps and h_n (no projection)
+  Tensor grad_hidden;        // [B, R]      in: dL/dh_t from later steps and h_n, without the
+                             //             output's own gradient
+  Tensor grad_hidden_next;   // [B, R]      out: dL/dh_{t-1} (rows past their end: dL/dh_t)
   Tensor grad_hidden_pre;    // [B, H]      dL/dm_t through the projection (projection only)
   Tensor grad_cell;          // [B, H]      dL/dc_t, running, op-math dtype
   Tensor grad_gates;         // [T, B, 4H]  out: dL/da_t
   Tensor hidden_pre_all;     // [T, B, H]   out: m_t, for the projection's weight gradient
-  Tensor grad_peephole_rows; // [B, 3H]     out: per-row sums of the peephole gradients, op-math dtype
-  Tensor peephole;           // [3, H]      or undefined
+  Tensor grad_peephole_rows; // [B, 3H]     out: per-row sums of the peephole gradients, op-math
+                             //             dtype; [0, 3H] without peepholes
+  Tensor peephole;           // [3, H]      w_ci, w_cf, w_co (zeros without peepholes)
   Tensor lengths;            // [B] int64   or undefined
   Activation activation;
+  std::vector<Tensor> workspace;  // owned by the backend
 };
 
-// What a device backend provides: the fused element-wise pass of one step.
-struct PeepholePointwiseKernels {
+// What a device backend provides: one step of the recurrence.
+struct PeepholeStepKernels {
+  // Optional, once before the steps: per-call set-up kept in buf.workspace.
+  void (*prepare_forward)(PeepholeForwardBuffers&);
+  // gates_t += h_{t-1} W_hh^T, then the element-wise pass: post-activation gates, c_t, and
+  // h_t and output_t (or, with a projection, hidden_pre); rows past their end keep their state.
   void (*forward_step)(const PeepholeForwardBuffers&, const StepSlots&);
+  void (*prepare_backward)(PeepholeBackwardBuffers&);
+  // The element-wise pass (grad_gates_t, grad_cell, peephole sums, hidden_pre_all), then
+  // grad_hidden_next = grad_gates_t W_hh, keeping grad_hidden for rows past their end.
   void (*backward_step)(const PeepholeBackwardBuffers&, const StepSlots&);
 };
 
@@ -76,7 +93,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
     const c10::optional<Tensor>& weight_proj,      // [R, H]
     const c10::optional<Tensor>& lengths,   // [B] int64
     bool reverse, c10::string_view activation, bool training,
-    const PeepholePointwiseKernels& kernels);
+    const PeepholeStepKernels& kernels);
 
 // Returns grad_input [T, B, I] (empty unless need_grad_input), grad_h0 [B, R], grad_c0 [B, H],
 // grad_weight_ih [4H, I], grad_weight_hh [4H, R], grad_bias [4H] (for each bias vector),
@@ -95,6 +112,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peeph
     const Tensor& hidden_states,            // [T+1, B, R]
     const Tensor& cell_states,              // [T+1, B, H]
     bool reverse, c10::string_view activation, bool need_grad_input,
-    const PeepholePointwiseKernels& kernels);
+    const PeepholeStepKernels& kernels);
 
 }  // namespace tlstm

@@ -3,20 +3,16 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
-#include <cmath>
+
+#include "fast_math.h"
 
 namespace tlstm {
 
 enum class Activation { Tanh = 0, Identity = 1 };
 
-template <typename T>
-C10_HOST_DEVICE inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
 struct TanhActivation {
   template <typename T>
-  C10_HOST_DEVICE static inline T value(T x) { return std::tanh(x); }
+  C10_HOST_DEVICE static inline T value(T x) { return tanh_(x); }
   // derivative expressed through the activation's value y = tanh(x)
   template <typename T>
   C10_HOST_DEVICE static inline T derivative_from_value(T y) { return T(1) - y * y; }
