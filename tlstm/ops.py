@@ -105,6 +105,12 @@ def _peephole_lstm_backward_fake(
 def _peephole_lstm_setup_context(ctx, inputs, output):
     (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj,
      lengths, reverse, activation, training) = inputs
+    if not training:
+        raise RuntimeError(
+            "tlstm.peephole_lstm_forward was called with training=False on inputs that require "
+            "grad, so it would save nothing for the backward; pass training=True "
+            "(tlstm.ops.peephole_lstm_layer does this whenever an input requires grad)"
+        )
     _, _, _, gates, hidden_states, cell_states = output
     # The saved buffers are outputs only so that the backward op can read them.
     ctx.mark_non_differentiable(gates, hidden_states, cell_states)
@@ -115,18 +121,11 @@ def _peephole_lstm_setup_context(ctx, inputs, output):
     )
     ctx.reverse = reverse
     ctx.activation = activation
-    ctx.training = training
 
 
 def _peephole_lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_buffer_grads):
     (input, weight_ih, weight_hh, weight_peephole, weight_proj, lengths,
      gates, hidden_states, cell_states) = ctx.saved_tensors
-    if not ctx.training:
-        raise RuntimeError(
-            "tlstm.peephole_lstm_forward ran with training=False, so it saved nothing for the "
-            "backward; call it with training=True (tlstm.ops.peephole_lstm_layer does this "
-            "whenever an input requires grad)"
-        )
     T, B, _ = input.shape
     H4, R = weight_hh.shape
     if grad_output is None:
