@@ -101,7 +101,6 @@ def _extension():
             "cxx": cxx_flags,
             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
         },
-        libraries=["cublas"],
         extra_link_args=_link_flags(),
     )
 

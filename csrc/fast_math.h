@@ -92,12 +92,19 @@ inline double host_tanh(double x) {
   return ax < 0.625 ? small : large;
 }
 
+#if defined(__CUDACC__)
+__device__ inline float device_exp(float x) { return expf(x); }
+__device__ inline double device_exp(double x) { return exp(x); }
+__device__ inline float device_tanh(float x) { return tanhf(x); }
+__device__ inline double device_tanh(double x) { return tanh(x); }
+#endif
+
 }  // namespace detail
 
 template <typename T>
 C10_HOST_DEVICE inline T exp_(T x) {
 #if defined(__CUDA_ARCH__)
-  return ::exp(x);
+  return detail::device_exp(x);
 #else
   return detail::host_exp(x);
 #endif
@@ -106,7 +113,7 @@ C10_HOST_DEVICE inline T exp_(T x) {
 template <typename T>
 C10_HOST_DEVICE inline T tanh_(T x) {
 #if defined(__CUDA_ARCH__)
-  return ::tanh(x);
+  return detail::device_tanh(x);
 #else
   return detail::host_tanh(x);
 #endif
