@@ -18,6 +18,11 @@ def op_math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF_TYPES else dtype
 
 
+def has_cuda_kernels() -> bool:
+    """Whether this build of tlstm._C has the CUDA kernels (compiled with nvcc)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("tlstm::peephole_lstm_forward", "CUDA")
+
+
 def _needs_saving(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
