@@ -152,9 +152,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
       buf.lengths.defined() && projected ? active_mask(buf.lengths, T) : Tensor();
   const Tensor active_scale = active.defined() ? active.to(input.scalar_type()) : Tensor();
 
-  if (kernels.prepare_forward != nullptr) kernels.prepare_forward(buf);
-  int64_t last = first;
-  for (int64_t s = 0; s < T; ++s) {
+  const int64_t last = T > 0 ? step_slots(T - 1, T, reverse, training).next : first;
+  const bool whole_sequence = T > 0 && !projected && kernels.forward_sequence != nullptr &&
+                              kernels.forward_sequence(buf, T, reverse, training);
+  if (!whole_sequence && kernels.prepare_forward != nullptr) kernels.prepare_forward(buf);
+  for (int64_t s = 0; s < T && !whole_sequence; ++s) {
     const StepSlots step = step_slots(s, T, reverse, training);
     kernels.forward_step(buf, step);
     if (projected) {
@@ -170,7 +172,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
         output_t.copy_(hidden_next);
       }
     }
-    last = step.next;
   }
 
   Tensor h_n = buf.hidden_states.select(0, last).clone();
@@ -241,9 +242,14 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
                                   ? active_mask(buf.lengths, T).to(input.scalar_type())
                                   : Tensor();
 
-  if (kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
   int current = 0;
-  for (int64_t s = T - 1; s >= 0; --s) {
+  buf.grad_hidden = grad_hidden[0];
+  buf.grad_hidden_next = grad_hidden[1];
+  const bool whole_sequence = T > 0 && !projected && kernels.backward_sequence != nullptr &&
+                              kernels.backward_sequence(buf, T, reverse);
+  if (whole_sequence) current = 1;
+  if (!whole_sequence && kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
+  for (int64_t s = T - 1; s >= 0 && !whole_sequence; --s) {
     const StepSlots step = step_slots(s, T, reverse, /*whole_history=*/true);
     buf.grad_hidden = grad_hidden[current];
     buf.grad_hidden_next = grad_hidden[1 - current];

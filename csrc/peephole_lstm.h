@@ -77,6 +77,13 @@ struct PeepholeStepKernels {
   // The element-wise pass (grad_gates_t, grad_cell, peephole sums, hidden_pre_all), then
   // grad_hidden_next = grad_gates_t W_hh, keeping grad_hidden for rows past their end.
   void (*backward_step)(const PeepholeBackwardBuffers&, const StepSlots&);
+  // Optional, never called with a projection: all T > 0 steps in one go, with the same results
+  // as the steps one by one; returns false to have the driver walk the steps instead.
+  // Forward: whole_history says whether the slots are T+1 (training) or 2 alternating ones.
+  bool (*forward_sequence)(const PeepholeForwardBuffers&, int64_t T, bool reverse,
+                           bool whole_history);
+  // Backward: reads dL/dh_T from buf.grad_hidden and leaves dL/dh_0 in buf.grad_hidden_next.
+  bool (*backward_sequence)(const PeepholeBackwardBuffers&, int64_t T, bool reverse);
 };
 
 // Returns output [T, B, R], h_n [B, R], c_n [B, H], and what the backward needs:

@@ -351,7 +351,8 @@ void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step
 }
 
 constexpr PeepholeStepKernels kCpuKernels{prepare_forward_cpu, forward_step_cpu,
-                                          prepare_backward_cpu, backward_step_cpu};
+                                          prepare_backward_cpu, backward_step_cpu, nullptr,
+                                          nullptr};
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_cpu(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,

@@ -14,6 +14,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cooperative_groups.h>
+#include <cstdlib>
+#include <string>
 
 #include "../checks.h"
 #include "../peephole_lstm.h"
@@ -197,6 +200,344 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
   }
 }
 
+
+// ---- persistent kernels: the whole recurrence in one cooperative launch --------------------
+//
+// For small batches a step is too little work for a GEMM launch and a kernel launch. Here one
+// launch runs every step: block k owns the hidden units [k*w, (k+1)*w) and keeps the W_hh
+// rows (forward) or columns (backward) of its units in shared memory for the whole sequence;
+// a step computes the recurrent term of its units (one warp per dot product, a fixed-order
+// shuffle reduction: no atomics, the same sums every run), runs their cells, and ends with one
+// grid-wide barrier. Only without a projection (R = H); the same saved buffers as the steps.
+
+constexpr int kPersistentThreads = 256;
+constexpr int kWarps = kPersistentThreads / 32;
+
+template <typename acc_t>
+__device__ inline acc_t warp_sum(acc_t v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__host__ __device__ inline int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+template <typename scalar_t, typename acc_t>
+struct PersistentForwardParams {
+  scalar_t* gates;             // [T, B, 4H] in: a_t without biases; out: i, f, g, o
+  const scalar_t* bias;        // [4H]
+  const scalar_t* peephole;    // [3H]
+  const scalar_t* weight_hh_t; // [H, 4H]: W_hh^T
+  scalar_t* hidden_states;     // [S, B, H]
+  acc_t* cell_states;          // [S, B, H]
+  scalar_t* output;            // [T, B, H]
+  const int64_t* lengths;      // [B] or null
+  int64_t T, B, H, units;      // units: hidden units per block
+  bool reverse, whole_history;
+};
+
+// Shared memory of the forward kernel: W rows [4w, H], h_{t-1} [B, H], recurrent terms [B, 4w].
+template <typename scalar_t, typename acc_t>
+__host__ __device__ inline int64_t forward_shared_bytes(int64_t B, int64_t H, int64_t w) {
+  return align16(4 * w * H * int64_t(sizeof(scalar_t))) + align16(B * H * int64_t(sizeof(scalar_t))) +
+         align16(B * 4 * w * int64_t(sizeof(acc_t)));
+}
+
+__device__ inline void step_slots_device(int64_t s, int64_t T, bool reverse, bool whole_history,
+                                         int64_t& t, int64_t& prev, int64_t& next) {
+  t = reverse ? T - 1 - s : s;
+  if (whole_history) {
+    prev = reverse ? t + 1 : t;
+    next = reverse ? t : t + 1;
+  } else {
+    prev = s % 2;
+    next = (s + 1) % 2;
+  }
+}
+
+template <typename scalar_t, typename acc_t, class Act>
+__global__ void __launch_bounds__(kPersistentThreads)
+    peephole_forward_persistent_kernel(PersistentForwardParams<scalar_t, acc_t> p) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
+  scalar_t* w_rows = reinterpret_cast<scalar_t*>(shared);                       // [4w, H]
+  scalar_t* h_prev = reinterpret_cast<scalar_t*>(shared + align16(4 * w * H * sizeof(scalar_t)));
+  acc_t* recurrent = reinterpret_cast<acc_t*>(
+      shared + align16(4 * w * H * sizeof(scalar_t)) + align16(B * H * sizeof(scalar_t)));  // [B, 4w]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto grid = cooperative_groups::this_grid();
+
+  // Row r = g*w + jj of w_rows is row g*H + j0 + jj of W_hh (zeros past H).
+  for (int64_t idx = threadIdx.x; idx < 4 * w * H; idx += blockDim.x) {
+    const int64_t r = idx / H, k = idx - r * H, g = r / w, j = j0 + r % w;
+    w_rows[idx] = j < H ? p.weight_hh_t[k * 4 * H + g * H + j] : scalar_t(0);
+  }
+  for (int64_t s = 0; s < p.T; ++s) {
+    int64_t t, prev, next;
+    step_slots_device(s, p.T, p.reverse, p.whole_history, t, prev, next);
+    const scalar_t* hidden_prev = p.hidden_states + prev * B * H;
+    for (int64_t idx = threadIdx.x; idx < B * H; idx += blockDim.x) h_prev[idx] = hidden_prev[idx];
+    __syncthreads();
+    // recurrent[b, r] = h_{t-1}[b] . W_hh[row of r]
+    for (int64_t o = warp; o < B * 4 * w; o += kWarps) {
+      const int64_t b = o / (4 * w), r = o - b * 4 * w;
+      acc_t sum = 0;
+      for (int64_t k = lane; k < H; k += 32) {
+        sum += acc_t(w_rows[r * H + k]) * acc_t(h_prev[b * H + k]);
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) recurrent[o] = sum;
+    }
+    __syncthreads();
+    scalar_t* gates = p.gates + t * B * 4 * H;
+    const acc_t* cell_prev = p.cell_states + prev * B * H;
+    acc_t* cell_next = p.cell_states + next * B * H;
+    scalar_t* hidden_next = p.hidden_states + next * B * H;
+    scalar_t* output = p.output + t * B * H;
+    for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
+      const int64_t b = e / w, jj = e - b * w, j = j0 + jj, idx = b * H + j;
+      if (j >= H) continue;
+      if (!row_active(p.lengths, b, t)) {
+        cell_next[idx] = cell_prev[idx];
+        hidden_next[idx] = hidden_prev[idx];
+        output[idx] = scalar_t(0);
+        continue;
+      }
+      scalar_t* a = gates + b * 4 * H;
+      const acc_t* rec = recurrent + b * 4 * w;
+      const auto c = peephole_cell_forward<Act, acc_t>(
+          acc_t(a[j]) + rec[jj] + acc_t(p.bias[j]),
+          acc_t(a[H + j]) + rec[w + jj] + acc_t(p.bias[H + j]),
+          acc_t(a[2 * H + j]) + rec[2 * w + jj] + acc_t(p.bias[2 * H + j]),
+          acc_t(a[3 * H + j]) + rec[3 * w + jj] + acc_t(p.bias[3 * H + j]), cell_prev[idx],
+          acc_t(p.peephole[j]), acc_t(p.peephole[H + j]), acc_t(p.peephole[2 * H + j]));
+      a[j] = scalar_t(c.i);
+      a[H + j] = scalar_t(c.f);
+      a[2 * H + j] = scalar_t(c.g);
+      a[3 * H + j] = scalar_t(c.o);
+      cell_next[idx] = c.c;
+      hidden_next[idx] = scalar_t(c.m);
+      output[idx] = scalar_t(c.m);
+    }
+    grid.sync();  // h_t of every unit is written before any block reads it
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+struct PersistentBackwardParams {
+  const scalar_t* gates;         // [T, B, 4H] saved i, f, g, o
+  const acc_t* cell_states;      // [T+1, B, H]
+  const scalar_t* grad_output;   // [T, B, H]
+  const scalar_t* weight_hh;     // [4H, H]
+  const scalar_t* peephole;      // [3H]
+  const scalar_t* grad_h_n;      // [B, H] dL/dh of the final state
+  scalar_t* grad_h0;             // [B, H] out: dL/dh_0
+  acc_t* grad_cell;              // [B, H] in dL/dc_T, out dL/dc_0
+  scalar_t* grad_gates;          // [T, B, 4H] out
+  acc_t* grad_peephole_rows;     // [B, 3H] or null
+  const int64_t* lengths;        // [B] or null
+  int64_t T, B, H, units;
+  bool reverse;
+};
+
+// Shared memory of the backward kernel: W_hh columns [w, 4H] and dL/dh of the units [B, w].
+template <typename scalar_t, typename acc_t>
+__host__ __device__ inline int64_t backward_shared_bytes(int64_t B, int64_t H, int64_t w) {
+  return align16(w * 4 * H * int64_t(sizeof(scalar_t))) + align16(B * w * int64_t(sizeof(acc_t)));
+}
+
+template <typename scalar_t, typename acc_t, class Act, bool kPeephole>
+__global__ void __launch_bounds__(kPersistentThreads)
+    peephole_backward_persistent_kernel(PersistentBackwardParams<scalar_t, acc_t> p) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
+  scalar_t* w_cols = reinterpret_cast<scalar_t*>(shared);  // [w, 4H]: column j0 + jj of W_hh
+  acc_t* grad_h = reinterpret_cast<acc_t*>(shared + align16(w * 4 * H * sizeof(scalar_t)));  // [B, w]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto grid = cooperative_groups::this_grid();
+
+  for (int64_t idx = threadIdx.x; idx < w * 4 * H; idx += blockDim.x) {
+    const int64_t jj = idx / (4 * H), row = idx - jj * 4 * H, j = j0 + jj;
+    w_cols[idx] = j < H ? p.weight_hh[row * H + j] : scalar_t(0);
+  }
+  for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
+    const int64_t b = e / w, j = j0 + e % w;
+    grad_h[e] = j < H ? acc_t(p.grad_h_n[b * H + j]) : acc_t(0);
+  }
+  __syncthreads();
+  // dL/dh of the units after step t_done: dL/da_{t_done} W_hh where that step ran, else kept.
+  auto recurrent_grad = [&](int64_t t_done, scalar_t* out) {
+    const scalar_t* da = p.grad_gates + t_done * B * 4 * H;
+    for (int64_t o = warp; o < B * w; o += kWarps) {
+      const int64_t b = o / w, jj = o - b * w;
+      if (j0 + jj >= H) continue;
+      if (row_active(p.lengths, b, t_done)) {
+        acc_t sum = 0;
+        for (int64_t row = lane; row < 4 * H; row += 32) {
+          sum += acc_t(da[b * 4 * H + row]) * acc_t(w_cols[jj * 4 * H + row]);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) grad_h[o] = sum;
+      }
+      if (out != nullptr && lane == 0) out[b * H + j0 + jj] = scalar_t(grad_h[o]);
+    }
+    __syncthreads();
+  };
+  for (int64_t s = p.T - 1; s >= 0; --s) {
+    int64_t t, prev, next;
+    step_slots_device(s, p.T, p.reverse, /*whole_history=*/true, t, prev, next);
+    if (s < p.T - 1) {
+      int64_t t_done, unused0, unused1;
+      step_slots_device(s + 1, p.T, p.reverse, true, t_done, unused0, unused1);
+      recurrent_grad(t_done, nullptr);
+    }
+    const scalar_t* g_t = p.gates + t * B * 4 * H;
+    const acc_t* cell = p.cell_states + next * B * H;
+    const acc_t* cell_prev = p.cell_states + prev * B * H;
+    scalar_t* da_t = p.grad_gates + t * B * 4 * H;
+    for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
+      const int64_t b = e / w, jj = e - b * w, j = j0 + jj, idx = b * H + j;
+      if (j >= H) continue;
+      scalar_t* da = da_t + b * 4 * H;
+      if (!row_active(p.lengths, b, t)) {
+        da[j] = da[H + j] = da[2 * H + j] = da[3 * H + j] = scalar_t(0);
+        continue;
+      }
+      const scalar_t* g = g_t + b * 4 * H;
+      const acc_t dm = grad_h[e] + acc_t(p.grad_output[t * B * H + idx]);
+      const acc_t c = cell[idx], c_prev = cell_prev[idx];
+      const auto d = peephole_cell_backward<Act, acc_t>(
+          acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(g[3 * H + j]), c, c_prev,
+          acc_t(p.peephole[j]), acc_t(p.peephole[H + j]), acc_t(p.peephole[2 * H + j]), dm,
+          p.grad_cell[idx]);
+      da[j] = scalar_t(d.a_i);
+      da[H + j] = scalar_t(d.a_f);
+      da[2 * H + j] = scalar_t(d.a_g);
+      da[3 * H + j] = scalar_t(d.a_o);
+      p.grad_cell[idx] = d.c_prev;
+      if (kPeephole) {
+        acc_t* gp = p.grad_peephole_rows + b * 3 * H;
+        gp[j] += d.a_i * c_prev;
+        gp[H + j] += d.a_f * c_prev;
+        gp[2 * H + j] += d.a_o * c;
+      }
+    }
+    grid.sync();  // dL/da_t of every unit is written before any block reads it
+  }
+  int64_t t_first, unused0, unused1;
+  step_slots_device(0, p.T, p.reverse, true, t_first, unused0, unused1);
+  recurrent_grad(t_first, p.grad_h0);
+}
+
+// Which recurrence the CUDA ops run: TLSTM_CUDA_RECURRENCE = auto (default), stepwise, persistent.
+enum class Recurrence { Auto, Stepwise, Persistent };
+
+Recurrence recurrence_from_env() {
+  const char* value = std::getenv("TLSTM_CUDA_RECURRENCE");
+  const std::string v = value ? value : "auto";
+  if (v == "auto") return Recurrence::Auto;
+  if (v == "stepwise") return Recurrence::Stepwise;
+  if (v == "persistent") return Recurrence::Persistent;
+  TORCH_CHECK(false, "TLSTM_CUDA_RECURRENCE must be auto, stepwise or persistent, got \"", v, "\"");
+}
+
+// At most this many rows the persistent kernels are chosen by default: beyond, cuBLAS GEMMs
+// per step use the GPU better than one warp per dot product.
+constexpr int64_t kPersistentMaxBatch = 16;
+
+// Blocks and units per block of a persistent launch for H hidden units, or 0 if it cannot run
+// (every block must be resident at once and its shared memory must fit).
+template <typename Kernel, typename SharedBytes>
+int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_bytes,
+                         int64_t& blocks, int64_t& smem) {
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  if (!props->cooperativeLaunch) return 0;
+  const int64_t sms = props->multiProcessorCount;
+  for (int64_t w = std::max<int64_t>(1, (H + sms - 1) / sms); w <= H; w *= 2) {
+    blocks = (H + w - 1) / w;
+    smem = shared_bytes(w);
+    if (smem > int64_t(props->sharedMemPerBlockOptin)) return 0;  // wider slices only need more
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                                 kPersistentThreads, smem));
+    if (int64_t(per_sm) * sms >= blocks) return w;
+  }
+  return 0;
+}
+
+// Whether to run the persistent kernels for a batch of B: by default for small batches where
+// they can run; TLSTM_CUDA_RECURRENCE forces a choice (an error if persistent cannot run).
+bool use_persistent(int64_t B, int64_t units) {
+  switch (recurrence_from_env()) {
+    case Recurrence::Stepwise:
+      return false;
+    case Recurrence::Persistent:
+      TORCH_CHECK(units > 0, "TLSTM_CUDA_RECURRENCE=persistent, but the persistent kernel cannot "
+                  "run this size on this GPU (shared memory or co-residency)");
+      return true;
+    default:
+      return units > 0 && B <= kPersistentMaxBatch;
+  }
+}
+
+template <typename scalar_t, class Act>
+bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, bool reverse,
+                               bool whole_history) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
+  if (B == 0) return false;
+  auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
+  int64_t blocks = 0, smem = 0;
+  const int64_t units = persistent_units(
+      kernel, H, [&](int64_t w) { return forward_shared_bytes<scalar_t, acc_t>(B, H, w); },
+      blocks, smem);
+  if (!use_persistent(B, units)) return false;
+  PersistentForwardParams<scalar_t, acc_t> p{
+      buf.gates.data_ptr<scalar_t>(),         buf.bias.data_ptr<scalar_t>(),
+      buf.peephole.data_ptr<scalar_t>(),      buf.weight_hh_t.data_ptr<scalar_t>(),
+      buf.hidden_states.data_ptr<scalar_t>(), buf.cell_states.data_ptr<acc_t>(),
+      buf.output.data_ptr<scalar_t>(),
+      buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
+      T, B, H, units, reverse, whole_history};
+  void* args[] = {&p};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
+                                             dim3(kPersistentThreads), args, smem,
+                                             at::cuda::getCurrentCUDAStream()));
+  return true;
+}
+
+template <typename scalar_t, class Act, bool kPeephole>
+bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
+  if (B == 0) return false;
+  auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
+  int64_t blocks = 0, smem = 0;
+  const int64_t units = persistent_units(
+      kernel, H, [&](int64_t w) { return backward_shared_bytes<scalar_t, acc_t>(B, H, w); },
+      blocks, smem);
+  if (!use_persistent(B, units)) return false;
+  PersistentBackwardParams<scalar_t, acc_t> p{
+      buf.gates.data_ptr<scalar_t>(),
+      buf.cell_states.data_ptr<acc_t>(),
+      buf.grad_output.data_ptr<scalar_t>(),
+      buf.weight_hh.data_ptr<scalar_t>(),
+      buf.peephole.data_ptr<scalar_t>(),
+      buf.grad_hidden.data_ptr<scalar_t>(),
+      buf.grad_hidden_next.data_ptr<scalar_t>(),
+      buf.grad_cell.data_ptr<acc_t>(),
+      buf.grad_gates.data_ptr<scalar_t>(),
+      kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
+      buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
+      T, B, H, units, reverse};
+  void* args[] = {&p};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
+                                             dim3(kPersistentThreads), args, smem,
+                                             at::cuda::getCurrentCUDAStream()));
+  return true;
+}
+
 // ---- dispatch and registration -------------------------------------------------------------
 
 template <class Fn>
@@ -240,8 +581,31 @@ void backward_step_cuda(const PeepholeBackwardBuffers& buf, const StepSlots& ste
   });
 }
 
-constexpr PeepholeStepKernels kCudaKernels{nullptr, forward_step_cuda, nullptr,
-                                           backward_step_cuda};
+bool forward_sequence_cuda(const PeepholeForwardBuffers& buf, int64_t T, bool reverse,
+                           bool whole_history) {
+  bool ran = false;
+  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
+    ran = launch_forward_persistent<decltype(scalar), decltype(act)>(buf, T, reverse,
+                                                                      whole_history);
+  });
+  return ran;
+}
+
+bool backward_sequence_cuda(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
+  const bool peephole = buf.grad_peephole_rows.numel() > 0;
+  bool ran = false;
+  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
+    using scalar_t = decltype(scalar);
+    using Act = decltype(act);
+    ran = peephole ? launch_backward_persistent<scalar_t, Act, true>(buf, T, reverse)
+                   : launch_backward_persistent<scalar_t, Act, false>(buf, T, reverse);
+  });
+  return ran;
+}
+
+constexpr PeepholeStepKernels kCudaKernels{nullptr,           forward_step_cuda,
+                                           nullptr,           backward_step_cuda,
+                                           forward_sequence_cuda, backward_sequence_cuda};
 
 constexpr std::initializer_list<at::ScalarType> kCudaDtypes = {at::kFloat, at::kDouble,
                                                                at::kHalf, at::kBFloat16};
