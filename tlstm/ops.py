@@ -88,22 +88,19 @@ def _peephole_lstm_backward_fake(
     grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_peephole, weight_proj,
     lengths, gates, hidden_states, cell_states, reverse, activation, need_grad_input,
 ):
-    grad_input = torch.empty_like(input) if need_grad_input else input.new_empty(0)
-    grad_weight_peephole = (
-        torch.empty_like(weight_peephole) if weight_peephole is not None else input.new_empty(0)
-    )
-    grad_weight_proj = (
-        torch.empty_like(weight_proj) if weight_proj is not None else input.new_empty(0)
-    )
+    # The kernels return contiguous gradients whatever the strides of the arguments.
+    def like(t):
+        return input.new_empty(t.shape) if t is not None else input.new_empty(0)
+
     return (
-        grad_input,
-        torch.empty_like(grad_h_n),
-        torch.empty_like(grad_c_n),
-        torch.empty_like(weight_ih),
-        torch.empty_like(weight_hh),
-        weight_hh.new_empty(weight_hh.shape[0]),
-        grad_weight_peephole,
-        grad_weight_proj,
+        like(input) if need_grad_input else input.new_empty(0),
+        like(grad_h_n),
+        like(grad_c_n),
+        like(weight_ih),
+        like(weight_hh),
+        input.new_empty(weight_hh.shape[0]),
+        like(weight_peephole),
+        like(weight_proj),
     )
 
 

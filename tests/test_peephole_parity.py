@@ -1,0 +1,187 @@
+"""Fused tlstm.PeepholeLSTM against the float64 step-by-step reference (SPEC.md section 1).
+
+Outputs, h_n, c_n and every gradient (input, h0, c0, every parameter) under a random upstream
+gradient: float64 within 1e-10, float32 (fused) against the float64 reference within 1e-5.
+"""
+import zlib
+
+import pytest
+import torch
+
+from conftest import (
+    TOL,
+    assert_results_close,
+    compare_fused_to_reference,
+    forward_backward,
+    fused_and_reference,
+    make_inputs,
+    num_threads,
+    rel_err,
+)
+
+DTYPES = [torch.float64, torch.float32]
+
+# A covering set of the options (not the full product). Each entry: module kwargs, T, B, lengths.
+SMALL_CASES = {
+    "base": (dict(input_size=3, hidden_size=5), 6, 4, None),
+    "identity": (dict(input_size=3, hidden_size=5, activation="identity"), 6, 4, None),
+    "two_layers": (dict(input_size=3, hidden_size=5, num_layers=2), 5, 3, None),
+    "bidirectional": (dict(input_size=3, hidden_size=5, bidirectional=True), 6, 4, None),
+    "batch_first_proj": (
+        dict(input_size=4, hidden_size=6, proj_size=3, batch_first=True), 5, 3, None),
+    "no_bias": (dict(input_size=3, hidden_size=5, bias=False), 6, 2, None),
+    "no_bias_identity_proj": (
+        dict(input_size=3, hidden_size=6, bias=False, activation="identity", proj_size=2),
+        5, 3, None),
+    "two_layers_bidir_proj": (
+        dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True, proj_size=4),
+        5, 3, None),
+    "packed": (dict(input_size=3, hidden_size=5), 6, 4, [4, 6, 1, 5]),
+    "packed_bidir": (dict(input_size=3, hidden_size=5, bidirectional=True), 6, 5,
+                     [2, 6, 6, 1, 4]),
+    "packed_batch_first_identity": (
+        dict(input_size=2, hidden_size=4, batch_first=True, activation="identity"), 5, 3,
+        [3, 5, 2]),
+    "packed_two_layers_bidir_proj": (
+        dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, proj_size=2),
+        7, 4, [7, 3, 5, 2]),
+    "packed_everything": (
+        dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, proj_size=3,
+             bias=False, batch_first=True, activation="identity"),
+        6, 4, [1, 6, 4, 3]),
+    "packed_shorter_than_T": (  # the longest sequence is shorter than the padded T
+        dict(input_size=3, hidden_size=5, bidirectional=True), 8, 3, [5, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(SMALL_CASES))
+def test_small_configs(case, dtype):
+    kwargs, T, B, lengths = SMALL_CASES[case]
+    compare_fused_to_reference(dtype, T, B, seed=zlib.crc32(case.encode()) % 1000, lengths=lengths, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ["base", "two_layers_bidir_proj", "packed_bidir"])
+def test_without_hx(case, dtype):
+    """hx=None: no h0/c0 gradients, everything else still matches."""
+    kwargs, T, B, lengths = SMALL_CASES[case]
+    compare_fused_to_reference(dtype, T, B, seed=7, lengths=lengths, with_hx=False, **kwargs)
+
+
+# Sizes big enough for the CPU kernels to split each step over threads
+# (B * R * 4H >= 2 * 65536 multiply-adds), with H = 72 not a multiple of the 16 (float) or
+# 8 (double) column alignment of the slices; projections split the backward GEMM over R
+# columns (24, 40: not multiples of 16); B600_H8 and B40 with H <= 16 split over batch rows.
+THREADED_CASES = {
+    "B40_H72": (dict(input_size=8, hidden_size=72), 5, 40, None),
+    "B40_H72_bidir_identity": (
+        dict(input_size=8, hidden_size=72, bidirectional=True, activation="identity"), 4, 40,
+        None),
+    "B40_H72_proj24": (dict(input_size=8, hidden_size=72, proj_size=24), 4, 40, None),
+    "B40_H72_packed": (
+        dict(input_size=8, hidden_size=72, num_layers=2), 5, 40,
+        [(7 * b) % 5 + 1 for b in range(40)]),
+    "B40_H72_packed_bidir_proj": (
+        dict(input_size=6, hidden_size=72, bidirectional=True, proj_size=40, batch_first=True),
+        4, 40, [(3 * b) % 4 + 1 for b in range(40)]),
+    "B3_H200": (  # few rows, many columns: several column slices per step
+        dict(input_size=5, hidden_size=200, bias=False), 3, 3, None),
+    "B600_H8": (  # many rows, one column panel: the step is split over batch rows
+        dict(input_size=5, hidden_size=8), 3, 600, [(b % 3) + 1 for b in range(600)]),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(THREADED_CASES))
+def test_threaded_sizes(case, dtype, threads, restore_threads):
+    kwargs, T, B, lengths = THREADED_CASES[case]
+    torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    compare_fused_to_reference(dtype, T, B, seed=3, lengths=lengths, **kwargs)
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ["B40_H72_packed_bidir_proj", "B3_H200"])
+def test_more_threads(case, dtype, threads, restore_threads):
+    """Other thread counts give other partitions (3 or 4 column slices of 72 or 200 units)."""
+    kwargs, T, B, lengths = THREADED_CASES[case]
+    torch.set_num_threads(threads)
+    compare_fused_to_reference(dtype, T, B, seed=4, lengths=lengths, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ["B40_H72_bidir_identity", "B40_H72_packed_bidir_proj"])
+def test_one_and_two_threads_agree(case, dtype):
+    """The thread count changes only the partition of the work, so results agree to rounding."""
+    kwargs, T, B, lengths = THREADED_CASES[case]
+    fused, _ = fused_and_reference(dtype, seed=5, **kwargs)
+    x, hx = make_inputs(fused, T, B, 50, dtype)
+    results = []
+    for n in (1, 2):
+        with num_threads(n):
+            results.append(forward_backward(fused, x, hx, lengths=lengths, seed=9))
+    assert_results_close(results[0], results[1], TOL[dtype], context=case)
+
+
+@pytest.mark.parametrize("H", [1, 15, 17, 33])
+def test_odd_hidden_sizes_threaded(H, restore_threads):
+    """Hidden sizes around the panel widths, with a large batch so that the work is split."""
+    torch.set_num_threads(2)
+    for dtype in DTYPES:
+        compare_fused_to_reference(dtype, 3, 300, seed=H, input_size=4, hidden_size=H,
+                                   lengths=[(b % 3) + 1 for b in range(300)])
+
+
+def test_float32_long_sequence_T1000():
+    """float32 stays within 1e-5 of the float64 reference over T = 1000 steps."""
+    compare_fused_to_reference(torch.float32, 1000, 3, seed=11, input_size=3, hidden_size=6,
+                               bidirectional=True)
+
+
+def test_peephole_weights_matter():
+    """Sanity of the comparison itself: changing one peephole vector changes the output by far
+    more than the tolerance (so the parity tests would see a wrong peephole term)."""
+    fused, ref = fused_and_reference(torch.float64, seed=1, input_size=3, hidden_size=5)
+    x, hx = make_inputs(fused, 6, 4, 2, torch.float64)
+    base = forward_backward(fused, x, hx, seed=3)
+    for name in ("weight_ci_l0", "weight_cf_l0", "weight_co_l0"):
+        with torch.no_grad():
+            getattr(ref, name).mul_(-1.0)
+        want = forward_backward(ref, x, hx, seed=3)
+        with torch.no_grad():
+            getattr(ref, name).mul_(-1.0)
+        assert rel_err(base["output"], want["output"]) > 1e-4, name
+
+
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n", "output+c_n"])
+@pytest.mark.parametrize("size", ["small", "threaded"])
+def test_loss_on_some_results_only(used, size):
+    """Gradients when the loss ignores some of output, h_n and c_n (their upstream gradients are
+    then absent, not zero tensors)."""
+    from conftest import randn
+
+    H, B = (5, 3) if size == "small" else (72, 40)
+    kwargs = dict(input_size=4, hidden_size=H, num_layers=2, bidirectional=True,
+                  proj_size=3 if size == "small" else 24)
+    fused, ref = fused_and_reference(torch.float64, seed=8, **kwargs)
+    x, hx = make_inputs(fused, 5, B, 9, torch.float64)
+    lengths = [(b % 5) + 1 for b in range(B)]
+    results = []
+    for module in (fused, ref):
+        from conftest import pack
+
+        out, (h_n, c_n) = module(pack(x, lengths, False), hx)
+        terms = {"output": out.data, "h_n": h_n, "c_n": c_n}
+        loss = sum((terms[k] * randn(terms[k].shape, 3 + i, torch.float64)).sum()
+                   for i, k in enumerate(used.split("+")))
+        results.append(torch.autograd.grad(loss, [x, *hx, *module.parameters()],
+                                           allow_unused=True))
+    for k, (a, b) in enumerate(zip(*results)):
+        if b is None:
+            assert a is None or a.abs().max() == 0, k
+            continue
+        assert a is not None, k
+        assert rel_err(a, b) <= TOL[torch.float64], k
