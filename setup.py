@@ -99,7 +99,7 @@ def _extension():
         define_macros=[("TLSTM_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
+            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "--threads", "2"],
         },
         extra_link_args=_link_flags(),
     )
