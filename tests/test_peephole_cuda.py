@@ -1,5 +1,11 @@
-"""CUDA: the fused module on a GPU against the float64 reference on the CPU, and nn.LSTM's
-device errors. Skipped without a GPU."""
+"""CUDA kernels of the peephole LSTM against the float64 reference (SPEC.md section 3), both
+recurrences (cuBLAS steps and the persistent kernel), streams, sizes and nn.LSTM's device
+errors. Skipped without a GPU."""
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +20,13 @@ from conftest import (  # noqa: E402
     forward_backward,
     fused_and_reference,
     make_inputs,
+    rel_err,
 )
+
+pytestmark = pytest.mark.skipif(not tlstm.ops.has_cuda_kernels(),
+                                reason="tlstm was built without its CUDA kernels")
+
+RECURRENCES = ["stepwise", "persistent"]
 
 CASES = {
     "base": (dict(input_size=3, hidden_size=5), 6, 4, None),
@@ -24,47 +36,153 @@ CASES = {
     "identity_batch_first_no_bias": (
         dict(input_size=4, hidden_size=6, activation="identity", batch_first=True, bias=False),
         5, 3, None),
+    "packed_bidir": (dict(input_size=3, hidden_size=33, bidirectional=True), 7, 5,
+                     [2, 7, 7, 1, 4]),
+    "no_peephole": (dict(input_size=4, hidden_size=40, peephole=False), 5, 3, None),
     "large": (dict(input_size=16, hidden_size=200, bidirectional=True), 8, 64, None),
     "long": (dict(input_size=3, hidden_size=8), 1000, 3, None),
 }
 
 
-def _compare_cuda(dtype, case):
-    kwargs, T, B, lengths = CASES[case]
-    fused, ref = fused_and_reference(dtype, seed=1, **kwargs)
-    fused = fused.cuda()
-    x, hx = make_inputs(fused, T, B, 2, dtype)
-    x64 = x.detach().double().requires_grad_()
-    hx64 = tuple(h.detach().double().requires_grad_() for h in hx)
+@pytest.fixture(params=RECURRENCES)
+def recurrence(request, monkeypatch):
+    monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", request.param)
+    return request.param
+
+
+def _cuda_copy(x, hx):
     x_cuda = x.detach().cuda().requires_grad_()
     hx_cuda = tuple(h.detach().cuda().requires_grad_() for h in hx)
-    got = forward_backward(fused, x_cuda, hx_cuda, lengths=lengths, seed=3)
-    assert got["output"].device.type == "cuda"
-    want = forward_backward(ref, x64, hx64, lengths=lengths, seed=3)
-    assert_results_close(got, want, TOL[dtype], context=f"cuda {dtype} {case}")
+    return x_cuda, hx_cuda
+
+
+def _results(dtype, case, seed=1, device="cuda"):
+    """The fused module in `dtype` on `device` and the float64 reference on the CPU."""
+    kwargs, T, B, lengths = CASES[case]
+    fused, ref = fused_and_reference(dtype, seed=seed, **kwargs)
+    fused = fused.to(device)
+    x, hx = make_inputs(fused, T, B, seed + 1, dtype)
+    x64 = x.detach().double().requires_grad_()
+    hx64 = tuple(h.detach().double().requires_grad_() for h in hx)
+    if device == "cuda":
+        x, hx = _cuda_copy(x, hx)
+    got = forward_backward(fused, x, hx, lengths=lengths, seed=seed + 2)
+    want = forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 2)
+    return got, want, (kwargs, x64, hx64, lengths)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_cuda_float32_matches_float64_reference(case):
-    _compare_cuda(torch.float32, case)
+def test_float32_matches_float64_reference(case, recurrence):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    got, want, _ = _results(torch.float32, case)
+    assert got["output"].device.type == "cuda"
+    assert_results_close(got, want, TOL[torch.float32], context=f"{recurrence} float32 {case}")
 
 
-@pytest.mark.parametrize("case", ["base", "bidir_two_layers_proj_packed"])
-def test_cuda_float64_matches_reference(case):
-    _compare_cuda(torch.float64, case)
+@pytest.mark.parametrize("case", ["base", "bidir_two_layers_proj_packed", "packed_bidir",
+                                  "no_peephole"])
+def test_float64_matches_reference(case, recurrence):
+    got, want, _ = _results(torch.float64, case)
+    assert_results_close(got, want, TOL[torch.float64], context=f"{recurrence} float64 {case}")
 
 
-def test_cuda_repeat_is_bitwise_identical():
-    kwargs, T, B, lengths = CASES["large"]
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", ["base", "bidir_two_layers_proj_packed", "large"])
+def test_half_types_within_twice_the_reference_error(case, dtype, recurrence):
+    """SPEC: error <= 2 x the error of the reference module run in that dtype, + 1e-3."""
+    got, want, (kwargs, x64, hx64, lengths) = _results(dtype, case)
+    ref_low = tlstm.reference.PeepholeLSTM(**kwargs).to("cuda", dtype)
+    fused64, _ = fused_and_reference(torch.float64, seed=1, **kwargs)  # the same weights
+    ref_low.load_state_dict(fused64.state_dict())
+    x_low = x64.detach().to("cuda", dtype).requires_grad_()
+    hx_low = tuple(h.detach().to("cuda", dtype).requires_grad_() for h in hx64)
+    low = forward_backward(ref_low, x_low, hx_low, lengths=lengths, seed=3)
+    for key in want:
+        bound = 2 * rel_err(low[key], want[key]) + 1e-3
+        err = rel_err(got[key], want[key])
+        assert err <= bound, f"{recurrence} {dtype} {case} {key}: {err:.3e} > {bound:.3e}"
+
+
+def test_cuda_float64_matches_cpu_kernels(recurrence):
+    got, _, _ = _results(torch.float64, "packed_bidir")
+    cpu, _, _ = _results(torch.float64, "packed_bidir", device="cpu")
+    assert_results_close(got, cpu, 1e-12, context="cuda vs cpu float64")
+
+
+@pytest.mark.parametrize("hidden_size", [1, 31, 33, 100, 2048])
+def test_hidden_sizes_not_multiples_of_32(hidden_size, recurrence):
+    kwargs = dict(input_size=5, hidden_size=hidden_size)
+    fused, ref = fused_and_reference(torch.float64, seed=5, **kwargs)
+    fused = fused.cuda()
+    T, B = (3, 2) if hidden_size == 2048 else (6, 3)
+    x, hx = make_inputs(fused, T, B, 6, torch.float64)
+    x64 = x.detach().requires_grad_()
+    hx64 = tuple(h.detach().requires_grad_() for h in hx)
+    got = forward_backward(fused, *_cuda_copy(x, hx), seed=7)
+    want = forward_backward(ref, x64, hx64, seed=7)
+    assert_results_close(got, want, TOL[torch.float64], context=f"H={hidden_size}")
+
+
+def test_empty_batch(recurrence):
+    m = tlstm.PeepholeLSTM(4, 6).cuda()
+    lstm = nn.LSTM(4, 6).cuda()
+    x = torch.randn(5, 0, 4, device="cuda", requires_grad=True)
+    out, (h, c) = m(x)
+    ref_out, (ref_h, ref_c) = lstm(x)
+    assert out.shape == ref_out.shape and h.shape == ref_h.shape and c.shape == ref_c.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_non_default_stream(recurrence):
+    """The kernels run on the current stream: results on a side stream equal the default's."""
+    kwargs, T, B, _ = CASES["large"]
+    fused, _ = fused_and_reference(torch.float32, seed=8, **kwargs)
+    fused = fused.cuda()
+    x, hx = make_inputs(fused, T, B, 9, torch.float32)
+    x, hx = _cuda_copy(x, hx)
+    first = forward_backward(fused, x, hx, seed=10)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        again = forward_backward(fused, x, hx, seed=10)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    for k in first:
+        assert torch.equal(first[k], again[k]), k
+
+
+def test_repeat_100_times_bitwise_identical(recurrence):
+    kwargs, T, B, lengths = CASES["packed_bidir"]
     fused, _ = fused_and_reference(torch.float32, seed=4, **kwargs)
     fused = fused.cuda()
     x, hx = make_inputs(fused, T, B, 5, torch.float32)
-    x = x.detach().cuda().requires_grad_()
-    hx = tuple(h.detach().cuda().requires_grad_() for h in hx)
-    first = forward_backward(fused, x, hx, seed=6)
-    again = forward_backward(fused, x, hx, seed=6)
-    for k in first:
-        assert torch.equal(first[k], again[k]), k
+    x, hx = _cuda_copy(x, hx)
+    first = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+    for _ in range(100):
+        again = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+        for k in first:
+            assert torch.equal(first[k], again[k]), k
+
+
+def test_more_than_2_31_gate_elements(monkeypatch):
+    """T*B*4H > 2^31: 64-bit offsets. Rows are independent, so the last rows of a big batch
+    equal a small batch holding only them (up to GEMM summation order)."""
+    monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", "stepwise")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    T, B, I, H = 2100, 260, 4, 1024  # T*B*4H = 2.24e9 gate elements, 9 GB in float32
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    m = tlstm.PeepholeLSTM(I, H, device="cuda")
+    x = torch.randn(T, B, I, device="cuda")
+    with torch.no_grad():
+        out, (h, c) = m(x)
+        small_out, (small_h, small_c) = m(x[:, -2:].contiguous())
+    assert torch.isfinite(out).all()
+    assert rel_err(out[:, -2:], small_out) < 1e-4
+    assert rel_err(h[:, -2:], small_h) < 1e-4
+    assert rel_err(c[:, -2:], small_c) < 1e-4
 
 
 def _same_error(fn_lstm, fn_ours):
@@ -96,3 +214,51 @@ def test_hidden_on_other_device_error_matches_nn_lstm():
     x = torch.randn(3, 2, 4, device="cuda")
     hx = (torch.randn(1, 2, 5), torch.randn(1, 2, 5, device="cuda"))
     _same_error(lambda: lstm(x, hx), lambda: ours(x, hx))
+
+
+def test_forcing_persistent_where_it_cannot_run_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", "persistent")
+    m = tlstm.PeepholeLSTM(4, 8192, dtype=torch.float64).cuda()  # W_hh slices exceed smem
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        m(torch.randn(2, 2, 4, device="cuda", dtype=torch.float64))
+
+
+SANITIZER_SCRIPT = r"""
+import os, torch, tlstm
+torch.manual_seed(0)
+for recurrence in ("stepwise", "persistent"):
+    os.environ["TLSTM_CUDA_RECURRENCE"] = recurrence
+    for kwargs, lengths in ((dict(hidden_size=37, bidirectional=True), [5, 2, 4]),
+                            (dict(hidden_size=16, proj_size=8), None)):
+        if recurrence == "persistent" and kwargs.get("proj_size"):
+            continue
+        m = tlstm.PeepholeLSTM(3, **kwargs).cuda()
+        x = torch.randn(5, 3, 3, device="cuda", requires_grad=True)
+        inp = x if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(
+            x, lengths, enforce_sorted=False)
+        out, (h, c) = m(inp)
+        out = out.data if lengths is not None else out
+        (out.sum() + h.sum() + c.sum()).backward()
+torch.cuda.synchronize()
+print("sanitizer script done")
+"""
+
+
+@pytest.mark.skipif(os.environ.get("TLSTM_RUN_SANITIZER") != "1",
+                    reason="set TLSTM_RUN_SANITIZER=1 to run compute-sanitizer (minutes)")
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "initcheck", "synccheck"])
+def test_compute_sanitizer_reports_nothing(tool, tmp_path):
+    sanitizer = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
+    if not os.path.exists(sanitizer):
+        pytest.skip("compute-sanitizer not found")
+    script = tmp_path / "run.py"
+    script.write_text(SANITIZER_SCRIPT)
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sanitizer, "--tool", tool, "--error-exitcode", "9", "--kernel-name", "regex:tlstm",
+         sys.executable, str(script)],
+        capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0 and "sanitizer script done" in proc.stdout, (
+        proc.stdout[-4000:] + proc.stderr[-4000:])
+    assert "ERROR SUMMARY: 0 errors" in proc.stdout + proc.stderr

@@ -218,8 +218,15 @@ class Progress:
         sys.stderr.flush()
 
 
+# torch.compile unrolls the reference's Python loop over the steps: beyond this it compiles for
+# minutes, so longer sequences time the eager reference only.
+COMPILE_MAX_STEPS = 200
+
+
 def time_config(cfg: Config, device: str, impls: list[str], directions: list[str],
                 repeats: int, warmup: int, progress: Progress) -> list[Record]:
+    if cfg.T > COMPILE_MAX_STEPS:
+        impls = [name for name in impls if name != "compiled_reference"]
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     modules = build_peephole(cfg, device, impls)
@@ -355,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
 
     baseline = lstm_baseline_name(device)
     impls = ["fused", "reference", baseline]
-    if args.compile:
+    if args.compile or (device == "cuda" and not args.no_compile):
         impls.append("compiled_reference")
     configs = peephole_configs(device, args.quick)
     directions = ["fwd", "fwdbwd"]
@@ -404,5 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per implementation")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the reference under torch.compile")
+                        help="also time the reference under torch.compile (default on a GPU, "
+                        f"for T <= {COMPILE_MAX_STEPS})")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="never time the compiled reference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
