@@ -1,11 +1,12 @@
 """tlstm: fused CPU and CUDA kernels for the peephole LSTM and the tensorized LSTM.
 
     tlstm.PeepholeLSTM      drop-in for torch.nn.LSTM with peephole connections
+    tlstm.TensorizedLSTM    the tensorized LSTM: depth merged into time
     tlstm.reference         pure-PyTorch references of the same modules
     tlstm.ops               the registered ops (torch.ops.tlstm.*) behind them
 """
 from . import ops, reference  # noqa: F401
-from .modules import PeepholeLSTM
+from .modules import PeepholeLSTM, TensorizedLSTM
 
-__all__ = ["PeepholeLSTM", "ops", "reference"]
+__all__ = ["PeepholeLSTM", "TensorizedLSTM", "ops", "reference"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ from torch import nn
 
 from . import ops
 from .peephole_lstm_base import PeepholeLSTMBase
+from .tensorized_lstm_base import TensorizedLSTMBase
 
 
 class PeepholeLSTM(PeepholeLSTMBase):
@@ -51,4 +52,40 @@ class PeepholeLSTM(PeepholeLSTMBase):
     def _run_layer_direction(self, x, h0, c0, weights, lengths, reverse):
         return ops.peephole_lstm_layer(
             x, h0, c0, **weights, lengths=lengths, reverse=reverse, activation=self.activation
+        )
+
+
+class TensorizedLSTM(TensorizedLSTMBase):
+    r"""Tensorized LSTM (He et al., "Wider and Deeper, Cheaper and Faster: Tensorized LSTMs for
+    Sequence Learning", NIPS 2017).
+
+    The hidden state is a [P, M] tensor (P rows of ``hidden_size`` M channels), its rows updated
+    by a convolution over the rows whose weights are shared, so the parameter count does not
+    grow with the depth; and depth is merged into time: one step updates all rows at once and
+    the output for x_t is read from the top row ``depth - 1`` steps later.
+
+    Args:
+        input_size: I, features of the input.
+        hidden_size: M, channels of each row.
+        depth: L >= 1; the tensor has P = (L - 1) * (kernel_size - 1) / 2 + 1 rows.
+        kernel_size: K, odd >= 3, taps of the row convolution (and of the memory convolution).
+        channel_norm: normalize each gate and the cell over the channels of each row (+CN).
+        memory_conv: the dynamic memory-cell convolution (False: the paper's tLSTM-M).
+        feedback: the rows also read the rows above them (False: the paper's tLSTM-F).
+        bias: b^x and b^h.
+        proj_size: > 0 adds the output projection y = h_top W_proj^T.
+        batch_first: input and output [B, T, *]; the state stays [B, P, M].
+
+    ``forward(input, state=None, flush=True)`` returns ``output, (H, C)``; see
+    ``TensorizedLSTMBase.forward``. Parameters: ``weight_ih`` [M, I], ``bias_ih`` [M],
+    ``weight_hh`` [G, M, K'] (Conv1d layout), ``bias_hh`` [G], ``norm_weight`` and ``norm_bias``
+    [5, M] (channel_norm), ``weight_proj`` [proj_size, M], with G = 4M + K (4M without the
+    memory convolution) and K' = K (or (K+1)/2 without feedback).
+    """
+
+    def _run_sequence(self, x, h0, c0, lengths, flush):
+        return ops.tensorized_lstm_sequence(
+            x, h0, c0, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh,
+            self.norm_weight, self.norm_bias, lengths, self.depth, self.kernel_size,
+            self.feedback, self.memory_conv, flush,
         )

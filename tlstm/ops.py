@@ -159,3 +159,125 @@ torch.library.register_autograd(
     _peephole_lstm_backward,
     setup_context=_peephole_lstm_setup_context,
 )
+
+
+# --------------------------------------------------------------------------------------------
+# Tensorized LSTM: a whole sequence.
+
+
+def tensorized_lstm_sequence(
+    input: torch.Tensor,  # [T, B, I]
+    h0: torch.Tensor,  # [B, P, M]
+    c0: torch.Tensor,  # [B, P, M]
+    weight_ih: torch.Tensor,  # [M, I]
+    bias_ih: torch.Tensor | None,  # [M]
+    weight_hh: torch.Tensor,  # [G, M, K']
+    bias_hh: torch.Tensor | None,  # [G]
+    norm_weight: torch.Tensor | None,  # [5, M]
+    norm_bias: torch.Tensor | None,  # [5, M]
+    lengths: torch.Tensor | None,  # [B] int64, on the input's device
+    depth: int,
+    kernel_size: int,
+    feedback: bool,
+    memory_conv: bool,
+    flush: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs the tensorized LSTM over a sequence; returns the top-row outputs [T, B, M] (y_t =
+    h_{t+delay, P}, zero past each length) and the final H, C [B, P, M]."""
+    training = _needs_saving(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight,
+                             norm_bias)
+    output, h_n, c_n, *_ = torch.ops.tlstm.tensorized_lstm_forward(
+        input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias, lengths,
+        depth, kernel_size, feedback, memory_conv, flush, training,
+    )
+    return output, h_n, c_n
+
+
+@torch.library.register_fake("tlstm::tensorized_lstm_forward")
+def _tensorized_lstm_forward_fake(
+    input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias, lengths,
+    depth, kernel_size, feedback, memory_conv, flush, training,
+):
+    T, B, _ = input.shape
+    _, P, M = h0.shape
+    G, _, taps = weight_hh.shape
+    S = T + (depth - 1 if flush else 0)
+    op_math = op_math_dtype(input.dtype)
+    output = input.new_empty(T, B, M)
+    h_n, c_n = input.new_empty(B, P, M), input.new_empty(B, P, M)
+    if not training:
+        return (output, h_n, c_n, input.new_empty(0), input.new_empty(0), input.new_empty(0),
+                input.new_empty(0, dtype=op_math), input.new_empty(0, dtype=op_math),
+                input.new_empty(0, dtype=op_math))
+    norm_slots = S if norm_weight is not None else 0
+    return (
+        output, h_n, c_n,
+        input.new_empty(S, B, P, taps, M),
+        input.new_empty(S, B, P, 4 * M),
+        input.new_empty(S if memory_conv else 0, B, P, kernel_size),
+        input.new_empty(norm_slots, B, P, 5, M, dtype=op_math),
+        input.new_empty(norm_slots, B, P, 5, dtype=op_math),
+        input.new_empty(S + 1, B, P, M, dtype=op_math),
+    )
+
+
+@torch.library.register_fake("tlstm::tensorized_lstm_backward")
+def _tensorized_lstm_backward_fake(
+    grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, norm_weight, norm_bias,
+    lengths, x_col, gates, q, norm_hat, norm_rstd, cells, depth, kernel_size, feedback,
+    memory_conv, flush, need_grad_input,
+):
+    def like(t):  # the kernels return contiguous gradients
+        return input.new_empty(t.shape) if t is not None else input.new_empty(0)
+
+    return (
+        like(input) if need_grad_input else input.new_empty(0),
+        like(grad_h_n), like(grad_c_n), like(weight_ih), input.new_empty(weight_ih.shape[0]),
+        like(weight_hh), input.new_empty(weight_hh.shape[0]), like(norm_weight), like(norm_bias),
+    )
+
+
+def _tensorized_lstm_setup_context(ctx, inputs, output):
+    (input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias, lengths,
+     depth, kernel_size, feedback, memory_conv, flush, training) = inputs
+    if not training:
+        raise RuntimeError(
+            "tlstm.tensorized_lstm_forward was called with training=False on inputs that "
+            "require grad, so it would save nothing for the backward; pass training=True "
+            "(tlstm.ops.tensorized_lstm_sequence does this whenever an input requires grad)"
+        )
+    saved = output[3:]
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, weight_ih, weight_hh, norm_weight, norm_bias, lengths, *saved)
+    ctx.config = (depth, kernel_size, feedback, memory_conv, flush)
+
+
+def _tensorized_lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_buffer_grads):
+    (input, weight_ih, weight_hh, norm_weight, norm_bias, lengths, *saved) = ctx.saved_tensors
+    x_col, _, _, _, _, cells = saved
+    T, B, _ = input.shape
+    shape = cells.shape[1:]  # [B, P, M]
+    if grad_output is None:
+        grad_output = input.new_zeros(T, B, shape[2])
+    if grad_h_n is None:
+        grad_h_n = input.new_zeros(shape)
+    if grad_c_n is None:
+        grad_c_n = input.new_zeros(shape)
+    needs = ctx.needs_input_grad
+    grads = torch.ops.tlstm.tensorized_lstm_backward(
+        grad_output.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), input,
+        weight_ih, weight_hh, norm_weight, norm_bias, lengths, *saved, *ctx.config, needs[0],
+    )
+    (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_bias_ih, grad_weight_hh, grad_bias_hh,
+     grad_norm_weight, grad_norm_bias) = grads
+    ordered = (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_bias_ih, grad_weight_hh,
+               grad_bias_hh, grad_norm_weight, grad_norm_bias)
+    return tuple(g if needs[k] else None for k, g in enumerate(ordered)) + (None,) * 7
+
+
+torch.library.register_autograd(
+    "tlstm::tensorized_lstm_forward",
+    _tensorized_lstm_backward,
+    setup_context=_tensorized_lstm_setup_context,
+)

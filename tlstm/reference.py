@@ -7,8 +7,10 @@ part is itself tested against nn.LSTM.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .peephole_lstm_base import PeepholeLSTMBase
+from .tensorized_lstm_base import TensorizedLSTMBase
 
 
 class PeepholeLSTM(PeepholeLSTMBase):
@@ -46,3 +48,73 @@ class PeepholeLSTM(PeepholeLSTMBase):
                 c = torch.where(running, c_new, c)
                 outputs[t] = torch.where(running, h_new, torch.zeros_like(h_new))
         return torch.stack(outputs), h, c
+
+
+class TensorizedLSTM(TensorizedLSTMBase):
+    """Reference tensorized LSTM (SPEC.md section 2); same constructor, parameters and forward
+    as tlstm.TensorizedLSTM. Rows are numbered as in the SPEC: row 0 of Hcat is the input,
+    rows 1..P the hidden rows (index p-1 of the [B, P, M] state tensors)."""
+
+    def _channel_norm(self, z, use):
+        """CN over the M channels of each (b, p), biased variance, eps = 1e-5; use in 0..4 picks
+        the (gamma, beta) pair of i, f, g, o, c."""
+        if not self.channel_norm:
+            return z
+        mean = z.mean(dim=-1, keepdim=True)
+        var = ((z - mean) ** 2).mean(dim=-1, keepdim=True)
+        return (z - mean) / torch.sqrt(var + 1e-5) * self.norm_weight[use] + self.norm_bias[use]
+
+    def _run_sequence(self, x, h0, c0, lengths, flush):
+        T, B, _ = x.shape
+        M, P, K = self.hidden_size, self.rows, self.kernel_size
+        c = (K - 1) // 2
+        delay = self.delay if flush else 0
+        x_proj = F.linear(x, self.weight_ih, self.bias_ih)  # [T, B, M]: x~_t for every step
+        # Past the end of a sequence its input is zero, so its input row is b^x.
+        padding_row = self.bias_ih if self.bias_ih is not None else x.new_zeros(M)
+        # Memory-cell convolution with replicate padding: tap k of row p reads row
+        # clamp(p - c + k, 1, P), i.e. index clamp(p - c + k, 1, P) - 1 of the state.
+        p_rows = torch.arange(1, P + 1, device=x.device).unsqueeze(1)
+        taps = torch.arange(K, device=x.device).unsqueeze(0)
+        neighbour = (p_rows - c + taps).clamp(1, P) - 1  # [P, K]
+
+        H, C = h0, c0
+        tops = []
+        for s in range(T + delay):
+            if lengths is None:
+                x_row = x_proj[s] if s < T else padding_row.expand(B, M)
+            else:
+                real = (s < lengths).unsqueeze(1)
+                x_row = torch.where(real, x_proj[min(s, T - 1)], padding_row.expand(B, M))
+            hcat = torch.cat([x_row.unsqueeze(1), H], dim=1)  # [B, P+1, M]: rows 0..P
+            # A_{t,p} = sum_k Hcat_{p-c+k} W^h_k + b^h, rows outside 0..P are zero; a conv1d over
+            # the rows (channels M, length P+1). Without feedback only taps k <= c (rows <= p).
+            rows_first = hcat.transpose(1, 2)  # [B, M, P+1]
+            if self.feedback:
+                A = F.conv1d(rows_first, self.weight_hh, self.bias_hh, padding=c)
+            else:
+                A = F.conv1d(F.pad(rows_first, (c, 0)), self.weight_hh, self.bias_hh)
+            A = A[:, :, 1:].transpose(1, 2)  # [B, P, G]: the hidden rows 1..P
+            a_i, a_f, a_g, a_o = A[..., :M], A[..., M:2 * M], A[..., 2 * M:3 * M], A[..., 3 * M:4 * M]
+            I = torch.sigmoid(self._channel_norm(a_i, 0))  # noqa: E741
+            Fg = torch.sigmoid(self._channel_norm(a_f, 1))
+            G = torch.tanh(self._channel_norm(a_g, 2))
+            O = torch.sigmoid(self._channel_norm(a_o, 3))  # noqa: E741
+            if self.memory_conv:
+                Q = torch.softmax(A[..., 4 * M:], dim=-1)  # [B, P, K], dynamic kernel per row
+                C_conv = (Q.unsqueeze(-1) * C[:, neighbour]).sum(dim=2)  # C[:, neighbour]: [B, P, K, M]
+            else:
+                C_conv = C
+            C_new = G * I + C_conv * Fg
+            H_new = torch.tanh(self._channel_norm(C_new, 4)) * O
+            if lengths is None:
+                H, C = H_new, C_new
+            else:  # sequence b runs lengths[b] + delay steps; then its state stays
+                running = (s < lengths + delay).view(B, 1, 1)
+                H, C = torch.where(running, H_new, H), torch.where(running, C_new, C)
+            tops.append(H[:, P - 1])
+        top = torch.stack(tops[delay:])  # y_t = h_{t + delay, P}
+        if lengths is not None:
+            real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+            top = top * real.unsqueeze(2).to(top.dtype)
+        return top, H, C

@@ -1,0 +1,131 @@
+// The tensorized LSTM over a whole sequence (SPEC.md section 2).
+//
+// Rows are numbered as in the SPEC: row 0 of Hcat is the input x~_t, rows 1..P the hidden
+// rows; the state tensors [B, P, M] hold row p at index p-1. A step is
+//   im2col:  X_col[b, p, k] = Hcat_{t-1}[b, p-c+k]  (zero outside rows 0..P)   [B*P, K'*M]
+//   GEMM:    A = X_col W_col,  W_col[k*M + m, o] = weight_hh[o, m, k]           [B*P, G]
+//   rows:    per (b, p): channel norms, gates, softmax over the K logits, the
+//            memory-cell convolution (replicate padding), cell and hidden update.
+// The backward runs the rows backward, dX_col = dA W_col^T, then gathers dX_col back onto the
+// rows (col2im) and the memory convolution's gradient onto the cells it read: gathers rather
+// than scatters, so that rows are independent and the sums come in a fixed order.
+//
+// The driver (tensorized_lstm.cpp) is shared by the devices: the input projection, the step
+// GEMMs and the weight gradients go through ATen; each backend supplies the four row passes.
+#pragma once
+
+#include <torch/types.h>
+
+#include <tuple>
+#include <vector>
+
+#include "dimensions.h"
+
+namespace tlstm {
+
+using at::Tensor;
+
+struct TensorizedSizes {
+  int64_t T, B, I, M, P, K;  // K: kernel size
+  int64_t c;                 // (K-1)/2
+  int64_t taps;              // K' = K, or c+1 without feedback (taps k cover rows p-c+k)
+  int64_t G;                 // gate channels: 4M + K, or 4M without the memory convolution
+  int64_t L;                 // depth
+  int64_t S;                 // steps run: T + L - 1 with flush, else T
+  int64_t delay;             // L - 1 with flush, else 0: output t is the top row after step t+delay
+  bool channel_norm, memory_conv, flush;
+};
+
+// Buffers of the forward pass. "Slots" of the saved tensors are S when training (one per step,
+// for the backward) and 1 otherwise (overwritten each step).
+struct TensorizedForwardBuffers {
+  TensorizedSizes n;
+  Tensor input_proj;   // [T, B, M]          x W_ih^T, without b_ih
+  Tensor bias_ih;      // [M]                b_ih (zeros without biases): the input row past the end
+  Tensor bias_hh;      // [G]                (zeros without biases)
+  Tensor norm_weight;  // [5, M]             CN gamma of i, f, g, o, c (undefined without CN)
+  Tensor norm_bias;    // [5, M]             CN beta
+  Tensor lengths;      // [B] int64          undefined: every sequence has length T
+  Tensor x_col;        // [slots, B, P, K', M] the unfolded Hcat of each step
+  Tensor pre;          // [B, P, G]          A of the current step, without b_hh
+  Tensor hidden;       // [2, B, P, M]       H, alternating slots s % 2 -> (s+1) % 2
+  Tensor cells;        // [S+1 or 2, B, P, M] C (op-math dtype): every step when training
+  Tensor gates;        // [slots, B, P, 4M]  post-activation i, f, g, o
+  Tensor q;            // [slots, B, P, K]   softmax of the kernel logits (memory conv only)
+  Tensor norm_hat;     // [slots, B, P, 5, M] normalized z of the five CNs, op math (CN only)
+  Tensor norm_rstd;    // [slots, B, P, 5]   1/sqrt(var + eps) of the five CNs, op math (CN only)
+  Tensor output;       // [T, B, M]          top row h_{t+delay, P}, zero past each length
+  bool training;
+};
+
+// Buffers of the backward pass (saved tensors as in the forward, with S slots).
+struct TensorizedBackwardBuffers {
+  TensorizedSizes n;
+  Tensor x_col, gates, q, norm_hat, norm_rstd, cells;
+  Tensor norm_weight, norm_bias;  // [5, M] (undefined without CN)
+  Tensor lengths;                 // [B] int64 or undefined
+  Tensor grad_output;             // [T, B, M]
+  Tensor grad_hidden;             // [2, B, P, M] op math: dL/dH_s (slot cur) -> dL/dH_{s-1}
+  Tensor grad_cell;               // [2, B, P, M] op math: dL/dC_s (slot cur) -> dL/dC_{s-1}
+  Tensor grad_pre;                // [S, B, P, G] dL/dA of every step
+  Tensor grad_cconv;              // [B, P, M]    op math: dL/dCconv of the current step
+  Tensor grad_col;                // [B, P, K', M] dL/dX_col of the current step
+  Tensor grad_input_row;          // [S, B, M]    dL/d(input row) of every step
+  Tensor grad_norm_rows;          // [B, P, 10, M] op math: dgamma (5M), dbeta (5M), summed per row
+};
+
+// What a device backend provides: the row passes of one step s.
+struct TensorizedStepKernels {
+  // x_col[slot] from hidden[s % 2] and the input row of step s.
+  void (*im2col)(const TensorizedForwardBuffers&, int64_t s);
+  // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row.
+  void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
+  // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output.
+  void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
+  // From grad_col (= grad_pre[s] W_col^T) and grad_cconv: grad_input_row[s], grad_hidden[1-cur],
+  // grad_cell[1-cur]; sequences past their end pass their gradients through.
+  void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
+};
+
+TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tensor& h0,
+                                 const Tensor& weight_hh, int64_t depth, int64_t kernel_size,
+                                 bool feedback, bool memory_conv, bool channel_norm, bool flush);
+
+// Returns output [T, B, M], h_n, c_n [B, P, M] and what the backward needs (empty unless
+// training): x_col [S, B, P, K', M], gates [S, B, P, 4M], q [S, B, P, K], norm_hat
+// [S, B, P, 5, M], norm_rstd [S, B, P, 5], cells [S+1, B, P, M].
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_forward_driver(
+    const Tensor& input,                         // [T, B, I]
+    const Tensor& h0,                            // [B, P, M]
+    const Tensor& c0,                            // [B, P, M]
+    const Tensor& weight_ih,                     // [M, I]
+    const c10::optional<Tensor>& bias_ih,        // [M]
+    const Tensor& weight_hh,                     // [G, M, K']
+    const c10::optional<Tensor>& bias_hh,        // [G]
+    const c10::optional<Tensor>& norm_weight,    // [5, M]
+    const c10::optional<Tensor>& norm_bias,      // [5, M]
+    const c10::optional<Tensor>& lengths,        // [B] int64
+    int64_t depth, int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+    bool training, const TensorizedStepKernels& kernels);
+
+// Returns grad_input [T, B, I] (empty unless need_grad_input), grad_h0, grad_c0 [B, P, M],
+// grad_weight_ih [M, I], grad_bias_ih [M], grad_weight_hh [G, M, K'], grad_bias_hh [G],
+// grad_norm_weight, grad_norm_bias [5, M] (empty without CN).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_backward_driver(
+    const Tensor& grad_output,                   // [T, B, M]
+    const Tensor& grad_h_n,                      // [B, P, M]
+    const Tensor& grad_c_n,                      // [B, P, M]
+    const Tensor& input,                         // [T, B, I]
+    const Tensor& weight_ih,                     // [M, I]
+    const Tensor& weight_hh,                     // [G, M, K']
+    const c10::optional<Tensor>& norm_weight,    // [5, M]
+    const c10::optional<Tensor>& norm_bias,      // [5, M]
+    const c10::optional<Tensor>& lengths,        // [B] int64
+    const Tensor& x_col, const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
+    const Tensor& norm_rstd, const Tensor& cells,  // saved by the forward
+    int64_t depth, int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+    bool need_grad_input, const TensorizedStepKernels& kernels);
+
+}  // namespace tlstm

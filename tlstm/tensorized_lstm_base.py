@@ -1,0 +1,225 @@
+"""What the fused and the reference tensorized LSTM share: the constructor and its checks, the
+parameters (names and shapes of SPEC.md section 2), input and state handling (padded, packed,
+unbatched, batch_first), the delay and flush rules and the output projection. Subclasses supply
+the recurrence over a padded time-major sequence.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence
+
+from .peephole_lstm_base import check_same_device
+from .sequences import pack_padded, packed_layout, pad_packed
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+
+
+class TensorizedLSTMBase(nn.Module):
+    """Tensorized LSTM (He et al., NIPS 2017); see ``tlstm.TensorizedLSTM`` for the arguments."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        depth: int,
+        kernel_size: int = 3,
+        channel_norm: bool = True,
+        memory_conv: bool = True,
+        feedback: bool = True,
+        bias: bool = True,
+        proj_size: int = 0,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden_size", hidden_size)
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        if (not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 3
+                or kernel_size % 2 == 0):
+            raise ValueError(
+                f"kernel_size must be an odd integer >= 3, got {kernel_size!r} (with 1 the "
+                "hidden rows would never see the input row)"
+            )
+        for name, flag in (("channel_norm", channel_norm), ("memory_conv", memory_conv),
+                           ("feedback", feedback), ("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
+        if not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections"
+            )
+
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.kernel_size = kernel_size
+        self.channel_norm = channel_norm
+        self.memory_conv = memory_conv
+        self.feedback = feedback
+        self.bias = bias
+        self.proj_size = proj_size
+        self.batch_first = batch_first
+
+        M, K, c = hidden_size, kernel_size, (kernel_size - 1) // 2
+        self.rows = (depth - 1) * c + 1  # P
+        gate_channels = 4 * M + (K if memory_conv else 0)  # G
+        taps = K if feedback else c + 1  # K'
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(M, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gate_channels, M, taps, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(M, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_channels, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if channel_norm:
+            self.norm_weight = nn.Parameter(torch.empty(5, M, **factory))
+            self.norm_bias = nn.Parameter(torch.empty(5, M, **factory))
+        else:
+            self.register_parameter("norm_weight", None)
+            self.register_parameter("norm_bias", None)
+        if proj_size > 0:
+            self.weight_proj = nn.Parameter(torch.empty(proj_size, M, **factory))
+        else:
+            self.register_parameter("weight_proj", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """U(-1/sqrt(M), 1/sqrt(M)) for the weights and biases, as nn.LSTM; CN: 1 and 0."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for name, p in self.named_parameters():
+            if name == "norm_weight":
+                init.ones_(p)
+            elif name == "norm_bias":
+                init.zeros_(p)
+            else:
+                init.uniform_(p, -stdv, stdv)
+
+    @property
+    def delay(self) -> int:
+        """Steps from an input to its output: the top row sees x_t at step t + depth - 1."""
+        return self.depth - 1
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _check_input(self, input: torch.Tensor, packed: bool) -> None:
+        if input.dtype != self.weight_ih.dtype:
+            raise ValueError(
+                f"TensorizedLSTM input dtype ({input.dtype}) does not match weight dtype "
+                f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), or "
+                f"convert model: model.to({input.dtype})"
+            )
+        expected_dim = 2 if packed else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {input.size(-1)}"
+            )
+
+    def _check_state(self, input: torch.Tensor, state, batch: int) -> None:
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError("state must be a tuple (H, C) of two tensors")
+        expected = (batch, self.rows, self.hidden_size)
+        for k, s in enumerate(state):
+            if tuple(s.shape) != expected:
+                raise RuntimeError(
+                    f"Expected state[{k}] size {expected} = (B, P, M), got {list(s.shape)}"
+                )
+        check_same_device(input, state, "state")
+        for s in state:
+            if s.dtype != input.dtype:
+                raise RuntimeError(
+                    f"Input and state tensors are not the same dtype, found input tensor with "
+                    f"{input.dtype} and state tensor with {s.dtype}"
+                )
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _run_sequence(self, x, h0, c0, lengths, flush):
+        """x [T, B, I] -> top-row outputs [T, B, M] (zero past each length), H_n, C_n [B, P, M]."""
+        raise NotImplementedError
+
+    def forward(self, input, state=None, flush: bool = True):
+        """Returns ``output, (H, C)``.
+
+        input: [T, B, I] ([B, T, I] with batch_first), an unbatched [T, I], or a PackedSequence.
+        state: ``(H_0, C_0)`` of shape [B, P, M] ([P, M] for unbatched input), zeros if None.
+        flush: True runs T + depth - 1 steps and returns y_t = h_{t+depth-1, P} for t = 1..T;
+            False runs T steps and returns the raw top row (lagging the input by depth - 1), so
+            that a sequence fed in chunks gives the same numbers as fed whole.
+        output: [T, B, proj_size or hidden_size]; H, C: [B, P, M], the state after the last step.
+        """
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data, packed=True)
+            layout = packed_layout(batch_sizes, data.device)
+            x, lengths, batch = pad_packed(data, layout), layout.lengths, layout.B
+            is_batched = True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"TensorizedLSTM: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+                if state is not None:
+                    state = tuple(s.unsqueeze(0) for s in state)
+            self._check_input(input, packed=False)
+            x = input.transpose(0, 1) if self.batch_first else input
+            lengths, batch = None, x.size(1)
+            sorted_indices = unsorted_indices = None
+        if state is None:
+            shape = (batch, self.rows, self.hidden_size)
+            state = (x.new_zeros(shape), x.new_zeros(shape))
+        else:
+            self._check_state(x, state, batch)
+            if sorted_indices is not None:
+                state = tuple(s.index_select(0, sorted_indices) for s in state)
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        check_same_device(x, self.parameters(), "parameter")
+
+        top, h_n, c_n = self._run_sequence(x, state[0], state[1], lengths, flush)
+        output = top if self.weight_proj is None else top @ self.weight_proj.T
+
+        if packed:
+            output = PackedSequence(pack_padded(output, layout), batch_sizes, sorted_indices,
+                                    unsorted_indices)
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(0, unsorted_indices), c_n.index_select(0, unsorted_indices)
+            return output, (h_n, c_n)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(0), c_n.squeeze(0)
+        return output, (h_n, c_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, depth={self.depth}"
+        if self.kernel_size != 3:
+            s += f", kernel_size={self.kernel_size}"
+        for name, default in (("channel_norm", True), ("memory_conv", True), ("feedback", True),
+                              ("bias", True), ("batch_first", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        return s
