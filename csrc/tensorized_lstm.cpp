@@ -201,6 +201,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   // dX_col = dA W_col^T; the transposed copy makes that a GEMM on a row-major operand.
   const Tensor weight_col_t = unfolded_weight(weight_hh, n).t().contiguous();  // [G, K'*M]
 
+  if (kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
   int64_t cur = 0;
   auto grad_col_2d = buf.grad_col.view({n.B * n.P, n.taps * n.M});
   for (int64_t s = n.S - 1; s >= 0; --s) {

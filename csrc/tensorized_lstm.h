@@ -72,6 +72,7 @@ struct TensorizedBackwardBuffers {
   Tensor grad_col;                // [B, P, K', M] dL/dX_col of the current step
   Tensor grad_input_row;          // [S, B, M]    dL/d(input row) of every step
   Tensor grad_norm_rows;          // [B, P, 10, M] op math: dgamma (5M), dbeta (5M), summed per row
+  std::vector<Tensor> workspace;  // owned by the backend
 };
 
 // What a device backend provides: the row passes of one step s.
@@ -80,6 +81,8 @@ struct TensorizedStepKernels {
   void (*im2col)(const TensorizedForwardBuffers&, int64_t s);
   // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row.
   void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
+  // Optional, once before the backward steps: per-call set-up kept in buf.workspace.
+  void (*prepare_backward)(TensorizedBackwardBuffers&);
   // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output.
   void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
   // From grad_col (= grad_pre[s] W_col^T) and grad_cconv: grad_input_row[s], grad_hidden[1-cur],

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import tlstm
+from tlstm.tensorized_lstm_base import TensorizedLSTMBase
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -36,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 @dataclass(frozen=True)
 class Config:
-    cell: str  # "peephole"
+    cell: str  # "peephole" or "tensorized"
     T: int
     B: int
     I: int  # noqa: E741
@@ -48,7 +49,7 @@ class Config:
     tf32: bool = False
 
     def label(self) -> str:
-        depth = f" L={self.L} K={self.K}" if self.L is not None else ""
+        depth = f" L={self.L} K={self.K}" if self.L is not None else ""  # H is M for the tLSTM
         layers = f" layers={self.layers}" if self.layers != 1 else ""
         tf32 = " tf32" if self.tf32 else ""
         return (f"{self.cell} T={self.T} B={self.B} I={self.I} H={self.H}{layers}{depth} "
@@ -74,6 +75,19 @@ def peephole_configs(device: str, quick: bool) -> list[Config]:
     return configs
 
 
+def tensorized_configs(device: str, quick: bool) -> list[Config]:
+    """Time against depth. CPU: the tLSTM issue's target, T=100, B=16, M=128, K=3."""
+    if device == "cpu":
+        return [Config("tensorized", 100, 16, 128, 128, L=L, K=3)
+                for L in ((1, 4) if quick else (1, 2, 4, 8))]
+    Ls = (1, 4, 8) if quick else (1, 2, 4, 8, 16)
+    Ms = (256,) if quick else (256, 512)
+    Bs = (16,) if quick else (16, 128)
+    dtypes = ("float32",) if quick else ("float32", "bfloat16")
+    return [Config("tensorized", 256, B, M, M, L=L, K=3, dtype=dtype)
+            for dtype in dtypes for M in Ms for B in Bs for L in Ls]
+
+
 # ---- implementations -----------------------------------------------------------------------
 
 
@@ -81,24 +95,45 @@ def lstm_baseline_name(device: str) -> str:
     return "cudnn" if device == "cuda" else "nn.LSTM"
 
 
-def build_peephole(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Module]:
-    """Modules with the same weights: the nn.LSTM ones are those of the peephole modules."""
+def build_modules(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Module]:
+    """Modules with the same weights (where they have the same parameters)."""
     dtype = DTYPES[cfg.dtype]
-    fused = tlstm.PeepholeLSTM(cfg.I, cfg.H, num_layers=cfg.layers, device=device, dtype=dtype)
+    factory = {"device": device, "dtype": dtype}
+    if cfg.cell == "peephole":
+        def make(cls):
+            return cls(cfg.I, cfg.H, num_layers=cfg.layers, **factory)
+        fused, reference_cls = make(tlstm.PeepholeLSTM), tlstm.reference.PeepholeLSTM
+        baseline_layers = cfg.layers
+    else:
+        def make(cls):
+            return cls(cfg.I, cfg.H, depth=cfg.L, kernel_size=cfg.K, **factory)
+        fused, reference_cls = make(tlstm.TensorizedLSTM), tlstm.reference.TensorizedLSTM
+        baseline_layers = cfg.L  # the stacked LSTM of the same width and depth
     modules: dict[str, nn.Module] = {}
     for name in impls:
         if name == "fused":
             modules[name] = fused
         elif name in ("reference", "compiled_reference"):
-            ref = tlstm.reference.PeepholeLSTM(cfg.I, cfg.H, num_layers=cfg.layers,
-                                               device=device, dtype=dtype)
+            ref = make(reference_cls)
             ref.load_state_dict(fused.state_dict())
             modules[name] = torch.compile(ref) if name == "compiled_reference" else ref
         elif name in ("cudnn", "nn.LSTM"):
-            lstm = nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, device=device, dtype=dtype)
-            lstm.load_state_dict(fused.state_dict(), strict=False)
+            lstm = nn.LSTM(cfg.I, cfg.H, num_layers=baseline_layers, **factory)
+            if cfg.cell == "peephole":
+                lstm.load_state_dict(fused.state_dict(), strict=False)
             modules[name] = lstm
     return modules
+
+
+def initial_state(module: nn.Module, batch: int, rand) -> tuple:
+    """(h0, c0) of the shapes the module takes: [layers, B, H] for nn.LSTM and the peephole
+    LSTM, [B, P, M] for the tensorized LSTM."""
+    module = getattr(module, "_orig_mod", module)  # a compiled module
+    if isinstance(module, TensorizedLSTMBase):  # fused or reference tLSTM
+        shape = (batch, module.rows, module.hidden_size)
+        return rand(*shape), rand(*shape)
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    return rand(layers, batch, module.hidden_size), rand(layers, batch, module.hidden_size)
 
 
 # ---- timing --------------------------------------------------------------------------------
@@ -126,48 +161,46 @@ class Clock:
 
 @dataclass
 class Workload:
-    """Inputs of one configuration; several sets, rotated, so that none sits in cache."""
+    """Inputs of one configuration, several sets rotated so that none sits in cache; each
+    implementation gets initial states of its own shapes."""
 
     inputs: list
-    states: list
     upstream: list
+    states: dict
     k: int = 0
 
-    def next(self):
+    def next(self, impl: str):
         self.k = (self.k + 1) % len(self.inputs)
-        return self.inputs[self.k], self.states[self.k], self.upstream[self.k]
+        return self.inputs[self.k], self.states[impl][self.k], self.upstream[self.k]
 
 
-def make_workload(cfg: Config, device: str, sets: int = 3) -> Workload:
+def make_workload(cfg: Config, device: str, modules: dict, sets: int = 3) -> Workload:
     dtype = DTYPES[cfg.dtype]
     g = torch.Generator(device="cpu").manual_seed(1234)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
-    states = []
-    for _ in range(sets):
-        n = cfg.layers
-        states.append((rand(n, cfg.B, cfg.H), rand(n, cfg.B, cfg.H)))
     return Workload(
         inputs=[rand(cfg.T, cfg.B, cfg.I) for _ in range(sets)],
-        states=states,
         upstream=[rand(cfg.T, cfg.B, cfg.H) for _ in range(sets)],
+        states={name: [initial_state(m, cfg.B, rand) for _ in range(sets)]
+                for name, m in modules.items()},
     )
 
 
-def step_function(module: nn.Module, work: Workload, direction: str):
+def step_function(module: nn.Module, impl: str, work: Workload, direction: str):
     if direction == "fwd":
         def run():
-            x, hx, _ = work.next()
+            x, state, _ = work.next(impl)
             with torch.no_grad():
-                module(x, hx)
+                module(x, state)
         return run
 
     params = list(module.parameters())
 
     def run_fwdbwd():
-        x, (h0, c0), upstream = work.next()
+        x, (h0, c0), upstream = work.next(impl)
         x = x.detach().requires_grad_(True)
         h0 = h0.detach().requires_grad_(True)
         c0 = c0.detach().requires_grad_(True)
@@ -187,9 +220,12 @@ class Record:
 
     def to_json(self) -> dict:
         c = self.cfg
+        cell, layers, L, K = c.cell, c.layers, c.L, c.K
+        if c.cell == "tensorized" and self.impl in ("cudnn", "nn.LSTM"):
+            cell, layers, L, K = "lstm", c.L, None, None  # the stacked LSTM: layers is L
         return {
-            "cell": c.cell, "impl": self.impl, "direction": self.direction, "dtype": c.dtype,
-            "T": c.T, "B": c.B, "I": c.I, "H": c.H, "layers": c.layers, "L": c.L, "K": c.K,
+            "cell": cell, "impl": self.impl, "direction": self.direction, "dtype": c.dtype,
+            "T": c.T, "B": c.B, "I": c.I, "H": c.H, "layers": layers, "L": L, "K": K,
             "ms_median": round(statistics.median(self.times), 4),
             "ms_min": round(min(self.times), 4), "ms_max": round(max(self.times), 4),
             "repeats": len(self.times),
@@ -229,12 +265,12 @@ def time_config(cfg: Config, device: str, impls: list[str], directions: list[str
         impls = [name for name in impls if name != "compiled_reference"]
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
-    modules = build_peephole(cfg, device, impls)
-    work = make_workload(cfg, device)
+    modules = build_modules(cfg, device, impls)
+    work = make_workload(cfg, device, modules)
     clock = Clock(device)
     records = []
     for direction in directions:
-        runs = {name: step_function(m, work, direction) for name, m in modules.items()}
+        runs = {name: step_function(m, name, work, direction) for name, m in modules.items()}
         for run in runs.values():
             for _ in range(warmup):
                 run()
@@ -257,15 +293,29 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("nan") if err != err else err
 
 
-def peephole_parity(device: str) -> list[dict]:
-    """Fused (float64 and float32) against the float64 reference; max error over all outputs."""
+# Small cases of each cell: (cell, constructor arguments); sizes T, B, I, H = 12, 5, 7, 9.
+PARITY_CASES = [
+    ("peephole", dict(num_layers=2, bidirectional=True)),
+    ("peephole", dict(proj_size=4)),
+    ("tensorized", dict(depth=4, kernel_size=3)),
+    ("tensorized", dict(depth=3, kernel_size=5, feedback=False, memory_conv=True)),
+]
+
+
+def parity_report(device: str) -> list[dict]:
+    """Fused (float64 and float32) against the float64 reference, packed input with random
+    lengths, random upstream gradients: the max relative error over outputs, final states and
+    every gradient."""
     torch.manual_seed(0)
-    cases = [dict(num_layers=2, bidirectional=True, proj_size=0),
-             dict(num_layers=1, bidirectional=False, proj_size=4)]
     T, B, I, H = 12, 5, 7, 9
     rows = []
-    for kwargs in cases:
-        ref = tlstm.reference.PeepholeLSTM(I, H, **kwargs, dtype=torch.float64)
+    for cell, kwargs in PARITY_CASES:
+        fused_cls, ref_cls = ((tlstm.PeepholeLSTM, tlstm.reference.PeepholeLSTM) if cell == "peephole"
+                              else (tlstm.TensorizedLSTM, tlstm.reference.TensorizedLSTM))
+        ref = ref_cls(I, H, **kwargs, dtype=torch.float64)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.uniform_(-0.6, 0.6)
         lengths = torch.randint(1, T + 1, (B,))
         x = torch.randn(T, B, I, dtype=torch.float64)
         up = None
@@ -273,7 +323,7 @@ def peephole_parity(device: str) -> list[dict]:
         for name, dtype in (("reference", torch.float64), ("fused float64", torch.float64),
                             ("fused float32", torch.float32)):
             dev = "cpu" if name == "reference" else device
-            module = ref if name == "reference" else tlstm.PeepholeLSTM(I, H, **kwargs).to(dev, dtype)
+            module = ref if name == "reference" else fused_cls(I, H, **kwargs).to(dev, dtype)
             if module is not ref:
                 module.load_state_dict(ref.state_dict())
             xi = x.to(dev, dtype).requires_grad_(True)
@@ -288,9 +338,8 @@ def peephole_parity(device: str) -> list[dict]:
             results[name] = [t.detach().cpu() for t in (out.data, h, c, *grads)]
         for name, bound in (("fused float64", 1e-10), ("fused float32", 1e-5)):
             err = max(rel_err(a, b) for a, b in zip(results[name], results["reference"]))
-            rows.append({"cell": "peephole", "case": str(kwargs), "impl": name,
-                         "device": device, "max_rel_err": err, "bound": bound,
-                         "ok": err == err and err <= bound})
+            rows.append({"cell": cell, "case": str(kwargs), "impl": name, "device": device,
+                         "max_rel_err": err, "bound": bound, "ok": err == err and err <= bound})
     return rows
 
 
@@ -338,6 +387,72 @@ def print_table(records: list[Record], baseline: str) -> None:
                   f"{min(r.times):>9.2f} {ratio:>12}")
 
 
+def print_depth_table(records: list[Record], baseline: str) -> None:
+    """The tLSTM's time against depth next to the stacked LSTM's, each relative to its L=1."""
+    groups: dict = {}
+    for r in records:
+        if r.cfg.cell != "tensorized":
+            continue
+        key = (r.cfg.T, r.cfg.B, r.cfg.H, r.cfg.K, r.cfg.dtype, r.direction)
+        groups.setdefault(key, {}).setdefault(r.cfg.L, {})[r.impl] = statistics.median(r.times)
+    impls = ["fused", baseline, "reference"]
+    for (T, B, M, K, dtype, direction), by_depth in groups.items():
+        print(f"\ntime against depth: tensorized T={T} B={B} M={M} K={K} {dtype} {direction} "
+              f"(ms, and x its own time at the smallest L); {baseline} is stacked, layers = L")
+        print(f"{'L':>4} " + " ".join(f"{name:>24}" for name in impls))
+        first = by_depth[min(by_depth)]
+        for L in sorted(by_depth):
+            cells = []
+            for name in impls:
+                ms = by_depth[L].get(name)
+                cells.append(f"{ms:>12.2f} ({ms / first[name]:>5.2f}x)" if ms else f"{'':>24}")
+            print(f"{L:>4} " + " ".join(f"{c:>24}" for c in cells))
+
+
+def plot_depth(records: list[Record], baseline: str, path: str, device: str) -> None:
+    """A PNG of time against depth: one panel per (M, B, dtype, direction)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plot written")
+        return
+    panels: dict = {}
+    for r in records:
+        if r.cfg.cell == "tensorized":
+            key = (r.cfg.H, r.cfg.B, r.cfg.dtype, r.direction)
+            panels.setdefault(key, {}).setdefault(r.impl, []).append(
+                (r.cfg.L, statistics.median(r.times)))
+    keys = sorted(panels)
+    cols = min(4, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    labels = {"fused": "tLSTM (tlstm, fused)", baseline: f"stacked LSTM ({baseline}), layers = L",
+              "reference": "tLSTM (eager reference)"}
+    for ax, key in zip(axes.flat, keys):
+        for impl, points in sorted(panels[key].items()):
+            if impl == "compiled_reference":
+                continue
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    label=labels.get(impl, impl))
+        M, B, dtype, direction = key
+        ax.set_title(f"M={M} B={B} {dtype} {direction}", fontsize=9)
+        ax.set_xlabel("depth L")
+        ax.set_ylabel("ms")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"time against depth, {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def result_path(path: str, device: str, commit: str) -> str:
     if not os.path.isdir(path):
         return path
@@ -354,17 +469,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"tlstm {tlstm.__version__}, torch {torch.__version__}, device {device_name(device)}")
 
     print("\n== parity against the float64 reference (SPEC.md section 3) ==")
-    parity = peephole_parity(device)
+    parity = parity_report(device)
     for row in parity:
         status = "ok" if row["ok"] else "FAIL"
-        print(f"  {row['cell']:<9} {row['impl']:<14} {row['case']:<55} "
+        print(f"  {row['cell']:<10} {row['impl']:<14} {row['case']:<70} "
               f"max rel err {row['max_rel_err']:.2e} (bound {row['bound']:.0e}) {status}")
 
     baseline = lstm_baseline_name(device)
     impls = ["fused", "reference", baseline]
     if args.compile or (device == "cuda" and not args.no_compile):
         impls.append("compiled_reference")
-    configs = peephole_configs(device, args.quick)
+    configs = []
+    if "peephole" in args.cells:
+        configs += peephole_configs(device, args.quick)
+    if "tensorized" in args.cells:
+        configs += tensorized_configs(device, args.quick)
     directions = ["fwd", "fwdbwd"]
     repeats = args.repeats or (5 if args.quick else 15)
     print(f"\n== wall clock: median of {repeats} interleaved repeats after {args.warmup} warm-up "
@@ -375,6 +494,10 @@ def run(args: argparse.Namespace) -> int:
     for cfg in configs:
         records += time_config(cfg, device, impls, directions, repeats, args.warmup, progress)
     print_table(records, baseline)
+    if any(r.cfg.cell == "tensorized" for r in records):
+        print_depth_table(records, baseline)
+        if args.plot:
+            plot_depth(records, baseline, args.plot, device_name(device))
 
     if args.json:
         commit = git_commit()
@@ -416,3 +539,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="never time the compiled reference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cells", nargs="+", choices=["peephole", "tensorized"],
+                        default=["peephole", "tensorized"], help="which cells to time")
+    parser.add_argument("--plot", metavar="PNG", help="plot the tLSTM's time against depth")

@@ -1,0 +1,612 @@
+// CUDA backend of the tensorized LSTM ops: the four row passes of a step (tensorized_lstm.h),
+// plugged into the shared driver, which runs the input projection, the step GEMMs and the
+// weight gradients as cuBLAS GEMMs through ATen on the current stream.
+//
+// The row passes give one warp to each (b, p) row: its lanes stride over the M channels and
+// the channel norms' statistics are warp reductions (butterfly shuffles: every lane gets the
+// same sum, in a fixed order). im2col and the gather are element-wise. Inputs may be float32,
+// float64, float16 or bfloat16; statistics, cells and accumulations are in the op-math type.
+// Every index is 64-bit.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../checks.h"
+#include "../fast_math.h"
+#include "../tensorized_lstm.h"
+
+namespace tlstm {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr double kNormEps = 1e-5;
+// The backward keeps dL/dQ of a row in registers: kernel sizes up to this on CUDA.
+constexpr int kMaxKernelSize = 15;
+
+inline unsigned int blocks_for(int64_t n, int64_t per_block) {
+  const int64_t max_blocks =
+      int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
+  return static_cast<unsigned int>(
+      std::max<int64_t>(1, std::min((n + per_block - 1) / per_block, max_blocks)));
+}
+
+template <typename acc_t>
+__device__ inline acc_t warp_all_sum(acc_t v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ inline int64_t sequence_length(const int64_t* lengths, int64_t b, int64_t T) {
+  return lengths == nullptr ? T : min(lengths[b], T);
+}
+
+__device__ inline int64_t clamp_row(int64_t r, int64_t P) { return r < 1 ? 1 : (r > P ? P : r); }
+
+// Device-side copy of the sizes (the host struct holds bools and is trivially copyable).
+struct Sizes {
+  int64_t T, B, M, P, K, c, taps, G, S, delay;
+};
+
+Sizes device_sizes(const TensorizedSizes& n) {
+  return {n.T, n.B, n.M, n.P, n.K, n.c, n.taps, n.G, n.S, n.delay};
+}
+
+// ---- im2col ------------------------------------------------------------------------------
+
+template <typename scalar_t>
+__global__ void tensorized_im2col_kernel(scalar_t* __restrict__ x_col,        // [B, P, K', M]
+                                         const scalar_t* __restrict__ hidden,  // [B, P, M]
+                                         const scalar_t* __restrict__ proj,    // [T, B, M]
+                                         const scalar_t* __restrict__ bias,    // [M]
+                                         const int64_t* __restrict__ lengths, Sizes n, int64_t s) {
+  const int64_t total = n.B * n.P * n.taps * n.M;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = idx % n.M, k = (idx / n.M) % n.taps, row = idx / (n.M * n.taps);
+    const int64_t b = row / n.P, p = row % n.P + 1, r = p - n.c + k;
+    scalar_t v(0);
+    if (r == 0) {  // the input row: x~_s + b_ih, or b_ih alone past the sequence's end
+      v = s < sequence_length(lengths, b, n.T)
+              ? scalar_t(at::opmath_type<scalar_t>(proj[(s * n.B + b) * n.M + m]) +
+                         at::opmath_type<scalar_t>(bias[m]))
+              : bias[m];
+    } else if (r >= 1 && r <= n.P) {
+      v = hidden[(b * n.P + r - 1) * n.M + m];
+    }
+    x_col[idx] = v;
+  }
+}
+
+// ---- forward rows ------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+struct ForwardRowsParams {
+  const scalar_t* pre;        // [B*P, G]
+  const scalar_t* bias;       // [G]
+  const scalar_t* gamma;      // [5, M]
+  const scalar_t* beta;       // [5, M]
+  const scalar_t* hidden_prev;  // [B*P, M]
+  scalar_t* hidden_next;      // [B*P, M]
+  const acc_t* cells_prev;    // [B*P, M]
+  acc_t* cells_next;          // [B*P, M]
+  scalar_t* gates;            // [B*P, 4M]
+  scalar_t* q;                // [B*P, K]
+  acc_t* norm_hat;            // [B*P, 5, M]
+  acc_t* norm_rstd;           // [B*P, 5]
+  scalar_t* output;           // [T, B, M]
+  const int64_t* lengths;
+  Sizes n;
+  int64_t s;
+};
+
+// Mean and 1/sqrt(var + eps) of the M values value(m), over a warp.
+template <typename acc_t, typename Value>
+__device__ inline void warp_moments(int64_t M, int lane, const Value& value, acc_t& mean,
+                                    acc_t& rstd) {
+  acc_t sum = 0;
+  for (int64_t m = lane; m < M; m += 32) sum += value(m);
+  mean = warp_all_sum(sum) / acc_t(M);
+  acc_t sq = 0;
+  for (int64_t m = lane; m < M; m += 32) {
+    const acc_t d = value(m) - mean;
+    sq += d * d;
+  }
+  rstd = acc_t(1) / ::sqrt(warp_all_sum(sq) / acc_t(M) + acc_t(kNormEps));
+}
+
+template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
+__global__ void __launch_bounds__(kThreads)
+    tensorized_forward_rows_kernel(ForwardRowsParams<scalar_t, acc_t> p) {
+  const Sizes n = p.n;
+  const int64_t M = n.M, rows = n.B * n.P;
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x / 32) {
+    const int64_t b = row / n.P, pr = row % n.P + 1;  // hidden row pr of 1..P
+    const bool top = pr == n.P && p.s >= n.delay;
+    scalar_t* y = top ? p.output + ((p.s - n.delay) * n.B + b) * M : nullptr;
+    scalar_t* h_out = p.hidden_next + row * M;
+    acc_t* c_out = p.cells_next + row * M;
+    if (p.s >= sequence_length(p.lengths, b, n.T) + n.delay) {  // finished: the state stays
+      for (int64_t m = lane; m < M; m += 32) {
+        h_out[m] = p.hidden_prev[row * M + m];
+        c_out[m] = p.cells_prev[row * M + m];
+        if (top) y[m] = scalar_t(0);
+        for (int g = 0; g < 4; ++g) p.gates[row * 4 * M + g * M + m] = scalar_t(0);
+        if (kNorm) {
+          for (int g = 0; g < 5; ++g) p.norm_hat[(row * 5 + g) * M + m] = acc_t(0);
+        }
+      }
+      if (kMemoryConv) {
+        for (int64_t k = lane; k < n.K; k += 32) p.q[row * n.K + k] = scalar_t(0);
+      }
+      if (kNorm && lane < 5) p.norm_rstd[row * 5 + lane] = acc_t(0);
+      continue;
+    }
+    const scalar_t* a = p.pre + row * n.G;
+    scalar_t* g_out = p.gates + row * 4 * M;
+    for (int g = 0; g < 4; ++g) {  // i, f, g, o
+      auto z = [&](int64_t m) { return acc_t(a[g * M + m]) + acc_t(p.bias[g * M + m]); };
+      acc_t mean = 0, rstd = 1;
+      if (kNorm) {
+        warp_moments<acc_t>(M, lane, z, mean, rstd);
+        if (lane == 0) p.norm_rstd[row * 5 + g] = rstd;
+      }
+      for (int64_t m = lane; m < M; m += 32) {
+        acc_t u = z(m);
+        if (kNorm) {
+          const acc_t zh = (u - mean) * rstd;
+          p.norm_hat[(row * 5 + g) * M + m] = zh;
+          u = acc_t(p.gamma[g * M + m]) * zh + acc_t(p.beta[g * M + m]);
+        }
+        g_out[g * M + m] = scalar_t(g == 2 ? tanh_(u) : sigmoid(u));
+      }
+    }
+    // Q = softmax of the K logits (every lane computes it: K is small); the memory convolution.
+    const acc_t* c_prev = p.cells_prev + (b * n.P) * M;
+    acc_t top_logit = -INFINITY, total = 0;
+    if (kMemoryConv) {
+      for (int64_t k = 0; k < n.K; ++k) {
+        top_logit = max(top_logit, acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]));
+      }
+      for (int64_t k = 0; k < n.K; ++k) {
+        total += exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit);
+      }
+      for (int64_t k = lane; k < n.K; k += 32) {
+        p.q[row * n.K + k] =
+            scalar_t(exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit) / total);
+      }
+    }
+    for (int64_t m = lane; m < M; m += 32) {
+      acc_t cconv = 0;
+      if (kMemoryConv) {
+        for (int64_t k = 0; k < n.K; ++k) {
+          const acc_t qk =
+              exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit) / total;
+          cconv += qk * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        }
+      } else {
+        cconv = c_prev[(pr - 1) * M + m];
+      }
+      c_out[m] = acc_t(g_out[2 * M + m]) * acc_t(g_out[m]) + cconv * acc_t(g_out[M + m]);
+    }
+    __syncwarp();
+    acc_t mean = 0, rstd = 1;
+    if (kNorm) {
+      warp_moments<acc_t>(M, lane, [&](int64_t m) { return c_out[m]; }, mean, rstd);
+      if (lane == 0) p.norm_rstd[row * 5 + 4] = rstd;
+    }
+    for (int64_t m = lane; m < M; m += 32) {
+      acc_t u = c_out[m];
+      if (kNorm) {
+        const acc_t zh = (u - mean) * rstd;
+        p.norm_hat[(row * 5 + 4) * M + m] = zh;
+        u = acc_t(p.gamma[4 * M + m]) * zh + acc_t(p.beta[4 * M + m]);
+      }
+      const scalar_t h = scalar_t(tanh_(u) * acc_t(g_out[3 * M + m]));
+      h_out[m] = h;
+      if (top) y[m] = h;
+    }
+  }
+}
+
+// ---- backward rows -----------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+struct BackwardRowsParams {
+  const scalar_t* gates;       // [B*P, 4M]
+  const scalar_t* q;           // [B*P, K]
+  const acc_t* norm_hat;       // [B*P, 5, M]
+  const acc_t* norm_rstd;      // [B*P, 5]
+  const scalar_t* gamma;       // [5, M]
+  const scalar_t* beta;        // [5, M]
+  const acc_t* cells_prev;     // [B*P, M]
+  const acc_t* cells;          // [B*P, M]
+  const acc_t* grad_hidden;    // [B*P, M] dL/dH_s from later steps
+  const acc_t* grad_cell;      // [B*P, M] dL/dC_s from later steps
+  const scalar_t* grad_output; // [T, B, M]
+  scalar_t* grad_pre;          // [B*P, G] out
+  acc_t* grad_cconv;           // [B*P, M] out
+  acc_t* grad_norm;            // [B*P, 10, M] accumulated
+  acc_t* scratch;              // [B*P, 3, M]: dL/dC, Cconv, dL/dO of the row
+  const int64_t* lengths;
+  Sizes n;
+  int64_t s;
+};
+
+template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
+__global__ void __launch_bounds__(kThreads)
+    tensorized_backward_rows_kernel(BackwardRowsParams<scalar_t, acc_t> p) {
+  const Sizes n = p.n;
+  const int64_t M = n.M, rows = n.B * n.P;
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x / 32) {
+    const int64_t b = row / n.P, pr = row % n.P + 1;
+    scalar_t* da = p.grad_pre + row * n.G;
+    if (p.s >= sequence_length(p.lengths, b, n.T) + n.delay) {  // finished: nothing reaches A
+      for (int64_t o = lane; o < n.G; o += 32) da[o] = scalar_t(0);
+      continue;
+    }
+    const scalar_t* g = p.gates + row * 4 * M;
+    const scalar_t* go = (pr == n.P && p.s >= n.delay)
+                             ? p.grad_output + ((p.s - n.delay) * n.B + b) * M
+                             : nullptr;
+    acc_t* d_c = p.scratch + (row * 3 + 0) * M;
+    acc_t* cconv = p.scratch + (row * 3 + 1) * M;
+    acc_t* d_o = p.scratch + (row * 3 + 2) * M;
+    const acc_t* zh_c = kNorm ? p.norm_hat + (row * 5 + 4) * M : nullptr;
+    // H = tanh(u) O with u = CN_c(C): dL/dO, and dL/du into d_c for now.
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t m = lane; m < M; m += 32) {
+      const acc_t dh = p.grad_hidden[row * M + m] + (go ? acc_t(go[m]) : acc_t(0));
+      const acc_t u = kNorm ? acc_t(p.gamma[4 * M + m]) * zh_c[m] + acc_t(p.beta[4 * M + m])
+                            : p.cells[row * M + m];
+      const acc_t tu = tanh_(u);
+      d_o[m] = dh * tu;
+      const acc_t du = dh * acc_t(g[3 * M + m]) * (acc_t(1) - tu * tu);
+      d_c[m] = du;
+      if (kNorm) {
+        p.grad_norm[(row * 10 + 4) * M + m] += du * zh_c[m];
+        p.grad_norm[(row * 10 + 9) * M + m] += du;
+        const acc_t dzh = du * acc_t(p.gamma[4 * M + m]);
+        s1 += dzh;
+        s2 += dzh * zh_c[m];
+      }
+    }
+    if (kNorm) {
+      s1 = warp_all_sum(s1) / acc_t(M);
+      s2 = warp_all_sum(s2) / acc_t(M);
+    }
+    // dL/dC; the memory convolution's input and dL/dQ.
+    const acc_t* c_prev = p.cells_prev + (b * n.P) * M;
+    const scalar_t* qr = kMemoryConv ? p.q + row * n.K : nullptr;
+    acc_t dq[kMaxKernelSize];  // dL/dQ_k, summed per lane, then over the warp
+    for (int64_t k = 0; k < n.K; ++k) dq[k] = 0;
+    for (int64_t m = lane; m < M; m += 32) {
+      acc_t dc = p.grad_cell[row * M + m];
+      if (kNorm) {
+        const acc_t rstd = p.norm_rstd[row * 5 + 4];
+        dc += rstd * (d_c[m] * acc_t(p.gamma[4 * M + m]) - s1 - zh_c[m] * s2);
+      } else {
+        dc += d_c[m];
+      }
+      d_c[m] = dc;
+      acc_t cc = 0;
+      if (kMemoryConv) {
+        for (int64_t k = 0; k < n.K; ++k) {
+          cc += acc_t(qr[k]) * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        }
+      } else {
+        cc = c_prev[(pr - 1) * M + m];
+      }
+      cconv[m] = cc;
+      const acc_t dcc = dc * acc_t(g[M + m]);
+      p.grad_cconv[row * M + m] = dcc;
+      if (kMemoryConv) {
+        for (int64_t k = 0; k < n.K; ++k) {
+          dq[k] += dcc * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        }
+      }
+    }
+    if (kMemoryConv) {  // through the softmax: dA^q_k = Q_k (dQ_k - sum_j Q_j dQ_j)
+      acc_t weighted = 0;
+      for (int64_t k = 0; k < n.K; ++k) {
+        dq[k] = warp_all_sum(dq[k]);
+        weighted += acc_t(qr[k]) * dq[k];
+      }
+      for (int64_t k = lane; k < n.K; k += 32) {
+        da[4 * M + k] = scalar_t(acc_t(qr[k]) * (dq[k] - weighted));
+      }
+    }
+    __syncwarp();
+    // The four gates: dL/d(activation input), then back through their channel norms.
+    for (int gi = 0; gi < 4; ++gi) {
+      auto dv = [&](int64_t m) -> acc_t {
+        const acc_t y = acc_t(g[gi * M + m]);
+        switch (gi) {
+          case 0: return d_c[m] * acc_t(g[2 * M + m]) * y * (acc_t(1) - y);  // i
+          case 1: return d_c[m] * cconv[m] * y * (acc_t(1) - y);            // f
+          case 2: return d_c[m] * acc_t(g[m]) * (acc_t(1) - y * y);         // g
+          default: return d_o[m] * y * (acc_t(1) - y);                      // o
+        }
+      };
+      if (!kNorm) {
+        for (int64_t m = lane; m < M; m += 32) da[gi * M + m] = scalar_t(dv(m));
+        continue;
+      }
+      const acc_t* zh = p.norm_hat + (row * 5 + gi) * M;
+      acc_t t1 = 0, t2 = 0;
+      for (int64_t m = lane; m < M; m += 32) {
+        const acc_t d = dv(m);
+        p.grad_norm[(row * 10 + gi) * M + m] += d * zh[m];
+        p.grad_norm[(row * 10 + 5 + gi) * M + m] += d;
+        const acc_t dzh = d * acc_t(p.gamma[gi * M + m]);
+        t1 += dzh;
+        t2 += dzh * zh[m];
+      }
+      t1 = warp_all_sum(t1) / acc_t(M);
+      t2 = warp_all_sum(t2) / acc_t(M);
+      const acc_t rstd = p.norm_rstd[row * 5 + gi];
+      for (int64_t m = lane; m < M; m += 32) {
+        da[gi * M + m] = scalar_t(rstd * (dv(m) * acc_t(p.gamma[gi * M + m]) - t1 - zh[m] * t2));
+      }
+    }
+  }
+}
+
+// ---- gather ------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t, bool kMemoryConv>
+__global__ void tensorized_gather_kernel(
+    const scalar_t* __restrict__ grad_col,     // [B, P, K', M]
+    const acc_t* __restrict__ grad_cconv,      // [B, P, M]
+    const scalar_t* __restrict__ q,            // [B, P, K]
+    const acc_t* __restrict__ grad_hidden,     // [B, P, M] dL/dH_s
+    const acc_t* __restrict__ grad_cell,       // [B, P, M] dL/dC_s
+    acc_t* __restrict__ grad_hidden_prev,      // [B, P, M] out
+    acc_t* __restrict__ grad_cell_prev,        // [B, P, M] out
+    scalar_t* __restrict__ grad_input_row,     // [B, M] out
+    const int64_t* __restrict__ lengths, Sizes n, int64_t s) {
+  const int64_t total = n.B * (n.P + 1) * n.M;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = idx % n.M, item = idx / n.M, b = item / (n.P + 1), r = item % (n.P + 1);
+    const bool running = s < sequence_length(lengths, b, n.T) + n.delay;
+    const int64_t state = (b * n.P + r - 1) * n.M + m;  // row r of the state tensors (r >= 1)
+    if (!running) {  // finished: dL/dH and dL/dC pass through, the input row gets nothing
+      if (r == 0) {
+        grad_input_row[b * n.M + m] = scalar_t(0);
+      } else {
+        grad_hidden_prev[state] = grad_hidden[state];
+        grad_cell_prev[state] = grad_cell[state];
+      }
+      continue;
+    }
+    acc_t dh = 0;  // col2im: tap k of hidden row p = r + c - k read row r
+    for (int64_t k = 0; k < n.taps; ++k) {
+      const int64_t pr = r + n.c - k;
+      if (pr >= 1 && pr <= n.P) dh += acc_t(grad_col[((b * n.P + pr - 1) * n.taps + k) * n.M + m]);
+    }
+    if (r == 0) {
+      grad_input_row[b * n.M + m] = scalar_t(dh);
+      continue;
+    }
+    grad_hidden_prev[state] = dh;
+    acc_t dc = 0;
+    if (kMemoryConv) {  // tap k of row p read C_{t-1} row clamp(p - c + k, 1, P)
+      const int64_t lo = r - n.c < 1 ? 1 : r - n.c, hi = r + n.c > n.P ? n.P : r + n.c;
+      for (int64_t pr = lo; pr <= hi; ++pr) {
+        acc_t weight = 0;
+        for (int64_t k = 0; k < n.K; ++k) {
+          if (clamp_row(pr - n.c + k, n.P) == r) weight += acc_t(q[(b * n.P + pr - 1) * n.K + k]);
+        }
+        dc += weight * grad_cconv[(b * n.P + pr - 1) * n.M + m];
+      }
+    } else {
+      dc = grad_cconv[state];
+    }
+    grad_cell_prev[state] = dc;
+  }
+}
+
+// ---- launches ----------------------------------------------------------------------------
+
+template <class Fn>
+void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "tlstm_tensorized_cuda",
+                                  [&] { fn(scalar_t{}); });
+}
+
+template <class Fn>
+void dispatch_flags(bool norm, bool memory_conv, const Fn& fn) {
+  if (norm) {
+    memory_conv ? fn(std::true_type{}, std::true_type{}) : fn(std::true_type{}, std::false_type{});
+  } else {
+    memory_conv ? fn(std::false_type{}, std::true_type{}) : fn(std::false_type{}, std::false_type{});
+  }
+}
+
+template <typename T>
+T* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+void im2col_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
+  const auto& n = buf.n;
+  const int64_t total = n.B * n.P * n.taps * n.M;
+  if (total == 0) return;
+  dispatch_dtype(buf.x_col.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    tensorized_im2col_kernel<scalar_t>
+        <<<blocks_for(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            buf.x_col.data_ptr<scalar_t>() + (buf.training ? s : 0) * total,
+            buf.hidden.data_ptr<scalar_t>() + (s % 2) * n.B * n.P * n.M,
+            buf.input_proj.data_ptr<scalar_t>(), buf.bias_ih.data_ptr<scalar_t>(),
+            ptr_or_null<int64_t>(buf.lengths), device_sizes(n), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
+  const auto& n = buf.n;
+  const int64_t rows = n.B * n.P, slot = buf.training ? s : 0;
+  if (rows == 0) return;
+  dispatch_dtype(buf.pre.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cell_prev = buf.training ? s : s % 2, cell_next = buf.training ? s + 1 : (s + 1) % 2;
+    ForwardRowsParams<scalar_t, acc_t> p{
+        buf.pre.data_ptr<scalar_t>(),
+        buf.bias_hh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(buf.norm_weight),
+        ptr_or_null<scalar_t>(buf.norm_bias),
+        buf.hidden.data_ptr<scalar_t>() + (s % 2) * rows * n.M,
+        buf.hidden.data_ptr<scalar_t>() + ((s + 1) % 2) * rows * n.M,
+        buf.cells.data_ptr<acc_t>() + cell_prev * rows * n.M,
+        buf.cells.data_ptr<acc_t>() + cell_next * rows * n.M,
+        buf.gates.data_ptr<scalar_t>() + slot * rows * 4 * n.M,
+        n.memory_conv ? buf.q.data_ptr<scalar_t>() + slot * rows * n.K : nullptr,
+        n.channel_norm ? buf.norm_hat.data_ptr<acc_t>() + slot * rows * 5 * n.M : nullptr,
+        n.channel_norm ? buf.norm_rstd.data_ptr<acc_t>() + slot * rows * 5 : nullptr,
+        buf.output.data_ptr<scalar_t>(),
+        ptr_or_null<int64_t>(buf.lengths),
+        device_sizes(n),
+        s};
+    dispatch_flags(n.channel_norm, n.memory_conv, [&](auto norm, auto memory_conv) {
+      tensorized_forward_rows_kernel<scalar_t, acc_t, decltype(norm)::value,
+                                     decltype(memory_conv)::value>
+          <<<blocks_for(rows, kWarpsPerBlock), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void prepare_backward_cuda(TensorizedBackwardBuffers& buf) {
+  const auto& n = buf.n;
+  buf.workspace = {at::empty({n.B, n.P, 3, n.M}, buf.grad_cell.options())};
+}
+
+void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
+  const auto& n = buf.n;
+  const int64_t rows = n.B * n.P;
+  if (rows == 0) return;
+  dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    using acc_t = at::opmath_type<scalar_t>;
+    BackwardRowsParams<scalar_t, acc_t> p{
+        buf.gates.data_ptr<scalar_t>() + s * rows * 4 * n.M,
+        n.memory_conv ? buf.q.data_ptr<scalar_t>() + s * rows * n.K : nullptr,
+        n.channel_norm ? buf.norm_hat.data_ptr<acc_t>() + s * rows * 5 * n.M : nullptr,
+        n.channel_norm ? buf.norm_rstd.data_ptr<acc_t>() + s * rows * 5 : nullptr,
+        ptr_or_null<scalar_t>(buf.norm_weight),
+        ptr_or_null<scalar_t>(buf.norm_bias),
+        buf.cells.data_ptr<acc_t>() + s * rows * n.M,
+        buf.cells.data_ptr<acc_t>() + (s + 1) * rows * n.M,
+        buf.grad_hidden.data_ptr<acc_t>() + cur * rows * n.M,
+        buf.grad_cell.data_ptr<acc_t>() + cur * rows * n.M,
+        buf.grad_output.data_ptr<scalar_t>(),
+        buf.grad_pre.data_ptr<scalar_t>() + s * rows * n.G,
+        buf.grad_cconv.data_ptr<acc_t>(),
+        ptr_or_null<acc_t>(buf.grad_norm_rows),
+        buf.workspace.at(0).data_ptr<acc_t>(),
+        ptr_or_null<int64_t>(buf.lengths),
+        device_sizes(n),
+        s};
+    dispatch_flags(n.channel_norm, n.memory_conv, [&](auto norm, auto memory_conv) {
+      tensorized_backward_rows_kernel<scalar_t, acc_t, decltype(norm)::value,
+                                      decltype(memory_conv)::value>
+          <<<blocks_for(rows, kWarpsPerBlock), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
+  const auto& n = buf.n;
+  const int64_t rows = n.B * n.P, total = n.B * (n.P + 1) * n.M;
+  if (total == 0) return;
+  dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    using acc_t = at::opmath_type<scalar_t>;
+    auto launch = [&](auto memory_conv) {
+      tensorized_gather_kernel<scalar_t, acc_t, decltype(memory_conv)::value>
+          <<<blocks_for(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              buf.grad_col.data_ptr<scalar_t>(), buf.grad_cconv.data_ptr<acc_t>(),
+              n.memory_conv ? buf.q.data_ptr<scalar_t>() + s * rows * n.K : nullptr,
+              buf.grad_hidden.data_ptr<acc_t>() + cur * rows * n.M,
+              buf.grad_cell.data_ptr<acc_t>() + cur * rows * n.M,
+              buf.grad_hidden.data_ptr<acc_t>() + (1 - cur) * rows * n.M,
+              buf.grad_cell.data_ptr<acc_t>() + (1 - cur) * rows * n.M,
+              buf.grad_input_row.data_ptr<scalar_t>() + s * n.B * n.M,
+              ptr_or_null<int64_t>(buf.lengths), device_sizes(n), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    n.memory_conv ? launch(std::true_type{}) : launch(std::false_type{});
+  });
+}
+
+constexpr TensorizedStepKernels kCudaKernels{im2col_cuda, forward_rows_cuda,
+                                             prepare_backward_cuda, backward_rows_cuda,
+                                             gather_rows_cuda};
+
+void check_cuda_kernel_size(const char* op, int64_t kernel_size) {
+  TORCH_CHECK(kernel_size <= kMaxKernelSize, op, " on CUDA supports kernel_size up to ",
+              kMaxKernelSize, ", got ", kernel_size);
+}
+
+constexpr std::initializer_list<at::ScalarType> kCudaDtypes = {at::kFloat, at::kDouble,
+                                                               at::kHalf, at::kBFloat16};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& c0,
+                             const Tensor& weight_ih, const c10::optional<Tensor>& bias_ih,
+                             const Tensor& weight_hh, const c10::optional<Tensor>& bias_hh,
+                             const c10::optional<Tensor>& norm_weight,
+                             const c10::optional<Tensor>& norm_bias,
+                             const c10::optional<Tensor>& lengths, int64_t depth,
+                             int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+                             bool training) {
+  check_floating("tlstm.tensorized_lstm_forward", input, kCudaDtypes, "CUDA");
+  check_cuda_kernel_size("tlstm.tensorized_lstm_forward", kernel_size);
+  const c10::cuda::CUDAGuard guard(input.device());
+  return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
+                                        norm_weight, norm_bias, lengths, depth, kernel_size,
+                                        feedback, memory_conv, flush, training, kCudaKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
+                              const Tensor& grad_c_n, const Tensor& input,
+                              const Tensor& weight_ih, const Tensor& weight_hh,
+                              const c10::optional<Tensor>& norm_weight,
+                              const c10::optional<Tensor>& norm_bias,
+                              const c10::optional<Tensor>& lengths, const Tensor& x_col,
+                              const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
+                              const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
+                              int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+                              bool need_grad_input) {
+  check_floating("tlstm.tensorized_lstm_backward", input, kCudaDtypes, "CUDA");
+  check_cuda_kernel_size("tlstm.tensorized_lstm_backward", kernel_size);
+  const c10::cuda::CUDAGuard guard(input.device());
+  return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
+                                         weight_hh, norm_weight, norm_bias, lengths, x_col, gates,
+                                         q, norm_hat, norm_rstd, cells, depth, kernel_size,
+                                         feedback, memory_conv, flush, need_grad_input,
+                                         kCudaKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tlstm, CUDA, m) {
+  m.impl("tensorized_lstm_forward", &tensorized_lstm_forward_cuda);
+  m.impl("tensorized_lstm_backward", &tensorized_lstm_backward_cuda);
+}
+
+}  // namespace tlstm
