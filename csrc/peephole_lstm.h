@@ -77,8 +77,9 @@ struct PeepholeStepKernels {
   // The element-wise pass (grad_gates_t, grad_cell, peephole sums, hidden_pre_all), then
   // grad_hidden_next = grad_gates_t W_hh, keeping grad_hidden for rows past their end.
   void (*backward_step)(const PeepholeBackwardBuffers&, const StepSlots&);
-  // Optional, never called with a projection: all T > 0 steps in one go, with the same results
-  // as the steps one by one; returns false to have the driver walk the steps instead.
+  // Optional, never called with a projection: all T > 0 steps in one go, computing what the
+  // steps one by one compute (up to summation order and rounding of the intermediates); returns
+  // false to have the driver walk the steps instead.
   // Forward: whole_history says whether the slots are T+1 (training) or 2 alternating ones.
   bool (*forward_sequence)(const PeepholeForwardBuffers&, int64_t T, bool reverse,
                            bool whole_history);

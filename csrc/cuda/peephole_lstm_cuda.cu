@@ -339,10 +339,12 @@ struct PersistentBackwardParams {
   bool reverse;
 };
 
-// Shared memory of the backward kernel: W_hh columns [w, 4H] and dL/dh of the units [B, w].
+// Shared memory of the backward kernel: W_hh columns [w, 4H], dL/dh of the units [B, w] and one
+// row of dL/da [4H].
 template <typename scalar_t, typename acc_t>
 __host__ __device__ inline int64_t backward_shared_bytes(int64_t B, int64_t H, int64_t w) {
-  return align16(w * 4 * H * int64_t(sizeof(scalar_t))) + align16(B * w * int64_t(sizeof(acc_t)));
+  return align16(w * 4 * H * int64_t(sizeof(scalar_t))) + align16(B * w * int64_t(sizeof(acc_t))) +
+         align16(4 * H * int64_t(sizeof(acc_t)));
 }
 
 template <typename scalar_t, typename acc_t, class Act, bool kPeephole>
@@ -352,6 +354,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
   scalar_t* w_cols = reinterpret_cast<scalar_t*>(shared);  // [w, 4H]: column j0 + jj of W_hh
   acc_t* grad_h = reinterpret_cast<acc_t*>(shared + align16(w * 4 * H * sizeof(scalar_t)));  // [B, w]
+  acc_t* da_row = reinterpret_cast<acc_t*>(shared + align16(w * 4 * H * sizeof(scalar_t)) +
+                                           align16(B * w * sizeof(acc_t)));  // [4H]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto grid = cooperative_groups::this_grid();
 
@@ -365,20 +369,32 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
   __syncthreads();
   // dL/dh of the units after step t_done: dL/da_{t_done} W_hh where that step ran, else kept.
+  // Row b of dL/da is staged in shared memory once and read by all the block's warps.
   auto recurrent_grad = [&](int64_t t_done, scalar_t* out) {
     const scalar_t* da = p.grad_gates + t_done * B * 4 * H;
-    for (int64_t o = warp; o < B * w; o += kWarps) {
-      const int64_t b = o / w, jj = o - b * w;
-      if (j0 + jj >= H) continue;
-      if (row_active(p.lengths, b, t_done)) {
-        acc_t sum = 0;
-        for (int64_t row = lane; row < 4 * H; row += 32) {
-          sum += acc_t(da[b * 4 * H + row]) * acc_t(w_cols[jj * 4 * H + row]);
+    for (int64_t b = 0; b < B; ++b) {
+      const bool running = row_active(p.lengths, b, t_done);  // the same for the whole block
+      if (running) {
+        for (int64_t row = threadIdx.x; row < 4 * H; row += blockDim.x) {
+          da_row[row] = acc_t(da[b * 4 * H + row]);
         }
-        sum = warp_sum(sum);
-        if (lane == 0) grad_h[o] = sum;
+        __syncthreads();
+        for (int64_t jj = warp; jj < w; jj += kWarps) {
+          if (j0 + jj >= H) continue;
+          acc_t sum = 0;
+          for (int64_t row = lane; row < 4 * H; row += 32) {
+            sum += da_row[row] * acc_t(w_cols[jj * 4 * H + row]);
+          }
+          sum = warp_sum(sum);
+          if (lane == 0) grad_h[b * w + jj] = sum;
+        }
+        __syncthreads();
       }
-      if (out != nullptr && lane == 0) out[b * H + j0 + jj] = scalar_t(grad_h[o]);
+      if (out != nullptr) {
+        for (int64_t jj = threadIdx.x; jj < w; jj += blockDim.x) {
+          if (j0 + jj < H) out[b * H + j0 + jj] = scalar_t(grad_h[b * w + jj]);
+        }
+      }
     }
     __syncthreads();
   };
@@ -452,12 +468,13 @@ int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_byt
   const auto* props = at::cuda::getCurrentDeviceProperties();
   if (!props->cooperativeLaunch) return 0;
   const int64_t sms = props->multiProcessorCount;
+  // Always the device's maximum: the same value from every caller, so concurrent calls agree.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(props->sharedMemPerBlockOptin)));
   for (int64_t w = std::max<int64_t>(1, (H + sms - 1) / sms); w <= H; w *= 2) {
     blocks = (H + w - 1) / w;
     smem = shared_bytes(w);
     if (smem > int64_t(props->sharedMemPerBlockOptin)) return 0;  // wider slices only need more
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
     int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
                                                                  kPersistentThreads, smem));
@@ -466,19 +483,25 @@ int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_byt
   return 0;
 }
 
-// Whether to run the persistent kernels for a batch of B: by default for small batches where
-// they can run; TLSTM_CUDA_RECURRENCE forces a choice (an error if persistent cannot run).
-bool use_persistent(int64_t B, int64_t units) {
+// Whether the persistent kernels may be considered for a batch of B: by default for small
+// batches; TLSTM_CUDA_RECURRENCE forces a choice.
+bool persistent_wanted(int64_t B) {
   switch (recurrence_from_env()) {
     case Recurrence::Stepwise:
       return false;
     case Recurrence::Persistent:
-      TORCH_CHECK(units > 0, "TLSTM_CUDA_RECURRENCE=persistent, but the persistent kernel cannot "
-                  "run this size on this GPU (shared memory or co-residency)");
       return true;
     default:
-      return units > 0 && B <= kPersistentMaxBatch;
+      return B <= kPersistentMaxBatch;
   }
+}
+
+// After sizing: whether they run (units > 0); forced persistent that cannot run is an error.
+bool persistent_fits(int64_t units) {
+  TORCH_CHECK(units > 0 || recurrence_from_env() != Recurrence::Persistent,
+              "TLSTM_CUDA_RECURRENCE=persistent, but the persistent kernel cannot run this size "
+              "on this GPU (shared memory or co-residency)");
+  return units > 0;
 }
 
 template <typename scalar_t, class Act>
@@ -486,13 +509,13 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
                                bool whole_history) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0) return false;
+  if (B == 0 || !persistent_wanted(B)) return false;
   auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
   int64_t blocks = 0, smem = 0;
   const int64_t units = persistent_units(
       kernel, H, [&](int64_t w) { return forward_shared_bytes<scalar_t, acc_t>(B, H, w); },
       blocks, smem);
-  if (!use_persistent(B, units)) return false;
+  if (!persistent_fits(units)) return false;
   PersistentForwardParams<scalar_t, acc_t> p{
       buf.gates.data_ptr<scalar_t>(),         buf.bias.data_ptr<scalar_t>(),
       buf.peephole.data_ptr<scalar_t>(),      buf.weight_hh_t.data_ptr<scalar_t>(),
@@ -511,13 +534,13 @@ template <typename scalar_t, class Act, bool kPeephole>
 bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0) return false;
+  if (B == 0 || !persistent_wanted(B)) return false;
   auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
   int64_t blocks = 0, smem = 0;
   const int64_t units = persistent_units(
       kernel, H, [&](int64_t w) { return backward_shared_bytes<scalar_t, acc_t>(B, H, w); },
       blocks, smem);
-  if (!use_persistent(B, units)) return false;
+  if (!persistent_fits(units)) return false;
   PersistentBackwardParams<scalar_t, acc_t> p{
       buf.gates.data_ptr<scalar_t>(),
       buf.cell_states.data_ptr<acc_t>(),
@@ -617,6 +640,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
     const c10::optional<Tensor>& weight_proj, const c10::optional<Tensor>& lengths, bool reverse,
     c10::string_view activation, bool training) {
   check_floating("tlstm.peephole_lstm_forward", input, kCudaDtypes, "CUDA");
+  TORCH_CHECK(input.is_cuda(), "tlstm.peephole_lstm_forward: expected input on a CUDA device, got ",
+              input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   return peephole_lstm_forward_driver(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
                                       weight_peephole, weight_proj, lengths, reverse, activation,
@@ -632,6 +657,8 @@ peephole_lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
                             const Tensor& hidden_states, const Tensor& cell_states, bool reverse,
                             c10::string_view activation, bool need_grad_input) {
   check_floating("tlstm.peephole_lstm_backward", input, kCudaDtypes, "CUDA");
+  TORCH_CHECK(input.is_cuda(), "tlstm.peephole_lstm_backward: expected input on a CUDA device, got ",
+              input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   return peephole_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
                                        weight_hh, weight_peephole, weight_proj, lengths, gates,

@@ -168,28 +168,25 @@ __global__ void __launch_bounds__(kThreads)
         g_out[g * M + m] = scalar_t(g == 2 ? tanh_(u) : sigmoid(u));
       }
     }
-    // Q = softmax of the K logits (every lane computes it: K is small); the memory convolution.
+    // Q = softmax of the K logits, computed by every lane (K is small) and rounded to the
+    // saved dtype, so that the backward's Q is the forward's; then the memory convolution.
     const acc_t* c_prev = p.cells_prev + (b * n.P) * M;
-    acc_t top_logit = -INFINITY, total = 0;
+    acc_t qk[kMaxKernelSize];
     if (kMemoryConv) {
+      acc_t top_logit = -INFINITY, total = 0;
       for (int64_t k = 0; k < n.K; ++k) {
-        top_logit = max(top_logit, acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]));
+        qk[k] = acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]);
+        top_logit = max(top_logit, qk[k]);
       }
-      for (int64_t k = 0; k < n.K; ++k) {
-        total += exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit);
-      }
-      for (int64_t k = lane; k < n.K; k += 32) {
-        p.q[row * n.K + k] =
-            scalar_t(exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit) / total);
-      }
+      for (int64_t k = 0; k < n.K; ++k) total += (qk[k] = exp_(qk[k] - top_logit));
+      for (int64_t k = 0; k < n.K; ++k) qk[k] = acc_t(scalar_t(qk[k] / total));
+      for (int64_t k = lane; k < n.K; k += 32) p.q[row * n.K + k] = scalar_t(qk[k]);
     }
     for (int64_t m = lane; m < M; m += 32) {
       acc_t cconv = 0;
       if (kMemoryConv) {
         for (int64_t k = 0; k < n.K; ++k) {
-          const acc_t qk =
-              exp_(acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]) - top_logit) / total;
-          cconv += qk * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+          cconv += qk[k] * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
         }
       } else {
         cconv = c_prev[(pr - 1) * M + m];
@@ -574,6 +571,8 @@ tensorized_lstm_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor
                              int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                              bool training) {
   check_floating("tlstm.tensorized_lstm_forward", input, kCudaDtypes, "CUDA");
+  TORCH_CHECK(input.is_cuda(), "tlstm.tensorized_lstm_forward: expected input on a CUDA device, "
+              "got ", input.device());
   check_cuda_kernel_size("tlstm.tensorized_lstm_forward", kernel_size);
   const c10::cuda::CUDAGuard guard(input.device());
   return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
@@ -593,6 +592,8 @@ tensorized_lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
                               int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                               bool need_grad_input) {
   check_floating("tlstm.tensorized_lstm_backward", input, kCudaDtypes, "CUDA");
+  TORCH_CHECK(input.is_cuda(), "tlstm.tensorized_lstm_backward: expected input on a CUDA device, "
+              "got ", input.device());
   check_cuda_kernel_size("tlstm.tensorized_lstm_backward", kernel_size);
   const c10::cuda::CUDAGuard guard(input.device());
   return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
