@@ -132,7 +132,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
   buf.gates = at::empty({T, B, 4 * H}, input.options());
   auto gates_2d = buf.gates.view({T * B, 4 * H});
   auto input_2d = input.view({T * B, I});
-  at::mm_out(gates_2d, input_2d, weight_ih_t);
+  matmul_out(kernels.matmul_out, gates_2d, input_2d, weight_ih_t);
   // b_ih + b_hh, added in the fused pass: cheaper than a GEMM that first copies in the bias.
   buf.bias = bias_ih.has_value() && bias_hh.has_value() ? at::add(*bias_ih, *bias_hh)
              : bias_ih.has_value()                      ? bias_ih->contiguous()
@@ -266,7 +266,8 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
 
   // Weight gradients of all steps, as GEMMs after the loop.
   const auto grad_gates_2d = buf.grad_gates.view({T * B, 4 * H});
-  Tensor grad_input = need_grad_input ? at::mm(grad_gates_2d, weight_ih_).view({T, B, I})
+  Tensor grad_input = need_grad_input
+                          ? matmul(kernels.matmul_out, grad_gates_2d, weight_ih_).view({T, B, I})
                                       : at::empty({0}, input.options());
   Tensor grad_weight_ih = at::mm(grad_gates_2d.t(), input.view({T * B, I}));
   const auto hidden_prev = hidden_states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, R});

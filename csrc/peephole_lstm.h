@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dimensions.h"
+#include "matmul.h"
 #include "peephole_lstm_cell.h"
 
 namespace tlstm {
@@ -68,6 +69,8 @@ struct PeepholeBackwardBuffers {
 
 // What a device backend provides: one step of the recurrence.
 struct PeepholeStepKernels {
+  // Optional: out = a b for row-major contiguous 2-D tensors (default: at::mm_out).
+  MatmulOut matmul_out;
   // Optional, once before the steps: per-call set-up kept in buf.workspace.
   void (*prepare_forward)(PeepholeForwardBuffers&);
   // gates_t += h_{t-1} W_hh^T, then the element-wise pass: post-activation gates, c_t, and

@@ -103,8 +103,10 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.bias_ih = bias_ih.has_value() ? bias_ih->contiguous() : at::zeros({n.M}, options);
   buf.bias_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({n.G}, options);
   // The input projection of all steps, one GEMM (b_ih is added when the input row is built).
-  buf.input_proj = at::mm(input.view({n.T * n.B, n.I}), weight_ih.t()).view({n.T, n.B, n.M});
-  const Tensor weight_col = unfolded_weight(weight_hh, n);
+  buf.input_proj = matmul(kernels.matmul_out, input.view({n.T * n.B, n.I}), weight_ih.t())
+                       .view({n.T, n.B, n.M});
+  const auto weight_col = repeated_right_operand(kernels.prepare_right_operand,
+                                                 unfolded_weight(weight_hh, n));  // [K'*M, G]
 
   const int64_t slots = training ? n.S : 1;
   buf.x_col = at::empty({slots, n.B, n.P, n.taps, n.M}, options);
@@ -123,7 +125,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   for (int64_t s = 0; s < n.S; ++s) {
     kernels.im2col(buf, s);
     const auto x_col_s = buf.x_col.select(0, training ? s : 0).view({n.B * n.P, n.taps * n.M});
-    at::mm_out(pre_2d, x_col_s, weight_col);
+    weight_col->matmul_out(pre_2d, x_col_s);
     kernels.forward_rows(buf, s);
   }
 
@@ -199,14 +201,15 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.grad_input_row = at::empty({n.S, n.B, n.M}, options);
   buf.grad_norm_rows = at::zeros({n.channel_norm ? n.B : 0, n.P, 10, n.M}, op_math);
   // dX_col = dA W_col^T; the transposed copy makes that a GEMM on a row-major operand.
-  const Tensor weight_col_t = unfolded_weight(weight_hh, n).t().contiguous();  // [G, K'*M]
+  const auto weight_col_t = repeated_right_operand(
+      kernels.prepare_right_operand, unfolded_weight(weight_hh, n).t().contiguous());  // [G, K'*M]
 
   if (kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
   int64_t cur = 0;
   auto grad_col_2d = buf.grad_col.view({n.B * n.P, n.taps * n.M});
   for (int64_t s = n.S - 1; s >= 0; --s) {
     kernels.backward_rows(buf, s, cur);
-    at::mm_out(grad_col_2d, buf.grad_pre.select(0, s).view({n.B * n.P, n.G}), weight_col_t);
+    weight_col_t->matmul_out(grad_col_2d, buf.grad_pre.select(0, s).view({n.B * n.P, n.G}));
     kernels.gather_rows(buf, s, cur);
     cur = 1 - cur;
   }
@@ -228,7 +231,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   }
   const auto grad_x_proj_2d = grad_x_proj.reshape({n.T * n.B, n.M});
   Tensor grad_input = need_grad_input
-                          ? at::mm(grad_x_proj_2d, weight_ih).view({n.T, n.B, n.I})
+                          ? matmul(kernels.matmul_out, grad_x_proj_2d, weight_ih).view({n.T, n.B, n.I})
                           : at::empty({0}, options);
   Tensor grad_weight_ih = at::mm(grad_x_proj_2d.t(), input.view({n.T * n.B, n.I}));
   Tensor grad_norm_weight = at::empty({0}, options), grad_norm_bias = at::empty({0}, options);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dimensions.h"
+#include "matmul.h"
 
 namespace tlstm {
 
@@ -77,6 +78,10 @@ struct TensorizedBackwardBuffers {
 
 // What a device backend provides: the row passes of one step s.
 struct TensorizedStepKernels {
+  // Optional: out = a b for row-major contiguous 2-D tensors (default: at::mm_out).
+  MatmulOut matmul_out;
+  // Optional: prepares the step GEMMs' weights once per call (default: ATen's GEMM on them).
+  PrepareRightOperand prepare_right_operand;
   // x_col[slot] from hidden[s % 2] and the input row of step s.
   void (*im2col)(const TensorizedForwardBuffers&, int64_t s);
   // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row.

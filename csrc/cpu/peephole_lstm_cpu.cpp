@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "cpu_matmul.h"
 #include "../peephole_lstm.h"
 #include "packed_gemm.h"
 
@@ -350,8 +351,9 @@ void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step
   });
 }
 
-constexpr PeepholeStepKernels kCpuKernels{prepare_forward_cpu, forward_step_cpu,
-                                          prepare_backward_cpu, backward_step_cpu, nullptr,
+constexpr PeepholeStepKernels kCpuKernels{cpu::matmul_out,     prepare_forward_cpu,
+                                          forward_step_cpu,     prepare_backward_cpu,
+                                          backward_step_cpu,    nullptr,
                                           nullptr};
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_cpu(

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cpu_matmul.h"
 #include "../fast_math.h"
 #include "../tensorized_lstm.h"
 
@@ -402,8 +403,10 @@ void gather_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cu
                  });
 }
 
-constexpr TensorizedStepKernels kCpuKernels{im2col_cpu, forward_rows_cpu, nullptr,
-                                            backward_rows_cpu, gather_rows_cpu};
+constexpr TensorizedStepKernels kCpuKernels{cpu::matmul_out, cpu::prepare_right_operand,
+                                            im2col_cpu,       forward_rows_cpu,
+                                            nullptr,          backward_rows_cpu,
+                                            gather_rows_cpu};
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
 tensorized_lstm_forward_cpu(const Tensor& input, const Tensor& h0, const Tensor& c0,

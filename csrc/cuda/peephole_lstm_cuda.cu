@@ -626,7 +626,7 @@ bool backward_sequence_cuda(const PeepholeBackwardBuffers& buf, int64_t T, bool 
   return ran;
 }
 
-constexpr PeepholeStepKernels kCudaKernels{nullptr,           forward_step_cuda,
+constexpr PeepholeStepKernels kCudaKernels{nullptr,           nullptr,           forward_step_cuda,
                                            nullptr,           backward_step_cuda,
                                            forward_sequence_cuda, backward_sequence_cuda};
 

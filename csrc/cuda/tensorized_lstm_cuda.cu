@@ -549,7 +549,7 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
   });
 }
 
-constexpr TensorizedStepKernels kCudaKernels{im2col_cuda, forward_rows_cuda,
+constexpr TensorizedStepKernels kCudaKernels{nullptr, nullptr, im2col_cuda, forward_rows_cuda,
                                              prepare_backward_cuda, backward_rows_cuda,
                                              gather_rows_cuda};
 
