@@ -125,4 +125,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peeph
     bool reverse, c10::string_view activation, bool need_grad_input,
     const PeepholeStepKernels& kernels);
 
+// The registered ops of one device. Backend provides `kernels` (PeepholeStepKernels),
+// `check_input(op, input)` (supported dtypes and device) and a device `Guard` type.
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_op(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
+    const c10::optional<Tensor>& bias_hh, const c10::optional<Tensor>& weight_peephole,
+    const c10::optional<Tensor>& weight_proj, const c10::optional<Tensor>& lengths, bool reverse,
+    c10::string_view activation, bool training) {
+  Backend::check_input("tlstm.peephole_lstm_forward", input);
+  const typename Backend::Guard guard(input.device());
+  return peephole_lstm_forward_driver(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                      weight_peephole, weight_proj, lengths, reverse, activation,
+                                      training, Backend::kernels);
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+peephole_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
+                          const Tensor& grad_c_n, const Tensor& input, const Tensor& weight_ih,
+                          const Tensor& weight_hh, const c10::optional<Tensor>& weight_peephole,
+                          const c10::optional<Tensor>& weight_proj,
+                          const c10::optional<Tensor>& lengths, const Tensor& gates,
+                          const Tensor& hidden_states, const Tensor& cell_states, bool reverse,
+                          c10::string_view activation, bool need_grad_input) {
+  Backend::check_input("tlstm.peephole_lstm_backward", input);
+  const typename Backend::Guard guard(input.device());
+  return peephole_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
+                                       weight_hh, weight_peephole, weight_proj, lengths, gates,
+                                       hidden_states, cell_states, reverse, activation,
+                                       need_grad_input, Backend::kernels);
+}
+
+// For backends without a device guard (the CPU).
+struct NoDeviceGuard {
+  explicit NoDeviceGuard(c10::Device) {}
+};
+
 }  // namespace tlstm

@@ -136,4 +136,43 @@ tensorized_lstm_backward_driver(
     int64_t depth, int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
     bool need_grad_input, const TensorizedStepKernels& kernels);
 
+// The registered ops of one device. Backend provides `kernels` (TensorizedStepKernels),
+// `check_input(op, input, kernel_size)` and a device `Guard` type (see peephole_lstm.h).
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_forward_op(const Tensor& input, const Tensor& h0, const Tensor& c0,
+                           const Tensor& weight_ih, const c10::optional<Tensor>& bias_ih,
+                           const Tensor& weight_hh, const c10::optional<Tensor>& bias_hh,
+                           const c10::optional<Tensor>& norm_weight,
+                           const c10::optional<Tensor>& norm_bias,
+                           const c10::optional<Tensor>& lengths, int64_t depth,
+                           int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+                           bool training) {
+  Backend::check_input("tlstm.tensorized_lstm_forward", input, kernel_size);
+  const typename Backend::Guard guard(input.device());
+  return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
+                                        norm_weight, norm_bias, lengths, depth, kernel_size,
+                                        feedback, memory_conv, flush, training, Backend::kernels);
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+tensorized_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
+                            const Tensor& grad_c_n, const Tensor& input, const Tensor& weight_ih,
+                            const Tensor& weight_hh, const c10::optional<Tensor>& norm_weight,
+                            const c10::optional<Tensor>& norm_bias,
+                            const c10::optional<Tensor>& lengths, const Tensor& x_col,
+                            const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
+                            const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
+                            int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
+                            bool need_grad_input) {
+  Backend::check_input("tlstm.tensorized_lstm_backward", input, kernel_size);
+  const typename Backend::Guard guard(input.device());
+  return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
+                                         weight_hh, norm_weight, norm_bias, lengths, x_col, gates,
+                                         q, norm_hat, norm_rstd, cells, depth, kernel_size,
+                                         feedback, memory_conv, flush, need_grad_input,
+                                         Backend::kernels);
+}
+
 }  // namespace tlstm

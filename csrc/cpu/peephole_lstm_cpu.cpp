@@ -351,43 +351,22 @@ void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step
   });
 }
 
-constexpr PeepholeStepKernels kCpuKernels{cpu::matmul_out,     prepare_forward_cpu,
-                                          forward_step_cpu,     prepare_backward_cpu,
-                                          backward_step_cpu,    nullptr,
-                                          nullptr};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_cpu(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
-    const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
-    const c10::optional<Tensor>& bias_hh, const c10::optional<Tensor>& weight_peephole,
-    const c10::optional<Tensor>& weight_proj, const c10::optional<Tensor>& lengths, bool reverse,
-    c10::string_view activation, bool training) {
-  check_floating("tlstm.peephole_lstm_forward", input, {at::kFloat, at::kDouble}, "CPU");
-  return peephole_lstm_forward_driver(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                      weight_peephole, weight_proj, lengths, reverse, activation,
-                                      training, kCpuKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-peephole_lstm_backward_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
-                           const Tensor& grad_c_n, const Tensor& input, const Tensor& weight_ih,
-                           const Tensor& weight_hh, const c10::optional<Tensor>& weight_peephole,
-                           const c10::optional<Tensor>& weight_proj,
-                           const c10::optional<Tensor>& lengths, const Tensor& gates,
-                           const Tensor& hidden_states, const Tensor& cell_states, bool reverse,
-                           c10::string_view activation, bool need_grad_input) {
-  check_floating("tlstm.peephole_lstm_backward", input, {at::kFloat, at::kDouble}, "CPU");
-  return peephole_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
-                                       weight_hh, weight_peephole, weight_proj, lengths, gates,
-                                       hidden_states, cell_states, reverse, activation,
-                                       need_grad_input, kCpuKernels);
-}
+struct CpuBackend {
+  static constexpr PeepholeStepKernels kernels{cpu::matmul_out,     prepare_forward_cpu,
+                                               forward_step_cpu,     prepare_backward_cpu,
+                                               backward_step_cpu,    nullptr,
+                                               nullptr};
+  static void check_input(const char* op, const Tensor& input) {
+    check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
+  }
+  using Guard = NoDeviceGuard;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlstm, CPU, m) {
-  m.impl("peephole_lstm_forward", &peephole_lstm_forward_cpu);
-  m.impl("peephole_lstm_backward", &peephole_lstm_backward_cpu);
+  m.impl("peephole_lstm_forward", &peephole_lstm_forward_op<CpuBackend>);
+  m.impl("peephole_lstm_backward", &peephole_lstm_backward_op<CpuBackend>);
 }
 
 }  // namespace tlstm

@@ -12,6 +12,7 @@
 #include "../checks.h"
 #include "cpu_matmul.h"
 #include "../fast_math.h"
+#include "../peephole_lstm.h"  // NoDeviceGuard
 #include "../tensorized_lstm.h"
 
 namespace tlstm {
@@ -54,6 +55,23 @@ void normalize_backward(const T* dzh, const T* zh, T rstd, T* dz, int64_t M) {
   mean_d /= T(M);
   mean_dz /= T(M);
   for (int64_t m = 0; m < M; ++m) dz[m] = rstd * (dzh[m] - mean_d - zh[m] * mean_dz);
+}
+
+// Cconv [M] of hidden row p: sum_k Q_k C_{t-1, clamp(p-c+k, 1, P)} (replicate padding), or
+// C_{t-1, p} without the memory convolution. c_prev: rows 1..P of the sequence [P, M].
+template <typename scalar_t, bool kMemoryConv>
+void memory_convolution(const scalar_t* c_prev, const scalar_t* q, int64_t p,
+                        const TensorizedSizes& n, scalar_t* cconv) {
+  const int64_t M = n.M;
+  if (!kMemoryConv) {
+    std::copy_n(c_prev + (p - 1) * M, M, cconv);
+    return;
+  }
+  std::fill_n(cconv, M, scalar_t(0));
+  for (int64_t k = 0; k < n.K; ++k) {
+    const scalar_t* src = c_prev + (std::clamp<int64_t>(p - n.c + k, 1, n.P) - 1) * M;
+    for (int64_t m = 0; m < M; ++m) cconv[m] += q[k] * src[m];
+  }
 }
 
 // ---- im2col ------------------------------------------------------------------------------
@@ -152,9 +170,8 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
         }
       }
       const scalar_t* c_prev = cells_prev + (b * P) * M;  // rows 1..P of this sequence
-      if (kMemoryConv) {
-        // Q = softmax of the K kernel logits; Cconv = sum_k Q_k C_{t-1, clamp(p-c+k, 1, P)}
-        scalar_t* qr = q + row * n.K;
+      scalar_t* qr = kMemoryConv ? q + row * n.K : nullptr;
+      if (kMemoryConv) {  // Q = softmax of the K kernel logits
         scalar_t top_logit = -std::numeric_limits<scalar_t>::infinity();
         for (int64_t k = 0; k < n.K; ++k) {
           qr[k] = a[4 * M + k] + bias[4 * M + k];
@@ -163,14 +180,8 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
         scalar_t total = 0;
         for (int64_t k = 0; k < n.K; ++k) total += (qr[k] = exp_(qr[k] - top_logit));
         for (int64_t k = 0; k < n.K; ++k) qr[k] /= total;
-        std::fill(cconv.begin(), cconv.end(), scalar_t(0));
-        for (int64_t k = 0; k < n.K; ++k) {
-          const scalar_t* src = c_prev + (std::clamp<int64_t>(p - n.c + k, 1, P) - 1) * M;
-          for (int64_t m = 0; m < M; ++m) cconv[m] += qr[k] * src[m];
-        }
-      } else {
-        std::copy_n(c_prev + (p - 1) * M, M, cconv.data());
       }
+      memory_convolution<scalar_t, kMemoryConv>(c_prev, qr, p, n, cconv.data());
       const scalar_t *i_g = g_out, *f_g = g_out + M, *g_g = g_out + 2 * M, *o_g = g_out + 3 * M;
       for (int64_t m = 0; m < M; ++m) c_out[m] = g_g[m] * i_g[m] + cconv[m] * f_g[m];
       const scalar_t* u = c_out;
@@ -248,15 +259,7 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
       }
       const scalar_t* c_prev = cells_prev + (b * P) * M;
       const scalar_t* qr = kMemoryConv ? q + row * n.K : nullptr;
-      if (kMemoryConv) {
-        std::fill(cconv.begin(), cconv.end(), scalar_t(0));
-        for (int64_t k = 0; k < n.K; ++k) {
-          const scalar_t* src = c_prev + (std::clamp<int64_t>(p - n.c + k, 1, P) - 1) * M;
-          for (int64_t m = 0; m < M; ++m) cconv[m] += qr[k] * src[m];
-        }
-      } else {
-        std::copy_n(c_prev + (p - 1) * M, M, cconv.data());
-      }
+      memory_convolution<scalar_t, kMemoryConv>(c_prev, qr, p, n, cconv.data());
       // C = G I + Cconv F
       scalar_t* dcconv = grad_cconv + row * M;
       for (int64_t m = 0; m < M; ++m) dcconv[m] = dc[m] * f_g[m];
@@ -403,50 +406,22 @@ void gather_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cu
                  });
 }
 
-constexpr TensorizedStepKernels kCpuKernels{cpu::matmul_out, cpu::prepare_right_operand,
-                                            im2col_cpu,       forward_rows_cpu,
-                                            nullptr,          backward_rows_cpu,
-                                            gather_rows_cpu};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-tensorized_lstm_forward_cpu(const Tensor& input, const Tensor& h0, const Tensor& c0,
-                            const Tensor& weight_ih, const c10::optional<Tensor>& bias_ih,
-                            const Tensor& weight_hh, const c10::optional<Tensor>& bias_hh,
-                            const c10::optional<Tensor>& norm_weight,
-                            const c10::optional<Tensor>& norm_bias,
-                            const c10::optional<Tensor>& lengths, int64_t depth,
-                            int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
-                            bool training) {
-  check_floating("tlstm.tensorized_lstm_forward", input, {at::kFloat, at::kDouble}, "CPU");
-  return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
-                                        norm_weight, norm_bias, lengths, depth, kernel_size,
-                                        feedback, memory_conv, flush, training, kCpuKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-tensorized_lstm_backward_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
-                             const Tensor& grad_c_n, const Tensor& input,
-                             const Tensor& weight_ih, const Tensor& weight_hh,
-                             const c10::optional<Tensor>& norm_weight,
-                             const c10::optional<Tensor>& norm_bias,
-                             const c10::optional<Tensor>& lengths, const Tensor& x_col,
-                             const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
-                             const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
-                             int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
-                             bool need_grad_input) {
-  check_floating("tlstm.tensorized_lstm_backward", input, {at::kFloat, at::kDouble}, "CPU");
-  return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
-                                         weight_hh, norm_weight, norm_bias, lengths, x_col, gates,
-                                         q, norm_hat, norm_rstd, cells, depth, kernel_size,
-                                         feedback, memory_conv, flush, need_grad_input,
-                                         kCpuKernels);
-}
+struct CpuBackend {
+  static constexpr TensorizedStepKernels kernels{cpu::matmul_out, cpu::prepare_right_operand,
+                                                 im2col_cpu,       forward_rows_cpu,
+                                                 nullptr,          backward_rows_cpu,
+                                                 gather_rows_cpu};
+  static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/) {
+    check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
+  }
+  using Guard = NoDeviceGuard;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlstm, CPU, m) {
-  m.impl("tensorized_lstm_forward", &tensorized_lstm_forward_cpu);
-  m.impl("tensorized_lstm_backward", &tensorized_lstm_backward_cpu);
+  m.impl("tensorized_lstm_forward", &tensorized_lstm_forward_op<CpuBackend>);
+  m.impl("tensorized_lstm_backward", &tensorized_lstm_backward_op<CpuBackend>);
 }
 
 }  // namespace tlstm

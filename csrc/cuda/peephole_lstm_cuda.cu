@@ -626,51 +626,26 @@ bool backward_sequence_cuda(const PeepholeBackwardBuffers& buf, int64_t T, bool 
   return ran;
 }
 
-constexpr PeepholeStepKernels kCudaKernels{nullptr,           nullptr,           forward_step_cuda,
-                                           nullptr,           backward_step_cuda,
-                                           forward_sequence_cuda, backward_sequence_cuda};
-
-constexpr std::initializer_list<at::ScalarType> kCudaDtypes = {at::kFloat, at::kDouble,
-                                                               at::kHalf, at::kBFloat16};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_cuda(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
-    const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
-    const c10::optional<Tensor>& bias_hh, const c10::optional<Tensor>& weight_peephole,
-    const c10::optional<Tensor>& weight_proj, const c10::optional<Tensor>& lengths, bool reverse,
-    c10::string_view activation, bool training) {
-  check_floating("tlstm.peephole_lstm_forward", input, kCudaDtypes, "CUDA");
-  TORCH_CHECK(input.is_cuda(), "tlstm.peephole_lstm_forward: expected input on a CUDA device, got ",
-              input.device());
-  const c10::cuda::CUDAGuard guard(input.device());
-  return peephole_lstm_forward_driver(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                      weight_peephole, weight_proj, lengths, reverse, activation,
-                                      training, kCudaKernels);
+// The input's dtype and device; other arguments are checked against the input by the driver.
+void check_cuda_input(const char* op, const Tensor& input) {
+  check_floating(op, input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}, "CUDA");
+  TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device, got ", input.device());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-peephole_lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
-                            const Tensor& grad_c_n, const Tensor& input, const Tensor& weight_ih,
-                            const Tensor& weight_hh, const c10::optional<Tensor>& weight_peephole,
-                            const c10::optional<Tensor>& weight_proj,
-                            const c10::optional<Tensor>& lengths, const Tensor& gates,
-                            const Tensor& hidden_states, const Tensor& cell_states, bool reverse,
-                            c10::string_view activation, bool need_grad_input) {
-  check_floating("tlstm.peephole_lstm_backward", input, kCudaDtypes, "CUDA");
-  TORCH_CHECK(input.is_cuda(), "tlstm.peephole_lstm_backward: expected input on a CUDA device, got ",
-              input.device());
-  const c10::cuda::CUDAGuard guard(input.device());
-  return peephole_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
-                                       weight_hh, weight_peephole, weight_proj, lengths, gates,
-                                       hidden_states, cell_states, reverse, activation,
-                                       need_grad_input, kCudaKernels);
-}
+struct CudaBackend {
+  static constexpr PeepholeStepKernels kernels{nullptr,           nullptr,
+                                               forward_step_cuda, nullptr,
+                                               backward_step_cuda, forward_sequence_cuda,
+                                               backward_sequence_cuda};
+  static void check_input(const char* op, const Tensor& input) { check_cuda_input(op, input); }
+  using Guard = c10::cuda::CUDAGuard;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlstm, CUDA, m) {
-  m.impl("peephole_lstm_forward", &peephole_lstm_forward_cuda);
-  m.impl("peephole_lstm_backward", &peephole_lstm_backward_cuda);
+  m.impl("peephole_lstm_forward", &peephole_lstm_forward_op<CudaBackend>);
+  m.impl("peephole_lstm_backward", &peephole_lstm_backward_op<CudaBackend>);
 }
 
 }  // namespace tlstm

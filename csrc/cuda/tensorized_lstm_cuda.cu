@@ -549,65 +549,25 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
   });
 }
 
-constexpr TensorizedStepKernels kCudaKernels{nullptr, nullptr, im2col_cuda, forward_rows_cuda,
-                                             prepare_backward_cuda, backward_rows_cuda,
-                                             gather_rows_cuda};
-
-void check_cuda_kernel_size(const char* op, int64_t kernel_size) {
-  TORCH_CHECK(kernel_size <= kMaxKernelSize, op, " on CUDA supports kernel_size up to ",
-              kMaxKernelSize, ", got ", kernel_size);
-}
-
-constexpr std::initializer_list<at::ScalarType> kCudaDtypes = {at::kFloat, at::kDouble,
-                                                               at::kHalf, at::kBFloat16};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-tensorized_lstm_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& c0,
-                             const Tensor& weight_ih, const c10::optional<Tensor>& bias_ih,
-                             const Tensor& weight_hh, const c10::optional<Tensor>& bias_hh,
-                             const c10::optional<Tensor>& norm_weight,
-                             const c10::optional<Tensor>& norm_bias,
-                             const c10::optional<Tensor>& lengths, int64_t depth,
-                             int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
-                             bool training) {
-  check_floating("tlstm.tensorized_lstm_forward", input, kCudaDtypes, "CUDA");
-  TORCH_CHECK(input.is_cuda(), "tlstm.tensorized_lstm_forward: expected input on a CUDA device, "
-              "got ", input.device());
-  check_cuda_kernel_size("tlstm.tensorized_lstm_forward", kernel_size);
-  const c10::cuda::CUDAGuard guard(input.device());
-  return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
-                                        norm_weight, norm_bias, lengths, depth, kernel_size,
-                                        feedback, memory_conv, flush, training, kCudaKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-tensorized_lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
-                              const Tensor& grad_c_n, const Tensor& input,
-                              const Tensor& weight_ih, const Tensor& weight_hh,
-                              const c10::optional<Tensor>& norm_weight,
-                              const c10::optional<Tensor>& norm_bias,
-                              const c10::optional<Tensor>& lengths, const Tensor& x_col,
-                              const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
-                              const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
-                              int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
-                              bool need_grad_input) {
-  check_floating("tlstm.tensorized_lstm_backward", input, kCudaDtypes, "CUDA");
-  TORCH_CHECK(input.is_cuda(), "tlstm.tensorized_lstm_backward: expected input on a CUDA device, "
-              "got ", input.device());
-  check_cuda_kernel_size("tlstm.tensorized_lstm_backward", kernel_size);
-  const c10::cuda::CUDAGuard guard(input.device());
-  return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
-                                         weight_hh, norm_weight, norm_bias, lengths, x_col, gates,
-                                         q, norm_hat, norm_rstd, cells, depth, kernel_size,
-                                         feedback, memory_conv, flush, need_grad_input,
-                                         kCudaKernels);
-}
+struct CudaBackend {
+  static constexpr TensorizedStepKernels kernels{nullptr,           nullptr,
+                                                 im2col_cuda,       forward_rows_cuda,
+                                                 prepare_backward_cuda, backward_rows_cuda,
+                                                 gather_rows_cuda};
+  static void check_input(const char* op, const Tensor& input, int64_t kernel_size) {
+    check_floating(op, input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}, "CUDA");
+    TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device, got ", input.device());
+    TORCH_CHECK(kernel_size <= kMaxKernelSize, op, " on CUDA supports kernel_size up to ",
+                kMaxKernelSize, ", got ", kernel_size);
+  }
+  using Guard = c10::cuda::CUDAGuard;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlstm, CUDA, m) {
-  m.impl("tensorized_lstm_forward", &tensorized_lstm_forward_cuda);
-  m.impl("tensorized_lstm_backward", &tensorized_lstm_backward_cuda);
+  m.impl("tensorized_lstm_forward", &tensorized_lstm_forward_op<CudaBackend>);
+  m.impl("tensorized_lstm_backward", &tensorized_lstm_backward_op<CudaBackend>);
 }
 
 }  // namespace tlstm
