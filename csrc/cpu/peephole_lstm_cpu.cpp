@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "cpu_matmul.h"
 #include "../peephole_lstm.h"
 #include "packed_gemm.h"
@@ -330,8 +331,9 @@ void forward_step_cpu(const PeepholeForwardBuffers& buf, const StepSlots& step) 
   dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
     using scalar_t = decltype(scalar);
     using Act = decltype(act);
-    projected ? forward_step_kernel<scalar_t, Act, true>(buf, step)
-              : forward_step_kernel<scalar_t, Act, false>(buf, step);
+    dispatch_flag(projected, [&](auto proj) {
+      forward_step_kernel<scalar_t, Act, decltype(proj)::value>(buf, step);
+    });
   });
 }
 
@@ -341,13 +343,9 @@ void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step
   dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
     using scalar_t = decltype(scalar);
     using Act = decltype(act);
-    if (projected) {
-      peephole ? backward_step_kernel<scalar_t, Act, true, true>(buf, step)
-               : backward_step_kernel<scalar_t, Act, true, false>(buf, step);
-    } else {
-      peephole ? backward_step_kernel<scalar_t, Act, false, true>(buf, step)
-               : backward_step_kernel<scalar_t, Act, false, false>(buf, step);
-    }
+    dispatch_flags(projected, peephole, [&](auto proj, auto peep) {
+      backward_step_kernel<scalar_t, Act, decltype(proj)::value, decltype(peep)::value>(buf, step);
+    });
   });
 }
 

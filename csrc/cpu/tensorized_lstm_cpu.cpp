@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "cpu_matmul.h"
 #include "../fast_math.h"
 #include "../peephole_lstm.h"  // NoDeviceGuard
@@ -365,45 +366,34 @@ void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
 
 // ---- dispatch and registration -------------------------------------------------------------
 
-template <class Fn>
-void dispatch_flags(at::ScalarType dtype, bool norm, bool memory_conv, const Fn& fn) {
-  AT_DISPATCH_FLOATING_TYPES(dtype, "tlstm_tensorized_cpu", [&] {
-    if (norm) {
-      memory_conv ? fn(scalar_t{}, std::true_type{}, std::true_type{})
-                  : fn(scalar_t{}, std::true_type{}, std::false_type{});
-    } else {
-      memory_conv ? fn(scalar_t{}, std::false_type{}, std::true_type{})
-                  : fn(scalar_t{}, std::false_type{}, std::false_type{});
-    }
-  });
-}
-
 void im2col_cpu(const TensorizedForwardBuffers& buf, int64_t s) {
   AT_DISPATCH_FLOATING_TYPES(buf.x_col.scalar_type(), "tlstm_tensorized_im2col_cpu",
                              [&] { im2col_kernel<scalar_t>(buf, s); });
 }
 
 void forward_rows_cpu(const TensorizedForwardBuffers& buf, int64_t s) {
-  dispatch_flags(buf.pre.scalar_type(), buf.n.channel_norm, buf.n.memory_conv,
-                 [&](auto scalar, auto norm, auto memory_conv) {
-                   forward_rows_kernel<decltype(scalar), decltype(norm)::value,
-                                       decltype(memory_conv)::value>(buf, s);
-                 });
+  AT_DISPATCH_FLOATING_TYPES(buf.pre.scalar_type(), "tlstm_tensorized_forward_rows_cpu", [&] {
+    dispatch_flags(buf.n.channel_norm, buf.n.memory_conv, [&](auto norm, auto memory_conv) {
+      forward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(buf, s);
+    });
+  });
 }
 
 void backward_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
-  dispatch_flags(buf.grad_pre.scalar_type(), buf.n.channel_norm, buf.n.memory_conv,
-                 [&](auto scalar, auto norm, auto memory_conv) {
-                   backward_rows_kernel<decltype(scalar), decltype(norm)::value,
-                                        decltype(memory_conv)::value>(buf, s, cur);
-                 });
+  AT_DISPATCH_FLOATING_TYPES(buf.grad_pre.scalar_type(), "tlstm_tensorized_backward_rows_cpu", [&] {
+    dispatch_flags(buf.n.channel_norm, buf.n.memory_conv, [&](auto norm, auto memory_conv) {
+      backward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(buf, s,
+                                                                                          cur);
+    });
+  });
 }
 
 void gather_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
-  dispatch_flags(buf.grad_pre.scalar_type(), false, buf.n.memory_conv,
-                 [&](auto scalar, auto, auto memory_conv) {
-                   gather_rows_kernel<decltype(scalar), decltype(memory_conv)::value>(buf, s, cur);
-                 });
+  AT_DISPATCH_FLOATING_TYPES(buf.grad_pre.scalar_type(), "tlstm_tensorized_gather_cpu", [&] {
+    dispatch_flag(buf.n.memory_conv, [&](auto memory_conv) {
+      gather_rows_kernel<scalar_t, decltype(memory_conv)::value>(buf, s, cur);
+    });
+  });
 }
 
 struct CpuBackend {

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "../peephole_lstm.h"
 
 namespace tlstm {
@@ -583,8 +584,9 @@ void forward_step_cuda(const PeepholeForwardBuffers& buf, const StepSlots& step)
   dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
     using scalar_t = decltype(scalar);
     using Act = decltype(act);
-    projected ? launch_forward_step<scalar_t, Act, true>(buf, step)
-              : launch_forward_step<scalar_t, Act, false>(buf, step);
+    dispatch_flag(projected, [&](auto proj) {
+      launch_forward_step<scalar_t, Act, decltype(proj)::value>(buf, step);
+    });
   });
 }
 
@@ -594,13 +596,9 @@ void backward_step_cuda(const PeepholeBackwardBuffers& buf, const StepSlots& ste
   dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
     using scalar_t = decltype(scalar);
     using Act = decltype(act);
-    if (projected) {
-      peephole ? launch_backward_step<scalar_t, Act, true, true>(buf, step)
-               : launch_backward_step<scalar_t, Act, true, false>(buf, step);
-    } else {
-      peephole ? launch_backward_step<scalar_t, Act, false, true>(buf, step)
-               : launch_backward_step<scalar_t, Act, false, false>(buf, step);
-    }
+    dispatch_flags(projected, peephole, [&](auto proj, auto peep) {
+      launch_backward_step<scalar_t, Act, decltype(proj)::value, decltype(peep)::value>(buf, step);
+    });
   });
 }
 
@@ -620,8 +618,9 @@ bool backward_sequence_cuda(const PeepholeBackwardBuffers& buf, int64_t T, bool 
   dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
     using scalar_t = decltype(scalar);
     using Act = decltype(act);
-    ran = peephole ? launch_backward_persistent<scalar_t, Act, true>(buf, T, reverse)
-                   : launch_backward_persistent<scalar_t, Act, false>(buf, T, reverse);
+    dispatch_flag(peephole, [&](auto peep) {
+      ran = launch_backward_persistent<scalar_t, Act, decltype(peep)::value>(buf, T, reverse);
+    });
   });
   return ran;
 }

@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "../fast_math.h"
 #include "../tensorized_lstm.h"
 
@@ -421,15 +422,6 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
                                   [&] { fn(scalar_t{}); });
 }
 
-template <class Fn>
-void dispatch_flags(bool norm, bool memory_conv, const Fn& fn) {
-  if (norm) {
-    memory_conv ? fn(std::true_type{}, std::true_type{}) : fn(std::true_type{}, std::false_type{});
-  } else {
-    memory_conv ? fn(std::false_type{}, std::true_type{}) : fn(std::false_type{}, std::false_type{});
-  }
-}
-
 template <typename T>
 T* ptr_or_null(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -545,7 +537,7 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
               ptr_or_null<int64_t>(buf.lengths), device_sizes(n), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    n.memory_conv ? launch(std::true_type{}) : launch(std::false_type{});
+    dispatch_flag(n.memory_conv, launch);
   });
 }
 
