@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dimensions.h"
+#include "dispatch.h"
 #include "matmul.h"
 #include "peephole_lstm_cell.h"
 
@@ -66,6 +67,33 @@ struct PeepholeBackwardBuffers {
   Activation activation;
   std::vector<Tensor> workspace;  // owned by the backend
 };
+
+// The compile-time switches of a step kernel, chosen from the buffers: fn(Act{}, proj) for a
+// forward step and fn(Act{}, proj, peep) for a backward step, proj and peep being
+// std::true_type or std::false_type (a projection; peephole gradients wanted).
+template <class Fn>
+void dispatch_activation(Activation activation, const Fn& fn) {
+  if (activation == Activation::Tanh) {
+    fn(TanhActivation{});
+  } else {
+    fn(IdentityActivation{});
+  }
+}
+
+template <class Fn>
+void dispatch_step_switches(const PeepholeForwardBuffers& buf, const Fn& fn) {
+  dispatch_activation(buf.activation, [&](auto act) {
+    dispatch_flag(buf.hidden_pre.defined(), [&](auto proj) { fn(act, proj); });
+  });
+}
+
+template <class Fn>
+void dispatch_step_switches(const PeepholeBackwardBuffers& buf, const Fn& fn) {
+  dispatch_activation(buf.activation, [&](auto act) {
+    dispatch_flags(buf.grad_hidden_pre.defined(), buf.grad_peephole_rows.numel() > 0,
+                   [&](auto proj, auto peep) { fn(act, proj, peep); });
+  });
+}
 
 // What a device backend provides: one step of the recurrence.
 struct PeepholeStepKernels {

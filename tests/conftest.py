@@ -163,17 +163,22 @@ def forward_backward(module, x, hx=None, lengths=None, seed=1234, grads=True):
     g_h = randn(h_n.shape, seed + 1, torch.float32).to(dtype)
     g_c = randn(c_n.shape, seed + 2, torch.float32).to(dtype)
     loss = (out_t * g_out).sum() + (h_n * g_h).sum() + (c_n * g_c).sum()
+    res.update(gradients_of(loss, module, x, hx))
+    return {k: v.detach() for k, v in res.items()}
+
+
+def gradients_of(loss, module, x, state=None):
+    """{grad_input, grad_h0, grad_c0 (when state is given), grad_<param> for every parameter}
+    of `loss`; a leaf that receives no gradient is an error."""
     leaves = {"grad_input": x}
-    if hx is not None:
-        leaves["grad_h0"] = hx[0]
-        leaves["grad_c0"] = hx[1]
+    if state is not None:
+        leaves["grad_h0"], leaves["grad_c0"] = state
     for name, p in module.named_parameters():
         leaves["grad_" + name] = p
     computed = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    for (name, _), g in zip(leaves.items(), computed):
+    for name, g in zip(leaves, computed):
         assert g is not None, f"{name} received no gradient"
-        res[name] = g
-    return {k: v.detach() for k, v in res.items()}
+    return dict(zip(leaves, computed))
 
 
 def fused_and_reference(dtype, seed=0, **kwargs):

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import tlstm
-from conftest import TOL, assert_results_close, make_gen, pack, randn
+from conftest import TOL, assert_results_close, gradients_of, make_gen, pack, randn
 
 F64 = torch.float64
 F32 = torch.float32
@@ -105,15 +105,7 @@ def forward_backward(module, x, state=None, lengths=None, flush=True, seed=1234,
     loss = ((out_t * upstream(out_t.shape, seed, dtype, device)).sum()
             + (h_n * upstream(h_n.shape, seed + 1, dtype, device)).sum()
             + (c_n * upstream(c_n.shape, seed + 2, dtype, device)).sum())
-    leaves = {"grad_input": x}
-    if state is not None:
-        leaves["grad_h0"], leaves["grad_c0"] = state
-    for name, p in module.named_parameters():
-        leaves["grad_" + name] = p
-    computed = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    for (name, _), g in zip(leaves.items(), computed):
-        assert g is not None, f"{name} received no gradient"
-        res[name] = g
+    res.update(gradients_of(loss, module, x, state))
     return {k: v.detach() for k, v in res.items()}
 
 

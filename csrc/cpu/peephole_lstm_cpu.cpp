@@ -314,37 +314,19 @@ void backward_step_kernel(const PeepholeBackwardBuffers& buf, const StepSlots& s
 
 // ---- dispatch and registration -------------------------------------------------------------
 
-// Calls fn(scalar_t{}, Act{}) with the dtype and activation chosen at run time.
-template <class Fn>
-void dispatch_dtype_activation(const Tensor& typed, Activation activation, const Fn& fn) {
-  AT_DISPATCH_FLOATING_TYPES(typed.scalar_type(), "tlstm_peephole_step_cpu", [&] {
-    if (activation == Activation::Tanh) {
-      fn(scalar_t{}, TanhActivation{});
-    } else {
-      fn(scalar_t{}, IdentityActivation{});
-    }
-  });
-}
-
 void forward_step_cpu(const PeepholeForwardBuffers& buf, const StepSlots& step) {
-  const bool projected = buf.hidden_pre.defined();
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    using scalar_t = decltype(scalar);
-    using Act = decltype(act);
-    dispatch_flag(projected, [&](auto proj) {
-      forward_step_kernel<scalar_t, Act, decltype(proj)::value>(buf, step);
+  AT_DISPATCH_FLOATING_TYPES(buf.gates.scalar_type(), "tlstm_peephole_forward_step_cpu", [&] {
+    dispatch_step_switches(buf, [&](auto act, auto proj) {
+      forward_step_kernel<scalar_t, decltype(act), decltype(proj)::value>(buf, step);
     });
   });
 }
 
 void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step) {
-  const bool projected = buf.grad_hidden_pre.defined();
-  const bool peephole = buf.grad_peephole_rows.numel() > 0;
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    using scalar_t = decltype(scalar);
-    using Act = decltype(act);
-    dispatch_flags(projected, peephole, [&](auto proj, auto peep) {
-      backward_step_kernel<scalar_t, Act, decltype(proj)::value, decltype(peep)::value>(buf, step);
+  AT_DISPATCH_FLOATING_TYPES(buf.gates.scalar_type(), "tlstm_peephole_backward_step_cpu", [&] {
+    dispatch_step_switches(buf, [&](auto act, auto proj, auto peep) {
+      backward_step_kernel<scalar_t, decltype(act), decltype(proj)::value,
+                           decltype(peep)::value>(buf, step);
     });
   });
 }

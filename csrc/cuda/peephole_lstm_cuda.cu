@@ -564,62 +564,55 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
 
 // ---- dispatch and registration -------------------------------------------------------------
 
+// Calls fn(scalar_t{}) with the dtype of `typed`.
 template <class Fn>
-void dispatch_dtype_activation(const Tensor& typed, Activation activation, const Fn& fn) {
+void dispatch_cuda_dtype(const Tensor& typed, const Fn& fn) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, typed.scalar_type(),
-                                  "tlstm_peephole_step_cuda", [&] {
-    if (activation == Activation::Tanh) {
-      fn(scalar_t{}, TanhActivation{});
-    } else {
-      fn(scalar_t{}, IdentityActivation{});
-    }
-  });
+                                  "tlstm_peephole_cuda", [&] { fn(scalar_t{}); });
 }
 
 void forward_step_cuda(const PeepholeForwardBuffers& buf, const StepSlots& step) {
   // a_t += h_{t-1} W_hh^T (cuBLAS), then the element-wise kernel
   auto gates_t = buf.gates.select(0, step.t);
   at::addmm_out(gates_t, gates_t, buf.hidden_states.select(0, step.prev), buf.weight_hh_t);
-  const bool projected = buf.hidden_pre.defined();
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    using scalar_t = decltype(scalar);
-    using Act = decltype(act);
-    dispatch_flag(projected, [&](auto proj) {
-      launch_forward_step<scalar_t, Act, decltype(proj)::value>(buf, step);
+  dispatch_cuda_dtype(buf.gates, [&](auto scalar) {
+    dispatch_step_switches(buf, [&](auto act, auto proj) {
+      launch_forward_step<decltype(scalar), decltype(act), decltype(proj)::value>(buf, step);
     });
   });
 }
 
 void backward_step_cuda(const PeepholeBackwardBuffers& buf, const StepSlots& step) {
-  const bool projected = buf.grad_hidden_pre.defined();
-  const bool peephole = buf.grad_peephole_rows.numel() > 0;
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    using scalar_t = decltype(scalar);
-    using Act = decltype(act);
-    dispatch_flags(projected, peephole, [&](auto proj, auto peep) {
-      launch_backward_step<scalar_t, Act, decltype(proj)::value, decltype(peep)::value>(buf, step);
+  dispatch_cuda_dtype(buf.gates, [&](auto scalar) {
+    dispatch_step_switches(buf, [&](auto act, auto proj, auto peep) {
+      launch_backward_step<decltype(scalar), decltype(act), decltype(proj)::value,
+                           decltype(peep)::value>(buf, step);
     });
   });
 }
 
+// The whole recurrence in one persistent kernel; the driver asks only without a projection,
+// and a false return (batch too large, W_hh too big for the grid) sends it to the steps.
 bool forward_sequence_cuda(const PeepholeForwardBuffers& buf, int64_t T, bool reverse,
                            bool whole_history) {
   bool ran = false;
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    ran = launch_forward_persistent<decltype(scalar), decltype(act)>(buf, T, reverse,
-                                                                      whole_history);
+  dispatch_cuda_dtype(buf.gates, [&](auto scalar) {
+    dispatch_activation(buf.activation, [&](auto act) {
+      ran = launch_forward_persistent<decltype(scalar), decltype(act)>(buf, T, reverse,
+                                                                        whole_history);
+    });
   });
   return ran;
 }
 
 bool backward_sequence_cuda(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
-  const bool peephole = buf.grad_peephole_rows.numel() > 0;
   bool ran = false;
-  dispatch_dtype_activation(buf.gates, buf.activation, [&](auto scalar, auto act) {
-    using scalar_t = decltype(scalar);
-    using Act = decltype(act);
-    dispatch_flag(peephole, [&](auto peep) {
-      ran = launch_backward_persistent<scalar_t, Act, decltype(peep)::value>(buf, T, reverse);
+  dispatch_cuda_dtype(buf.gates, [&](auto scalar) {
+    dispatch_activation(buf.activation, [&](auto act) {
+      dispatch_flag(buf.grad_peephole_rows.numel() > 0, [&](auto peep) {
+        ran = launch_backward_persistent<decltype(scalar), decltype(act), decltype(peep)::value>(
+            buf, T, reverse);
+      });
     });
   });
   return ran;
