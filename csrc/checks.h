@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace tlstm {
@@ -34,13 +35,23 @@ inline void check_same_dtype_device(const char* op, const char* name, const at::
 }
 
 // lengths: [B] int64 on the input's device; step t of sequence b runs iff t < lengths[b].
+// Values must lie in [0, T]. They are checked where that costs no device synchronisation, on
+// the CPU; on a GPU a value below 0 acts as 0 and one above T as T (never out of bounds).
 inline void check_lengths(const char* op, const at::Tensor& lengths, const at::Tensor& input,
-                          int64_t batch) {
+                          int64_t batch, int64_t steps) {
   TORCH_CHECK(lengths.scalar_type() == at::kLong, op, ": expected lengths of dtype int64, got ",
               lengths.scalar_type());
   TORCH_CHECK(lengths.device() == input.device(), op, ": expected lengths on device ",
               input.device(), " (the input's), got ", lengths.device());
   check_shape(op, "lengths", lengths, {batch}, "[B]");
+  if (lengths.is_cpu() && batch > 0) {
+    const auto range = lengths.aminmax();
+    const int64_t lowest = std::get<0>(range).item<int64_t>();
+    const int64_t highest = std::get<1>(range).item<int64_t>();
+    TORCH_CHECK(lowest >= 0 && highest <= steps, op,
+                ": expected every lengths value in [0, T] = [0, ", steps, "], got values from ",
+                lowest, " to ", highest);
+  }
 }
 
 inline void check_floating(const char* op, const at::Tensor& input,

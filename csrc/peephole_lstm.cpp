@@ -55,7 +55,7 @@ PeepholeSizes check_peephole_args(const char* op, const Tensor& input, const Ten
     TORCH_CHECK(s.R == s.H, op, ": without weight_proj, weight_hh must be [4H, H] = ",
                 shape_string({4 * s.H, s.H}), ", got ", shape_string(weight_hh.sizes()));
   }
-  if (lengths.has_value()) check_lengths(op, *lengths, input, s.B);
+  if (lengths.has_value()) check_lengths(op, *lengths, input, s.B, s.T);
   return s;
 }
 

@@ -89,7 +89,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
     check_shape(kForward, "norm_weight", *norm_weight, {5, n.M}, "[5, M]");
     check_shape(kForward, "norm_bias", *norm_bias, {5, n.M}, "[5, M]");
   }
-  if (lengths.has_value()) check_lengths(kForward, *lengths, input_, n.B);
+  if (lengths.has_value()) check_lengths(kForward, *lengths, input_, n.B, n.T);
 
   const Tensor input = input_.contiguous();
   const auto options = input.options();
@@ -176,7 +176,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   check_shape(kBackward, "norm_rstd", norm_rstd, {n.channel_norm ? n.S : 0, n.B, n.P, 5},
               "[S, B, P, 5]");
   check_shape(kBackward, "cells", cells, {n.S + 1, n.B, n.P, n.M}, "[S+1, B, P, M]");
-  if (lengths.has_value()) check_lengths(kBackward, *lengths, input_, n.B);
+  if (lengths.has_value()) check_lengths(kBackward, *lengths, input_, n.B, n.T);
 
   const Tensor input = input_.contiguous();
   TensorizedBackwardBuffers buf;

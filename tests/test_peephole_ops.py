@@ -411,10 +411,16 @@ def test_op_argument_checks(name, bad, words):
 
 def test_op_lengths_checks():
     args = make_layer_args(seed=20, requires_grad=False)
+    T = args["input"].shape[0]
     for lens, word in ((torch.tensor([1, 2, 3, 4], dtype=torch.int32), "int64"),
-                       (torch.tensor([1, 2, 3]), "lengths")):
+                       (torch.tensor([1, 2, 3]), "lengths"),
+                       (torch.tensor([1, -1, 3, 2]), rf"\[0, T\] = \[0, {T}\], got values from -1 to 3"),
+                       (torch.tensor([1, T + 1, 3, 2]), rf"\[0, {T}\], got values from 1 to {T + 1}")):
         with pytest.raises(RuntimeError, match=word):
             OPS.peephole_lstm_forward(*_forward_args(args, lens, False, "tanh", False))
+    # the bounds themselves are valid lengths
+    OPS.peephole_lstm_forward(*_forward_args(args, torch.tensor([0, T, 1, T]), False, "tanh",
+                                             False))
 
 
 def test_gen_helper_is_deterministic():

@@ -272,6 +272,12 @@ def test_op_argument_checks():
         a[k] = v
         with pytest.raises(RuntimeError):
             OPS.tensorized_lstm_forward(*a, False)
+    T = args[0].shape[0]
+    for values, got in (([-2, 1, 2], "-2 to 2"), ([1, T + 3, 2], f"1 to {T + 3}")):
+        a = list(args)
+        a[9] = torch.tensor(values)  # lengths outside [0, T]
+        with pytest.raises(RuntimeError, match=rf"lengths value in \[0, T\] = \[0, {T}\], got values from {got}"):
+            OPS.tensorized_lstm_forward(*a, False)
     a = list(args)
     a[11] = 4  # even kernel size
     with pytest.raises(RuntimeError, match="kernel_size"):

@@ -41,7 +41,7 @@ def peephole_lstm_layer(
     bias_hh: torch.Tensor | None = None,  # [4H]
     weight_peephole: torch.Tensor | None = None,  # [3, H]: w_ci, w_cf, w_co
     weight_proj: torch.Tensor | None = None,  # [R, H]
-    lengths: torch.Tensor | None = None,  # [B] int64, on the input's device
+    lengths: torch.Tensor | None = None,  # [B] int64 in [0, T], on the input's device
     reverse: bool = False,
     activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,6 +49,8 @@ def peephole_lstm_layer(
 
     Steps with ``t >= lengths[b]`` leave sequence b's state unchanged and output zeros. With
     ``reverse`` the sequence is walked from its last step (``lengths[b] - 1``) to its first.
+    Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
+    synchronise) and act as the nearest bound.
     """
     training = _needs_saving(
         input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj
@@ -175,7 +177,7 @@ def tensorized_lstm_sequence(
     bias_hh: torch.Tensor | None,  # [G]
     norm_weight: torch.Tensor | None,  # [5, M]
     norm_bias: torch.Tensor | None,  # [5, M]
-    lengths: torch.Tensor | None,  # [B] int64, on the input's device
+    lengths: torch.Tensor | None,  # [B] int64 in [0, T], on the input's device
     depth: int,
     kernel_size: int,
     feedback: bool,
@@ -183,7 +185,10 @@ def tensorized_lstm_sequence(
     flush: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the tensorized LSTM over a sequence; returns the top-row outputs [T, B, M] (y_t =
-    h_{t+delay, P}, zero past each length) and the final H, C [B, P, M]."""
+    h_{t+delay, P}, zero past each length) and the final H, C [B, P, M].
+
+    Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
+    synchronise) and act as the nearest bound."""
     training = _needs_saving(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight,
                              norm_bias)
     output, h_n, c_n, *_ = torch.ops.tlstm.tensorized_lstm_forward(

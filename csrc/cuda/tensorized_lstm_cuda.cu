@@ -43,8 +43,9 @@ __device__ inline acc_t warp_all_sum(acc_t v) {
   return v;
 }
 
+// lengths[b] clamped to [0, T] (the op checks the values only on the CPU).
 __device__ inline int64_t sequence_length(const int64_t* lengths, int64_t b, int64_t T) {
-  return lengths == nullptr ? T : min(lengths[b], T);
+  return lengths == nullptr ? T : max(int64_t{0}, min(lengths[b], T));
 }
 
 __device__ inline int64_t clamp_row(int64_t r, int64_t P) { return r < 1 ? 1 : (r > P ? P : r); }
