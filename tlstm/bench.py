@@ -259,10 +259,32 @@ class Progress:
 COMPILE_MAX_STEPS = 200
 
 
+def impls_for(cfg: Config, device: str, impls: list[str]) -> list[str]:
+    """Which implementations a configuration times. On the CPU, all. On a GPU the eager
+    reference launches a few dozen small kernels per step and takes seconds per configuration,
+    and the compiled reference compiles for a minute or more per shape, so a GPU run (which has
+    minutes) times them where the comparison is made: the eager reference at float32 without
+    TF32, for the peephole LSTM at T <= 200 and for the tLSTM at B = 16; the compiled reference
+    at one shape of the peephole LSTM, T=100, B=64, H=512, float32."""
+    if device != "cuda":
+        return [n for n in impls if n != "compiled_reference" or cfg.T <= COMPILE_MAX_STEPS]
+    plain_f32 = cfg.dtype == "float32" and not cfg.tf32
+    keep = []
+    for name in impls:
+        if name == "reference":
+            if not plain_f32 or (cfg.T > COMPILE_MAX_STEPS if cfg.cell == "peephole"
+                                 else cfg.B != 16):
+                continue
+        if name == "compiled_reference":
+            if not (plain_f32 and cfg.cell == "peephole" and (cfg.T, cfg.B, cfg.H) == (100, 64, 512)):
+                continue
+        keep.append(name)
+    return keep
+
+
 def time_config(cfg: Config, device: str, impls: list[str], directions: list[str],
                 repeats: int, warmup: int, progress: Progress) -> list[Record]:
-    if cfg.T > COMPILE_MAX_STEPS:
-        impls = [name for name in impls if name != "compiled_reference"]
+    impls = impls_for(cfg, device, impls)
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     modules = build_modules(cfg, device, impls)
@@ -359,6 +381,10 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
+    """The commit measured; TLSTM_BENCH_COMMIT names it where the tree is a copy without .git
+    (as on a lent GPU machine)."""
+    if os.environ.get("TLSTM_BENCH_COMMIT"):
+        return os.environ["TLSTM_BENCH_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -477,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
 
     baseline = lstm_baseline_name(device)
     impls = ["fused", "reference", baseline]
-    if args.compile or (device == "cuda" and not args.no_compile):
+    if args.compile or (device == "cuda" and not args.no_compile and not args.quick):
         impls.append("compiled_reference")
     configs = []
     if "peephole" in args.cells:
@@ -534,8 +560,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per implementation")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the reference under torch.compile (default on a GPU, "
-                        f"for T <= {COMPILE_MAX_STEPS})")
+                        help="also time the reference under torch.compile (default on a GPU "
+                        f"without --quick; for T <= {COMPILE_MAX_STEPS}, on a GPU one shape)")
     parser.add_argument("--no-compile", action="store_true",
                         help="never time the compiled reference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One session on a GPU machine, run from anywhere in the repository: build tlstm for the GPU
+# that is there, then the stages named on the command line, in order. Logs and results go to
+# $OUT (default ./gpu-out); the end of each stage's log is printed.
+#
+#   bash benchmarks/gpu_session.sh build tests sanitizer bench
+#
+#   build       python setup.py build_ext --inplace, for this GPU's architecture only
+#   tests       the CUDA test files (tests/test_*cuda*.py)
+#   sanitizer   compute-sanitizer memcheck and racecheck over tests/cuda_sanitizer_workload.py
+#   sanitizer-all   the same with initcheck and synccheck too
+#   bench-quick python -m tlstm bench --quick
+#   bench       python -m tlstm bench, JSON and depth plot into $OUT
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TLSTM_REQUIRE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+    export TORCH_CUDA_ARCH_LIST
+fi
+# a test that hangs (a grid-wide barrier never met) is reported and ends the run, not the lease
+TIMEOUT_ARGS=()
+$PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS=(--timeout=180 --timeout-method=thread)
+status=0
+stage() { echo "== $1 ($(date +%T))"; }
+for what in "$@"; do
+    case $what in
+    build)
+        stage "build for sm_$TORCH_CUDA_ARCH_LIST"
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+        $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+        if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+            tail -n 60 "$OUT/build.log"
+            exit 1
+        fi
+        grep -iE "warning|error" "$OUT/build.log" | grep -v "^WARNING: Location" | head -20 ;;
+    tests)
+        stage tests
+        timeout "${TESTS_TIMEOUT:-540}" $PY -m pytest -q -p no:cacheprovider -rfE --tb=short "${TIMEOUT_ARGS[@]}" \
+            --durations=8 tests/test_peephole_cuda.py tests/test_tensorized_cuda.py \
+            > "$OUT/tests.log" 2>&1 || status=1
+        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -n 60 ;;
+    sanitizer|sanitizer-all)
+        stage "$what"
+        tools="memcheck or racecheck"
+        [ "$what" = sanitizer-all ] && tools="memcheck or racecheck or initcheck or synccheck"
+        TLSTM_RUN_SANITIZER=1 timeout "${SANITIZER_TIMEOUT:-480}" $PY -m pytest -q -p no:cacheprovider \
+            -rfE --tb=short tests/test_cuda_sanitizer.py -k "$tools" > "$OUT/sanitizer.log" 2>&1 || status=1
+        grep -E "ERROR SUMMARY|=====|^(FAILED|ERROR)|passed|failed" "$OUT/sanitizer.log" | tail -n 40 ;;
+    bench-quick)
+        stage bench-quick
+        $PY -m tlstm bench --quick --no-progress > "$OUT/bench-quick.log" 2>&1 || status=1
+        tail -n 40 "$OUT/bench-quick.log" ;;
+    bench)
+        stage bench
+        $PY -m tlstm bench --no-progress --json "$OUT/" --plot "$OUT/depth.png" \
+            > "$OUT/bench.log" 2>&1 || status=1
+        tail -n 120 "$OUT/bench.log" ;;
+    *)
+        echo "unknown stage $what"
+        exit 2 ;;
+    esac
+done
+stage done
+exit $status
