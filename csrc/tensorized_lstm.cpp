@@ -223,7 +223,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
                               .contiguous();
   Tensor grad_bias_hh = grad_pre_2d.sum(0);
   // The input row of step s is x~_s + b_ih while s < lengths[b] (and s < T), else b_ih alone.
-  Tensor grad_bias_ih = buf.grad_input_row.sum({0, 1});
+  Tensor grad_bias_ih = buf.grad_input_row.sum(at::IntArrayRef{0, 1});
   Tensor grad_x_proj = buf.grad_input_row.narrow(0, 0, n.T);
   if (buf.lengths.defined()) {
     const auto real = at::arange(n.T, buf.lengths.options()).unsqueeze(1).lt(buf.lengths.unsqueeze(0));
@@ -236,7 +236,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   Tensor grad_weight_ih = at::mm(grad_x_proj_2d.t(), input.view({n.T * n.B, n.I}));
   Tensor grad_norm_weight = at::empty({0}, options), grad_norm_bias = at::empty({0}, options);
   if (n.channel_norm) {
-    const auto sums = buf.grad_norm_rows.sum({0, 1}).to(input.scalar_type());  // [10, M]
+    const auto sums = buf.grad_norm_rows.sum(at::IntArrayRef{0, 1}).to(input.scalar_type());  // [10, M]
     grad_norm_weight = sums.narrow(0, 0, 5).clone();  // clones: outputs must not share storage
     grad_norm_bias = sums.narrow(0, 5, 5).clone();
   }
