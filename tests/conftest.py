@@ -159,9 +159,10 @@ def forward_backward(module, x, hx=None, lengths=None, seed=1234, grads=True):
         return {k: v.detach() for k, v in res.items()}
     dtype = out_t.dtype
     # drawn in float64 and rounded through float32: identical values for every dtype
-    g_out = randn(out_t.shape, seed, torch.float32).to(dtype)
-    g_h = randn(h_n.shape, seed + 1, torch.float32).to(dtype)
-    g_c = randn(c_n.shape, seed + 2, torch.float32).to(dtype)
+    to = dict(device=out_t.device, dtype=dtype)
+    g_out = randn(out_t.shape, seed, torch.float32).to(**to)
+    g_h = randn(h_n.shape, seed + 1, torch.float32).to(**to)
+    g_c = randn(c_n.shape, seed + 2, torch.float32).to(**to)
     loss = (out_t * g_out).sum() + (h_n * g_h).sum() + (c_n * g_c).sum()
     res.update(gradients_of(loss, module, x, hx))
     return {k: v.detach() for k, v in res.items()}

@@ -32,7 +32,7 @@ def test_compute_sanitizer_reports_nothing(tool):
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1",
                PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
     proc = subprocess.run(
-        [sanitizer, "--tool", tool, "--error-exitcode", "9", "--kernel-name", "regex:tlstm",
+        [sanitizer, "--tool", tool, "--error-exitcode", "9", "--kernel-name", "kns=tlstm",
          sys.executable, os.path.join(HERE, "cuda_sanitizer_workload.py")],
         capture_output=True, text=True, env=env, timeout=1800)
     report = proc.stdout[-4000:] + proc.stderr[-4000:]
