@@ -31,10 +31,16 @@ def test_compute_sanitizer_reports_nothing(tool):
     # into a neighbour's memory are not hidden
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1",
                PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    # Only tlstm's kernels are checked, except by initcheck: it tracks which bytes were written
+    # only in the kernels it instruments, so it must see the cuBLAS GEMMs that write the gates.
+    only_ours = [] if tool == "initcheck" else ["--kernel-name", "kns=tlstm"]
     proc = subprocess.run(
-        [sanitizer, "--tool", tool, "--error-exitcode", "9", "--kernel-name", "kns=tlstm",
+        [sanitizer, "--tool", tool, "--error-exitcode", "9", "--print-limit", "20", *only_ours,
          sys.executable, os.path.join(HERE, "cuda_sanitizer_workload.py")],
         capture_output=True, text=True, env=env, timeout=1800)
-    report = proc.stdout[-4000:] + proc.stderr[-4000:]
+    text = proc.stdout + proc.stderr
+    report = text[:6000] + "\n...\n" + text[-2000:]
     assert proc.returncode == 0 and "sanitizer workload done" in proc.stdout, report
-    assert "ERROR SUMMARY: 0 errors" in proc.stdout + proc.stderr, report
+    # racecheck sums up as "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+    assert ("ERROR SUMMARY: 0 errors" in text
+            or "SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" in text), report
