@@ -53,7 +53,7 @@ for what in "$@"; do
         grep -E "ERROR SUMMARY|=====|^(FAILED|ERROR)|passed|failed" "$OUT/sanitizer.log" | tail -n 40 ;;
     crossover)
         stage "crossover of the peephole recurrences"
-        $PY benchmarks/peephole_recurrence_crossover.py > "$OUT/crossover.log" 2>&1 || status=1
+        PYTHONPATH=$PWD $PY benchmarks/peephole_recurrence_crossover.py > "$OUT/crossover.log" 2>&1 || status=1
         cat "$OUT/crossover.log" ;;
     bench-quick)
         stage bench-quick

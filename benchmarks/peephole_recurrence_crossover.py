@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     clock = Clock("cuda")
     print(f"T={args.T}, median ms of {args.repeats}; '-' where the persistent kernel cannot run")
     print(f"{'dtype':<9} {'H':>5} {'B':>4} {'dir':<7} {'stepwise':>9} {'persistent':>10} "

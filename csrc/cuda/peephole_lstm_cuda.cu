@@ -8,6 +8,7 @@
 // (float32 for the half types). Every index is 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDABlas.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,6 +33,19 @@ inline unsigned int blocks_for(int64_t n) {
   const int64_t max_blocks =
       int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, max_blocks)));
+}
+
+// Row-major out[m, n] = a[m, k] b[k, n] + beta * out, all contiguous, on the current stream.
+// The step GEMMs are small and there are T of them in a row: ATen's cuBLAS wrapper costs a few
+// microseconds of host time where at::mm_out / addmm_out (dispatcher, checks, views) cost
+// several times that, which at small sizes was most of a step.
+template <typename scalar_t>
+void gemm_row_major(int64_t m, int64_t n, int64_t k, const scalar_t* a, const scalar_t* b,
+                    double beta, scalar_t* out) {
+  if (m == 0 || n == 0) return;
+  using acc_t = at::opmath_type<scalar_t>;
+  // column-major: out^T [n, m] = b^T [n, k] a^T [k, m]
+  at::cuda::blas::gemm<scalar_t>('n', 'n', n, m, k, acc_t(1), b, n, a, k, acc_t(beta), out, n);
 }
 
 __device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
@@ -174,7 +188,7 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4, R = buf.grad_output.size(2);
   const int64_t* lengths = buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  auto grad_gates_t = buf.grad_gates.select(0, step.t);
+  scalar_t* grad_gates_t = buf.grad_gates.data_ptr<scalar_t>() + step.t * B * 4 * H;
   if (B * H > 0) {
     peephole_backward_step_kernel<scalar_t, acc_t, Act, kProjected, kPeephole>
         <<<blocks_for(B * H), kThreads, 0, stream>>>(
@@ -184,15 +198,15 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
             buf.grad_hidden.data_ptr<scalar_t>(),
             buf.grad_output.data_ptr<scalar_t>() + step.t * B * R,
             kProjected ? buf.grad_hidden_pre.data_ptr<scalar_t>() : nullptr,
-            buf.grad_cell.data_ptr<acc_t>(), grad_gates_t.data_ptr<scalar_t>(),
+            buf.grad_cell.data_ptr<acc_t>(), grad_gates_t,
             kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
             kProjected ? buf.hidden_pre_all.data_ptr<scalar_t>() + step.t * B * H : nullptr,
             buf.peephole.data_ptr<scalar_t>(), lengths, step.t, B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // dL/dh_{t-1} = dL/da_t W_hh (cuBLAS), then the rows past their end take dL/dh_t unchanged.
-  Tensor grad_hidden_next = buf.grad_hidden_next;  // a handle: mm_out writes into its storage
-  at::mm_out(grad_hidden_next, grad_gates_t, buf.weight_hh);
+  gemm_row_major<scalar_t>(B, R, 4 * H, grad_gates_t, buf.weight_hh.data_ptr<scalar_t>(), 0.0,
+                           buf.grad_hidden_next.data_ptr<scalar_t>());
   if (lengths != nullptr && B * R > 0) {
     carry_inactive_rows_kernel<scalar_t><<<blocks_for(B * R), kThreads, 0, stream>>>(
         buf.grad_hidden_next.data_ptr<scalar_t>(), buf.grad_hidden.data_ptr<scalar_t>(), lengths,
@@ -573,11 +587,14 @@ void dispatch_cuda_dtype(const Tensor& typed, const Fn& fn) {
 
 void forward_step_cuda(const PeepholeForwardBuffers& buf, const StepSlots& step) {
   // a_t += h_{t-1} W_hh^T (cuBLAS), then the element-wise kernel
-  auto gates_t = buf.gates.select(0, step.t);
-  at::addmm_out(gates_t, gates_t, buf.hidden_states.select(0, step.prev), buf.weight_hh_t);
+  const int64_t B = buf.gates.size(1), H4 = buf.gates.size(2), R = buf.hidden_states.size(2);
   dispatch_cuda_dtype(buf.gates, [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    gemm_row_major<scalar_t>(B, H4, R, buf.hidden_states.data_ptr<scalar_t>() + step.prev * B * R,
+                             buf.weight_hh_t.data_ptr<scalar_t>(), 1.0,
+                             buf.gates.data_ptr<scalar_t>() + step.t * B * H4);
     dispatch_step_switches(buf, [&](auto act, auto proj) {
-      launch_forward_step<decltype(scalar), decltype(act), decltype(proj)::value>(buf, step);
+      launch_forward_step<scalar_t, decltype(act), decltype(proj)::value>(buf, step);
     });
   });
 }
