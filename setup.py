@@ -82,6 +82,27 @@ def _cuda_include_dirs():
     return [d for d in dirs if os.path.exists(os.path.join(d, "cublas_v2.h"))][:1]
 
 
+def _cublas_link_args():
+    """The CUDA kernels call cuBLAS directly (the per-step GEMMs): link the libcublas that torch
+    itself loads, from the nvidia-* wheels or else from the toolkit. Only the soname is
+    recorded, so at run time the copy torch has already loaded serves."""
+    candidates = []
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            candidates += sorted(glob.glob(os.path.join(base, "cu*", "lib", "libcublas.so*")))
+            candidates += sorted(glob.glob(os.path.join(base, "cublas", "lib", "libcublas.so*")))
+    except ImportError:
+        pass
+    if CUDA_HOME:
+        candidates += sorted(glob.glob(os.path.join(CUDA_HOME, "lib64", "libcublas.so*")))
+    found = [c for c in candidates if os.path.basename(c).startswith("libcublas.so")]
+    if not found:
+        raise RuntimeError("tlstm's CUDA kernels need libcublas; none found in the nvidia-* "
+                           f"wheels or under CUDA_HOME={CUDA_HOME}")
+    return [found[0]]
+
+
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx_flags = _cxx_flags()  # the C++ standard comes from torch
@@ -101,7 +122,7 @@ def _extension():
             "cxx": cxx_flags,
             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "--threads", "2"],
         },
-        extra_link_args=_link_flags(),
+        extra_link_args=_link_flags() + _cublas_link_args(),
     )
 
 

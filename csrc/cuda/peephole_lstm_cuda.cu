@@ -8,8 +8,10 @@
 // (float32 for the half types). Every index is 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDABlas.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
+#include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -17,7 +19,9 @@
 #include <algorithm>
 #include <cooperative_groups.h>
 #include <cstdlib>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../dispatch.h"
@@ -35,17 +39,43 @@ inline unsigned int blocks_for(int64_t n) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, max_blocks)));
 }
 
-// Row-major out[m, n] = a[m, k] b[k, n] + beta * out, all contiguous, on the current stream.
-// The step GEMMs are small and there are T of them in a row: ATen's cuBLAS wrapper costs a few
-// microseconds of host time where at::mm_out / addmm_out (dispatcher, checks, views) cost
-// several times that, which at small sizes was most of a step.
+template <typename scalar_t>
+constexpr cudaDataType_t cublas_data_type() {
+  return std::is_same<scalar_t, double>::value       ? CUDA_R_64F
+         : std::is_same<scalar_t, float>::value      ? CUDA_R_32F
+         : std::is_same<scalar_t, at::Half>::value   ? CUDA_R_16F
+                                                     : CUDA_R_16BF;
+}
+
+// Row-major out[m, n] = a[m, k] b[k, n] + beta * out, all contiguous, with cuBLAS on the current
+// stream (ATen's handle is bound to it). The step GEMMs are small and there are T of them in a
+// row: a direct cublasGemmEx costs a few microseconds of host time where at::mm_out /
+// addmm_out (dispatcher, checks, views) cost several times that, most of a step at small
+// sizes. float32 honours torch.backends.cuda.matmul.allow_tf32 as ATen does; half types
+// accumulate in float32.
 template <typename scalar_t>
 void gemm_row_major(int64_t m, int64_t n, int64_t k, const scalar_t* a, const scalar_t* b,
                     double beta, scalar_t* out) {
   if (m == 0 || n == 0) return;
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(m <= kMax && n <= kMax && k <= kMax,
+              "tlstm: a step GEMM of [", m, ", ", k, "] x [", k, ", ", n,
+              "] exceeds cuBLAS's 32-bit sizes");
   using acc_t = at::opmath_type<scalar_t>;
+  const acc_t alpha_value = 1, beta_value = static_cast<acc_t>(beta);
+  const cublasComputeType_t compute =
+      std::is_same<scalar_t, double>::value ? CUBLAS_COMPUTE_64F
+      : (std::is_same<scalar_t, float>::value && at::globalContext().allowTF32CuBLAS())
+          ? CUBLAS_COMPUTE_32F_FAST_TF32
+          : CUBLAS_COMPUTE_32F;
+  constexpr cudaDataType_t type = cublas_data_type<scalar_t>();
   // column-major: out^T [n, m] = b^T [n, k] a^T [k, m]
-  at::cuda::blas::gemm<scalar_t>('n', 'n', n, m, k, acc_t(1), b, n, a, k, acc_t(beta), out, n);
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(at::cuda::getCurrentCUDABlasHandle(), CUBLAS_OP_N,
+                                    CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                    static_cast<int>(k), &alpha_value, b, type,
+                                    static_cast<int>(n), a, type, static_cast<int>(k),
+                                    &beta_value, out, type, static_cast<int>(n), compute,
+                                    CUBLAS_GEMM_DEFAULT));
 }
 
 __device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
