@@ -11,7 +11,7 @@
 #   sanitizer-all   the same with initcheck and synccheck too
 #   crossover   stepwise against persistent peephole recurrence by batch and width
 #   bench-quick python -m tlstm bench --quick
-#   bench       python -m tlstm bench, JSON and depth plot into $OUT
+#   bench       python -m tlstm bench for each cell, JSON and depth plot into $OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -60,10 +60,18 @@ for what in "$@"; do
         $PY -m tlstm bench --quick --no-progress > "$OUT/bench-quick.log" 2>&1 || status=1
         tail -n 40 "$OUT/bench-quick.log" ;;
     bench)
-        stage bench
-        $PY -m tlstm bench --no-progress --json "$OUT/" --plot "$OUT/depth.png" \
-            > "$OUT/bench.log" 2>&1 || status=1
-        tail -n 120 "$OUT/bench.log" ;;
+        # one process per cell, each under a time limit; the JSON is rewritten after every
+        # configuration, so a run cut short keeps what it measured
+        stage "bench peephole"
+        timeout "${BENCH_PEEPHOLE_TIMEOUT:-330}" $PY -m tlstm bench --no-progress --cells peephole \
+            --repeats "${BENCH_REPEATS:-10}" --json "$OUT/peephole.json" \
+            > "$OUT/bench-peephole.log" 2>&1 || status=1
+        grep -E "max rel err|fwdbwd  (fused|cudnn)" "$OUT/bench-peephole.log" | tail -n 60
+        stage "bench tensorized"
+        timeout "${BENCH_TENSORIZED_TIMEOUT:-200}" $PY -m tlstm bench --no-progress --cells tensorized \
+            --repeats "${BENCH_REPEATS:-10}" --json "$OUT/tensorized.json" --plot "$OUT/depth.png" \
+            > "$OUT/bench-tensorized.log" 2>&1 || status=1
+        sed -n '/time against depth/,$p' "$OUT/bench-tensorized.log" | tail -n 70 ;;
     *)
         echo "unknown stage $what"
         exit 2 ;;

@@ -265,7 +265,8 @@ def impls_for(cfg: Config, device: str, impls: list[str]) -> list[str]:
     reference launches a few dozen small kernels per step and takes seconds per configuration,
     and the compiled reference compiles for a minute or more per shape, so a GPU run (which has
     minutes) times them where the comparison is made: the eager reference at float32 without
-    TF32, for the peephole LSTM at T <= 200 and for the tLSTM at B = 16; the compiled reference
+    TF32, for the peephole LSTM at T <= 200 and for the tLSTM at B=16, M=256 (its time hardly
+    depends on the depth: one batched step updates every row); the compiled reference
     at one shape of the peephole LSTM, T=100, B=64, H=512, float32."""
     if device != "cuda":
         return [n for n in impls if n != "compiled_reference" or cfg.T <= COMPILE_MAX_STEPS]
@@ -274,7 +275,7 @@ def impls_for(cfg: Config, device: str, impls: list[str]) -> list[str]:
     for name in impls:
         if name == "reference":
             if not plain_f32 or (cfg.T > COMPILE_MAX_STEPS if cfg.cell == "peephole"
-                                 else cfg.B != 16):
+                                 else (cfg.B, cfg.H) != (16, 256)):
                 continue
         if name == "compiled_reference":
             if not (plain_f32 and cfg.cell == "peephole" and (cfg.T, cfg.B, cfg.H) == (100, 64, 512)):
@@ -284,7 +285,11 @@ def impls_for(cfg: Config, device: str, impls: list[str]) -> list[str]:
 
 
 def time_config(cfg: Config, device: str, impls: list[str], directions: list[str],
-                repeats: int, warmup: int, progress: Progress) -> list[Record]:
+                repeats: int, warmup: int, progress: Progress,
+                budget_s: float | None = None) -> list[Record]:
+    """Times each implementation `repeats` times, interleaved; with `budget_s`, an
+    implementation whose timed runs of a direction add up to more than that stops after 3
+    repeats or more (the eager reference on a GPU), the others go on."""
     impls = impls_for(cfg, device, impls)
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -300,7 +305,10 @@ def time_config(cfg: Config, device: str, impls: list[str], directions: list[str
         recs = {name: Record(cfg, name, direction) for name in runs}
         for _ in range(repeats):  # interleaved: every implementation once per round
             for name, run in runs.items():
-                recs[name].times.append(clock(run))
+                times = recs[name].times
+                if budget_s is not None and len(times) >= 3 and sum(times) > budget_s * 1e3:
+                    continue
+                times.append(clock(run))
         records += recs.values()
         progress.update(f"{cfg.label()} {direction}")
     return records
@@ -489,6 +497,26 @@ def result_path(path: str, device: str, commit: str) -> str:
     return os.path.join(path, f"{slug}-{day}-{commit[:7]}.json")
 
 
+def write_results(path: str, device: str, parity: list[dict], records: list[Record]) -> None:
+    """The result file of ../shared/BENCHMARKS.md, plus the parity rows and the thread count."""
+    result = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if device == "cuda" else None,
+        "commit": git_commit(),
+        "date": datetime.date.today().isoformat(),
+        "tf32": any(r.cfg.tf32 for r in records),
+        "threads": torch.get_num_threads(),
+        "parity": parity,
+        "records": [dict(r.to_json(), tf32=r.cfg.tf32) if r.cfg.tf32 else r.to_json()
+                    for r in records],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -517,35 +545,22 @@ def run(args: argparse.Namespace) -> int:
           f"runs, {'CUDA events' if device == 'cuda' else 'perf_counter'}, "
           f"{torch.get_num_threads()} CPU threads ==")
     progress = Progress(len(configs) * len(directions), enabled=not args.no_progress)
+    budget_s = args.budget_s if args.budget_s is not None else (3.0 if device == "cuda" else None)
     records = []
+    json_path = result_path(args.json, device, git_commit()) if args.json else None
     for cfg in configs:
-        records += time_config(cfg, device, impls, directions, repeats, args.warmup, progress)
+        records += time_config(cfg, device, impls, directions, repeats, args.warmup, progress,
+                               budget_s)
+        if json_path:  # after every configuration: a run cut short keeps what it measured
+            write_results(json_path, device, parity, records)
     print_table(records, baseline)
     if any(r.cfg.cell == "tensorized" for r in records):
         print_depth_table(records, baseline)
         if args.plot:
             plot_depth(records, baseline, args.plot, device_name(device))
 
-    if args.json:
-        commit = git_commit()
-        path = result_path(args.json, device, commit)
-        result = {
-            "device": device_name(device),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "cudnn": str(torch.backends.cudnn.version()) if device == "cuda" else None,
-            "commit": commit,
-            "date": datetime.date.today().isoformat(),
-            "tf32": any(r.cfg.tf32 for r in records),
-            "threads": torch.get_num_threads(),
-            "parity": parity,
-            "records": [dict(r.to_json(), tf32=r.cfg.tf32) if r.cfg.tf32 else r.to_json()
-                        for r in records],
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"\nwrote {path}")
+    if json_path:
+        print(f"\nwrote {json_path}")
     ok = all(row["ok"] for row in parity)
     if not ok:
         print("\nPARITY FAILED", file=sys.stderr)
@@ -565,6 +580,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"without --quick; for T <= {COMPILE_MAX_STEPS}, on a GPU one shape)")
     parser.add_argument("--no-compile", action="store_true",
                         help="never time the compiled reference")
+    parser.add_argument("--budget-s", type=float, help="stop timing an implementation after 3 "
+                        "repeats once its runs of a direction took this long (default: 3 s on a "
+                        "GPU, none on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--cells", nargs="+", choices=["peephole", "tensorized"],
                         default=["peephole", "tensorized"], help="which cells to time")

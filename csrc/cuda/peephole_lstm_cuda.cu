@@ -501,9 +501,11 @@ Recurrence recurrence_from_env() {
   TORCH_CHECK(false, "TLSTM_CUDA_RECURRENCE must be auto, stepwise or persistent, got \"", v, "\"");
 }
 
-// At most this many rows the persistent kernels are chosen by default: beyond, cuBLAS GEMMs
-// per step use the GPU better than one warp per dot product.
-constexpr int64_t kPersistentMaxBatch = 16;
+// The persistent kernels are chosen by default up to this many batch rows x hidden units:
+// beyond, cuBLAS GEMMs per step use the GPU better than one warp per dot product. Measured on
+// an H100 (benchmarks/peephole_recurrence_crossover.py, T=100): the persistent recurrence was
+// faster at B=8 for H <= 512 and at B=16 for H=256, slower at B=8, H=1024 and for B >= 32.
+constexpr int64_t kPersistentMaxWork = 4096;
 
 // Blocks and units per block of a persistent launch for H hidden units, or 0 if it cannot run
 // (every block must be resident at once and its shared memory must fit).
@@ -528,16 +530,16 @@ int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_byt
   return 0;
 }
 
-// Whether the persistent kernels may be considered for a batch of B: by default for small
-// batches; TLSTM_CUDA_RECURRENCE forces a choice.
-bool persistent_wanted(int64_t B) {
+// Whether the persistent kernels may be considered for a batch of B and H hidden units: by
+// default for small B x H; TLSTM_CUDA_RECURRENCE forces a choice.
+bool persistent_wanted(int64_t B, int64_t H) {
   switch (recurrence_from_env()) {
     case Recurrence::Stepwise:
       return false;
     case Recurrence::Persistent:
       return true;
     default:
-      return B <= kPersistentMaxBatch;
+      return B * H <= kPersistentMaxWork;
   }
 }
 
@@ -554,7 +556,7 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
                                bool whole_history) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0 || !persistent_wanted(B)) return false;
+  if (B == 0 || !persistent_wanted(B, H)) return false;
   auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
   int64_t blocks = 0, smem = 0;
   const int64_t units = persistent_units(
@@ -579,7 +581,7 @@ template <typename scalar_t, class Act, bool kPeephole>
 bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0 || !persistent_wanted(B)) return false;
+  if (B == 0 || !persistent_wanted(B, H)) return false;
   auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
   int64_t blocks = 0, smem = 0;
   const int64_t units = persistent_units(
