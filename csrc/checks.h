@@ -2,6 +2,7 @@
 // expected against the actual value.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <torch/types.h>
 
 #include <string>
@@ -26,12 +27,25 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
               shape_string(expected), ", got ", shape_string(t.sizes()));
 }
 
-inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t,
-                                    const at::Tensor& input) {
+// t on the input's device, with dtype `dtype`; `whose` says which dtype that is.
+inline void check_dtype_device(const char* op, const char* name, const at::Tensor& t,
+                               at::ScalarType dtype, const at::Tensor& input, const char* whose) {
   TORCH_CHECK(t.device() == input.device(), op, ": expected ", name, " on device ",
               input.device(), " (the input's), got ", t.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": expected ", name, " of dtype ",
-              input.scalar_type(), " (the input's), got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": expected ", name, " of dtype ", dtype, " (", whose,
+              "), got ", t.scalar_type());
+}
+
+inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t,
+                                    const at::Tensor& input) {
+  check_dtype_device(op, name, t, input.scalar_type(), input, "the input's");
+}
+
+// A saved state buffer kept in the dtype the input's arithmetic runs in (float32 for half).
+inline void check_op_math_buffer(const char* op, const char* name, const at::Tensor& t,
+                                 const at::Tensor& input) {
+  check_dtype_device(op, name, t, at::toOpMathType(input.scalar_type()), input,
+                     "the input's arithmetic dtype");
 }
 
 // lengths: [B] int64 on the input's device; step t of sequence b runs iff t < lengths[b].

@@ -210,8 +210,7 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
   check_shape(kBackward, "gates", gates_, {T, B, 4 * H}, "[T, B, 4H]");
   check_shape(kBackward, "hidden_states", hidden_states_, {T + 1, B, R}, "[T+1, B, R]");
   check_shape(kBackward, "cell_states", cell_states_, {T + 1, B, H}, "[T+1, B, H]");
-  TORCH_CHECK(cell_states_.scalar_type() == op_math, kBackward,
-              ": expected cell_states of dtype ", op_math, ", got ", cell_states_.scalar_type());
+  check_op_math_buffer(kBackward, "cell_states", cell_states_, input_);
 
   const Tensor input = input_.contiguous();
   const Tensor weight_proj = contiguous_or_undefined(weight_proj_);

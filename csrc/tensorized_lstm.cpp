@@ -162,8 +162,22 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   for (const auto& [name, t] :
        {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
         {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"weight_ih", &weight_ih},
-        {"weight_hh", &weight_hh}, {"x_col", &x_col}, {"gates", &gates}}) {
+        {"weight_hh", &weight_hh}, {"x_col", &x_col}, {"gates", &gates}, {"q", &q}}) {
     check_same_dtype_device(kBackward, name, *t, input_);
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"norm_hat", &norm_hat},
+                                {"norm_rstd", &norm_rstd}, {"cells", &cells}}) {
+    check_op_math_buffer(kBackward, name, *t, input_);
+  }
+  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), kBackward,
+              ": norm_weight and norm_bias go together");
+  if (norm_weight.has_value()) {
+    for (const auto& [name, t] :
+         {std::pair<const char*, const Tensor*>{"norm_weight", &*norm_weight},
+          {"norm_bias", &*norm_bias}}) {
+      check_same_dtype_device(kBackward, name, *t, input_);
+      check_shape(kBackward, name, *t, {5, n.M}, "[5, M]");
+    }
   }
   check_shape(kBackward, "grad_output", grad_output, {n.T, n.B, n.M}, "[T, B, M]");
   check_shape(kBackward, "grad_c_n", grad_c_n, {n.B, n.P, n.M}, "[B, P, M]");

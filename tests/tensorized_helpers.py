@@ -138,6 +138,22 @@ def op_args(module, x, h0, c0, lengths=None, flush=True, params=None):
             module.feedback, module.memory_conv, flush)
 
 
+def backward_op_args(forward_args, forward_outputs, upstream_grads, need_grad_input=True,
+                     **replace):
+    """The positional arguments of tlstm.tensorized_lstm_backward after the forward op ran on
+    `forward_args` (op_args) with training=True and returned `forward_outputs`, for the
+    upstream gradients (grad_output, grad_h_n, grad_c_n); `replace` swaps arguments by name
+    (a callable gets the original)."""
+    x, _, _, w_ih, _, w_hh, _, nw, nb, lens, depth, K, feedback, memory_conv, flush = forward_args
+    saved = forward_outputs[3:]
+    named = dict(zip(("grad_output", "grad_h_n", "grad_c_n"), upstream_grads),
+                 input=x, weight_ih=w_ih, weight_hh=w_hh, norm_weight=nw, norm_bias=nb,
+                 lengths=lens,
+                 **dict(zip(("x_col", "gates", "q", "norm_hat", "norm_rstd", "cells"), saved)))
+    named.update({k: v(named[k]) if callable(v) else v for k, v in replace.items()})
+    return (*named.values(), depth, K, feedback, memory_conv, flush, need_grad_input)
+
+
 def expected_param_count(I, M, K, channel_norm=True, memory_conv=True, feedback=True, bias=True,
                          proj_size=0):
     """SPEC.md: I*M + M + K*M*(4M+K) + (4M+K) (+ 10M for CN), adjusted for the flags."""

@@ -19,9 +19,11 @@ from tensorized_helpers import (  # noqa: E402
     F32,
     F64,
     as_f64_leaves,
+    backward_op_args,
     forward_backward,
     fused_and_reference,
     make_inputs,
+    op_args,
 )
 
 
@@ -143,3 +145,19 @@ def test_state_on_the_cpu_is_refused():
     with pytest.raises(RuntimeError,
                        match="Input and parameter tensors are not at the same device"):
         fused.to("cpu")(x)
+
+
+@pytest.mark.parametrize("name", ["norm_weight", "q", "norm_hat", "cells"])
+def test_backward_op_refuses_a_buffer_on_the_cpu(name):
+    """The backward op, called directly, names a parameter or saved buffer that is not on the
+    input's device instead of reading host memory from a kernel."""
+    fused, _ = fused_and_reference(F32, seed=32, input_size=3, hidden_size=5, depth=3)
+    fused = fused.to(DEVICE)
+    x, (h0, c0) = make_inputs(fused, 4, 2, 33, device=DEVICE)
+    with torch.no_grad():
+        args = op_args(fused, x, h0, c0)
+        outs = torch.ops.tlstm.tensorized_lstm_forward(*args, True)
+        bargs = backward_op_args(args, outs, [torch.ones_like(t) for t in outs[:3]],
+                                 **{name: lambda t: t.cpu()})
+        with pytest.raises(RuntimeError, match=f"expected {name} on device cuda:0 .*got cpu"):
+            torch.ops.tlstm.tensorized_lstm_backward(*bargs)

@@ -11,6 +11,7 @@ import tlstm
 from conftest import TOL, assert_results_close, num_threads, pack, randn, rel_err
 from tensorized_helpers import (
     F64,
+    backward_op_args,
     forward_backward,
     make_inputs,
     make_tlstm,
@@ -158,6 +159,33 @@ def test_opcheck_backward(case, need_grad_input):
     for g, like in zip(grads[1:], (h0, c0, w_ih, b_ih, w_hh, b_hh, nw, nb)):
         if like is not None:
             assert g.shape == like.shape
+
+
+def _backward_args(**replace):
+    """Arguments of tensorized_lstm_backward for one forward, with some replaced by name."""
+    args, _ = raw_args(dict(depth=3), seed=13)
+    outs = OPS.tensorized_lstm_forward(*args, True)
+    grads = [randn(t.shape, k, F64) for k, t in enumerate(outs[:3], 1)]
+    return backward_op_args(args, outs, grads, **replace)
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    # a narrower norm_weight was read past its end before it was checked
+    ("norm_weight", lambda t: t[:, :2].contiguous(), r"norm_weight of shape \[5, M\] = \[5, 4\], got \[5, 2\]"),
+    ("norm_bias", lambda t: t[:3].contiguous(), r"norm_bias of shape \[5, M\] = \[5, 4\], got \[3, 4\]"),
+    ("norm_weight", lambda t: t.float(), "norm_weight of dtype Double .*got Float"),
+    ("norm_bias", None, "norm_weight and norm_bias go together"),
+    ("q", lambda t: t.float(), "q of dtype Double .*got Float"),
+    ("norm_hat", lambda t: t.float(), "norm_hat of dtype Double .*got Float"),
+    ("norm_rstd", lambda t: t.float(), "norm_rstd of dtype Double .*got Float"),
+    ("cells", lambda t: t.float(), "cells of dtype Double .*got Float"),
+])
+def test_backward_op_argument_checks(name, bad, message):
+    """The backward op names the argument that does not fit, with the expected and actual
+    value, for the parameters and the saved buffers it is handed."""
+    OPS.tensorized_lstm_backward(*_backward_args())  # the unchanged arguments are accepted
+    with pytest.raises(RuntimeError, match=message):
+        OPS.tensorized_lstm_backward(*_backward_args(**{name: bad}))
 
 
 def _noncontig(t):
