@@ -121,7 +121,7 @@ def build_modules(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Mo
             lstm = nn.LSTM(cfg.I, cfg.H, num_layers=baseline_layers, **factory)
             if cfg.cell == "peephole":
                 lstm.load_state_dict(fused.state_dict(), strict=False)
-                lstm.flatten_parameters()  # else cuDNN compacts the weights at every call
+            lstm.flatten_parameters()  # else cuDNN compacts the weights at every call
             modules[name] = lstm
     return modules
 
