@@ -22,8 +22,12 @@ Tensor contiguous_or_undefined(const c10::optional<Tensor>& t) {
 }  // namespace
 
 TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tensor& h0,
-                                 const Tensor& weight_hh, int64_t depth, int64_t kernel_size,
-                                 bool feedback, bool memory_conv, bool channel_norm, bool flush) {
+                                 const Tensor& weight_hh, const c10::optional<Tensor>& norm_weight,
+                                 const c10::optional<Tensor>& norm_bias, int64_t depth,
+                                 int64_t kernel_size, bool feedback, bool memory_conv, bool flush) {
+  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), op,
+              ": norm_weight and norm_bias go together");
+  const bool channel_norm = norm_weight.has_value();
   TORCH_CHECK(input.dim() == 3, op, ": expected input of 3 dimensions [T, B, I], got ",
               input.dim());
   TORCH_CHECK(input.is_floating_point(), op, ": expected a floating-point input, got ",
@@ -53,6 +57,14 @@ TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tens
               shape_string(h0.sizes()));
   check_shape(op, "h0", h0, {n.B, n.P, n.M}, "[B, P, M] with P = (depth-1)*(kernel_size-1)/2+1");
   check_shape(op, "weight_hh", weight_hh, {n.G, n.M, n.taps}, "[G, M, K']");
+  if (channel_norm) {
+    for (const auto& [name, t] :
+         {std::pair<const char*, const Tensor*>{"norm_weight", &*norm_weight},
+          {"norm_bias", &*norm_bias}}) {
+      check_same_dtype_device(op, name, *t, input);
+      check_shape(op, name, *t, {5, n.M}, "[5, M]");
+    }
+  }
   return n;
 }
 
@@ -65,10 +77,8 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
                                const c10::optional<Tensor>& lengths, int64_t depth,
                                int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                                bool training, const TensorizedStepKernels& kernels) {
-  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), kForward,
-              ": norm_weight and norm_bias go together");
-  const auto n = tensorized_sizes(kForward, input_, h0, weight_hh, depth, kernel_size, feedback,
-                                  memory_conv, norm_weight.has_value(), flush);
+  const auto n = tensorized_sizes(kForward, input_, h0, weight_hh, norm_weight, norm_bias, depth,
+                                  kernel_size, feedback, memory_conv, flush);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"h0", &h0}, {"c0", &c0},
                                 {"weight_ih", &weight_ih}, {"weight_hh", &weight_hh}}) {
     check_same_dtype_device(kForward, name, *t, input_);
@@ -82,12 +92,6 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   if (bias_hh.has_value()) {
     check_same_dtype_device(kForward, "bias_hh", *bias_hh, input_);
     check_shape(kForward, "bias_hh", *bias_hh, {n.G}, "[G]");
-  }
-  if (norm_weight.has_value()) {
-    check_same_dtype_device(kForward, "norm_weight", *norm_weight, input_);
-    check_same_dtype_device(kForward, "norm_bias", *norm_bias, input_);
-    check_shape(kForward, "norm_weight", *norm_weight, {5, n.M}, "[5, M]");
-    check_shape(kForward, "norm_bias", *norm_bias, {5, n.M}, "[5, M]");
   }
   if (lengths.has_value()) check_lengths(kForward, *lengths, input_, n.B, n.T);
 
@@ -155,8 +159,8 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
                                 const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
                                 int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                                 bool need_grad_input, const TensorizedStepKernels& kernels) {
-  const auto n = tensorized_sizes(kBackward, input_, grad_h_n, weight_hh, depth, kernel_size,
-                                  feedback, memory_conv, norm_weight.has_value(), flush);
+  const auto n = tensorized_sizes(kBackward, input_, grad_h_n, weight_hh, norm_weight, norm_bias,
+                                  depth, kernel_size, feedback, memory_conv, flush);
   const auto options = input_.options();
   const auto op_math = options.dtype(at::toOpMathType(input_.scalar_type()));
   for (const auto& [name, t] :
@@ -168,16 +172,6 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"norm_hat", &norm_hat},
                                 {"norm_rstd", &norm_rstd}, {"cells", &cells}}) {
     check_op_math_buffer(kBackward, name, *t, input_);
-  }
-  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), kBackward,
-              ": norm_weight and norm_bias go together");
-  if (norm_weight.has_value()) {
-    for (const auto& [name, t] :
-         {std::pair<const char*, const Tensor*>{"norm_weight", &*norm_weight},
-          {"norm_bias", &*norm_bias}}) {
-      check_same_dtype_device(kBackward, name, *t, input_);
-      check_shape(kBackward, name, *t, {5, n.M}, "[5, M]");
-    }
   }
   check_shape(kBackward, "grad_output", grad_output, {n.T, n.B, n.M}, "[T, B, M]");
   check_shape(kBackward, "grad_c_n", grad_c_n, {n.B, n.P, n.M}, "[B, P, M]");

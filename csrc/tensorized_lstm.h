@@ -95,9 +95,12 @@ struct TensorizedStepKernels {
   void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
 };
 
+// Sizes of a call, after checking the shapes they come from; channel_norm is set by the
+// presence of norm_weight and norm_bias ([5, M] each, the input's dtype and device).
 TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tensor& h0,
-                                 const Tensor& weight_hh, int64_t depth, int64_t kernel_size,
-                                 bool feedback, bool memory_conv, bool channel_norm, bool flush);
+                                 const Tensor& weight_hh, const c10::optional<Tensor>& norm_weight,
+                                 const c10::optional<Tensor>& norm_bias, int64_t depth,
+                                 int64_t kernel_size, bool feedback, bool memory_conv, bool flush);
 
 // Returns output [T, B, M], h_n, c_n [B, P, M] and what the backward needs (empty unless
 // training): x_col [S, B, P, K', M], gates [S, B, P, 4M], q [S, B, P, K], norm_hat
