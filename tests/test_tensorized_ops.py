@@ -146,12 +146,10 @@ def test_opcheck_forward(case):
 def test_opcheck_backward(case, need_grad_input):
     config, lengths, flush = OPCHECK_CASES[case]
     args, module = raw_args(config, lengths=lengths, seed=12, flush=flush)
-    out, h_n, c_n, *saved = OPS.tensorized_lstm_forward(*args, True)
-    (x, h0, c0, w_ih, b_ih, w_hh, b_hh, nw, nb, lens, depth, K, feedback, memory_conv,
-     flush) = args
-    bargs = (randn(out.shape, 1, F64), randn(h_n.shape, 2, F64), randn(c_n.shape, 3, F64), x,
-             w_ih, w_hh, nw, nb, lens, *saved, depth, K, feedback, memory_conv, flush,
-             need_grad_input)
+    outs = OPS.tensorized_lstm_forward(*args, True)
+    x, h0, c0, w_ih, b_ih, w_hh, b_hh, nw, nb = args[:9]
+    grads = [randn(t.shape, k, F64) for k, t in enumerate(outs[:3], 1)]
+    bargs = backward_op_args(args, outs, grads, need_grad_input)
     torch.library.opcheck(OPS.tensorized_lstm_backward.default, bargs)
     grads = OPS.tensorized_lstm_backward(*bargs)
     assert len(grads) == 9
