@@ -96,11 +96,10 @@ def _cublas_link_args():
         pass
     if CUDA_HOME:
         candidates += sorted(glob.glob(os.path.join(CUDA_HOME, "lib64", "libcublas.so*")))
-    found = [c for c in candidates if os.path.basename(c).startswith("libcublas.so")]
-    if not found:
+    if not candidates:
         raise RuntimeError("tlstm's CUDA kernels need libcublas; none found in the nvidia-* "
                            f"wheels or under CUDA_HOME={CUDA_HOME}")
-    return [found[0]]
+    return [candidates[0]]
 
 
 def _extension():

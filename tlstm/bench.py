@@ -497,14 +497,15 @@ def result_path(path: str, device: str, commit: str) -> str:
     return os.path.join(path, f"{slug}-{day}-{commit[:7]}.json")
 
 
-def write_results(path: str, device: str, parity: list[dict], records: list[Record]) -> None:
+def write_results(path: str, device: str, commit: str, parity: list[dict],
+                  records: list[Record]) -> None:
     """The result file of ../shared/BENCHMARKS.md, plus the parity rows and the thread count."""
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": str(torch.backends.cudnn.version()) if device == "cuda" else None,
-        "commit": git_commit(),
+        "commit": commit,
         "date": datetime.date.today().isoformat(),
         "tf32": any(r.cfg.tf32 for r in records),
         "threads": torch.get_num_threads(),
@@ -547,12 +548,13 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(configs) * len(directions), enabled=not args.no_progress)
     budget_s = args.budget_s if args.budget_s is not None else (3.0 if device == "cuda" else None)
     records = []
-    json_path = result_path(args.json, device, git_commit()) if args.json else None
+    commit = git_commit()
+    json_path = result_path(args.json, device, commit) if args.json else None
     for cfg in configs:
         records += time_config(cfg, device, impls, directions, repeats, args.warmup, progress,
                                budget_s)
         if json_path:  # after every configuration: a run cut short keeps what it measured
-            write_results(json_path, device, parity, records)
+            write_results(json_path, device, commit, parity, records)
     print_table(records, baseline)
     if any(r.cfg.cell == "tensorized" for r in records):
         print_depth_table(records, baseline)
