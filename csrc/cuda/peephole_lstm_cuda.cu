@@ -250,21 +250,149 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
 //
 // For small batches a step is too little work for a GEMM launch and a kernel launch. Here one
 // launch runs every step: block k owns the hidden units [k*w, (k+1)*w) and keeps the W_hh
-// rows (forward) or columns (backward) of its units in shared memory for the whole sequence;
-// a step computes the recurrent term of its units (one warp per dot product, a fixed-order
-// shuffle reduction: no atomics, the same sums every run), runs their cells, and ends with one
-// grid-wide barrier. Only without a projection (R = H); the same saved buffers as the steps.
+// rows (forward) or columns (backward) of its units in shared memory for the whole sequence.
+// A step's recurrent term is a small matrix product inside the block (block_recurrent_matmul):
+// the other operand (h_{t-1} forward, dL/da_t backward) is staged from global memory in column
+// chunks; each thread keeps a kTile x kTile tile of outputs in registers over an interleaved
+// slice of the reduction, so one shared-memory load feeds kTile multiply-adds and a thread has
+// kTile^2 independent sums in flight; the slices' partial sums are then added in a fixed order
+// (no atomics: the same sums every run). The cells of the block's units follow, and one
+// grid-wide barrier ends the step. Only without a projection (R = H); the same saved buffers
+// as the steps.
 
 constexpr int kPersistentThreads = 256;
-constexpr int kWarps = kPersistentThreads / 32;
-
-template <typename acc_t>
-__device__ inline acc_t warp_sum(acc_t v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
+constexpr int64_t kTile = 4;                // a thread's outputs: kTile rows of x by kTile of w
+constexpr int64_t kStageBytes = 64 * 1024;  // the most shared memory the staged chunk of x takes
+constexpr int64_t kMinSlice = 8;            // the fewest columns of x a slice of the sum takes
 
 __host__ __device__ inline int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+__host__ __device__ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// How a block computes out[b, r] = sum_k x[b, k] w[r, k] for b < B, r < R, k < K, with w
+// resident in shared memory, and where its operands lie in the dynamic shared memory (bytes
+// from its start): w [rows_w, K + 1], the staged x [rows_x, chunk + 1] (rows padded by one
+// element against bank conflicts), the partial sums [slices, rows_x, rows_w], then `extra`
+// bytes for the kernel's own use.
+struct BlockMatmulShape {
+  int64_t K;
+  int64_t rows_x;   // B rounded up to kTile; the padding rows of x are zeros
+  int64_t rows_w;   // R rounded up to kTile; the padding rows of w are zeros
+  int64_t tiles;    // kTile x kTile output tiles
+  int64_t slices;   // the reduction is split into this many interleaved slices
+  int64_t chunk;    // columns of x staged at once
+  int64_t x_offset, partial_offset, extra_offset, bytes;
+};
+
+template <typename scalar_t, typename acc_t>
+BlockMatmulShape block_matmul_shape(int64_t B, int64_t R, int64_t K, int64_t extra_bytes) {
+  BlockMatmulShape s;
+  s.K = K;
+  s.rows_x = round_up(std::max<int64_t>(B, 1), kTile);
+  s.rows_w = round_up(R, kTile);
+  s.tiles = (s.rows_x / kTile) * (s.rows_w / kTile);
+  // enough slices to give every thread a tile, but at least kMinSlice columns of x per slice
+  s.slices = std::max<int64_t>(
+      1, std::min(kPersistentThreads / s.tiles, (K + kMinSlice - 1) / kMinSlice));
+  const int64_t max_chunk =
+      std::max<int64_t>(32, kStageBytes / (s.rows_x * int64_t(sizeof(scalar_t))) - 1);
+  const int64_t chunks = (K + max_chunk - 1) / max_chunk;
+  s.chunk = std::max<int64_t>(1, (K + chunks - 1) / std::max<int64_t>(chunks, 1));
+  s.x_offset = align16(s.rows_w * (K + 1) * int64_t(sizeof(scalar_t)));
+  s.partial_offset = s.x_offset + align16(s.rows_x * (s.chunk + 1) * int64_t(sizeof(scalar_t)));
+  s.extra_offset =
+      s.partial_offset + align16(s.slices * s.rows_x * s.rows_w * int64_t(sizeof(acc_t)));
+  s.bytes = s.extra_offset + align16(extra_bytes);
+  return s;
+}
+
+// The operands of block_recurrent_matmul in a block's dynamic shared memory.
+template <typename scalar_t, typename acc_t>
+struct BlockMatmulSmem {
+  scalar_t* w;        // [rows_w, K + 1]
+  scalar_t* x;        // [rows_x, chunk + 1]
+  acc_t* partial;     // [slices, rows_x, rows_w]
+  unsigned char* extra;
+
+  __device__ BlockMatmulSmem(unsigned char* shared, const BlockMatmulShape& s)
+      : w(reinterpret_cast<scalar_t*>(shared)),
+        x(reinterpret_cast<scalar_t*>(shared + s.x_offset)),
+        partial(reinterpret_cast<acc_t*>(shared + s.partial_offset)),
+        extra(shared + s.extra_offset) {}
+
+  __device__ scalar_t& w_at(const BlockMatmulShape& s, int64_t r, int64_t k) const {
+    return w[r * (s.K + 1) + k];
+  }
+
+  // Zeros in the staged rows past B, which no staging writes: their products are zeros.
+  __device__ void zero_padding_rows(const BlockMatmulShape& s, int64_t B) const {
+    for (int64_t idx = B * (s.chunk + 1) + threadIdx.x; idx < s.rows_x * (s.chunk + 1);
+         idx += blockDim.x) {
+      x[idx] = scalar_t(0);
+    }
+  }
+
+  // out[b, r] after block_recurrent_matmul
+  __device__ acc_t result(const BlockMatmulShape& s, int64_t b, int64_t r) const {
+    return partial[b * s.rows_w + r];
+  }
+};
+
+// out[b, r] = sum_k x[b, k] w[r, k] for x [B, K] in global memory, contiguous, read back with
+// m.result(s, b, r). Slice `slice` sums k = slice, slice + slices, ... of each staged chunk into
+// partial[slice, b, r]; the slices are then added. Every thread of the block calls it; it
+// returns with the block synchronised.
+template <typename scalar_t, typename acc_t>
+__device__ void block_recurrent_matmul(const scalar_t* __restrict__ x, int64_t B,
+                                       const BlockMatmulShape& s,
+                                       const BlockMatmulSmem<scalar_t, acc_t>& m) {
+  const int64_t K = s.K, ldx = s.chunk + 1, ldw = K + 1, tiles_w = s.rows_w / kTile;
+  for (int64_t c0 = 0; c0 < K; c0 += s.chunk) {
+    const int64_t width = K - c0 < s.chunk ? K - c0 : s.chunk;
+    for (int64_t idx = threadIdx.x; idx < B * width; idx += blockDim.x) {
+      const int64_t b = idx / width, k = idx - b * width;
+      m.x[b * ldx + k] = x[b * K + c0 + k];
+    }
+    __syncthreads();
+    for (int64_t u = threadIdx.x; u < s.tiles * s.slices; u += blockDim.x) {
+      const int64_t tile = u % s.tiles, slice = u / s.tiles;
+      const int64_t b0 = tile / tiles_w * kTile, r0 = tile % tiles_w * kTile;
+      const scalar_t* xs = m.x + b0 * ldx;
+      const scalar_t* ws = m.w + r0 * ldw + c0;
+      acc_t sum[kTile][kTile] = {};
+      for (int k = static_cast<int>(slice); k < static_cast<int>(width);
+           k += static_cast<int>(s.slices)) {
+        acc_t xv[kTile], wv[kTile];
+#pragma unroll
+        for (int q = 0; q < kTile; ++q) {
+          xv[q] = acc_t(xs[q * ldx + k]);
+          wv[q] = acc_t(ws[q * ldw + k]);
+        }
+#pragma unroll
+        for (int i = 0; i < kTile; ++i) {
+#pragma unroll
+          for (int j = 0; j < kTile; ++j) sum[i][j] += xv[i] * wv[j];
+        }
+      }
+      acc_t* out = m.partial + (slice * s.rows_x + b0) * s.rows_w + r0;
+#pragma unroll
+      for (int i = 0; i < kTile; ++i) {
+#pragma unroll
+        for (int j = 0; j < kTile; ++j) {
+          out[i * s.rows_w + j] = c0 == 0 ? sum[i][j] : out[i * s.rows_w + j] + sum[i][j];
+        }
+      }
+    }
+    __syncthreads();
+  }
+  // The slices' partial sums, added in slice order into slice 0's plane, one thread per output.
+  const int64_t plane = s.rows_x * s.rows_w;
+  for (int64_t idx = threadIdx.x; idx < plane; idx += blockDim.x) {
+    acc_t v = m.partial[idx];
+    for (int64_t slice = 1; slice < s.slices; ++slice) v += m.partial[slice * plane + idx];
+    m.partial[idx] = v;
+  }
+  __syncthreads();
+}
 
 template <typename scalar_t, typename acc_t>
 struct PersistentForwardParams {
@@ -278,14 +406,8 @@ struct PersistentForwardParams {
   const int64_t* lengths;      // [B] or null
   int64_t T, B, H, units;      // units: hidden units per block
   bool reverse, whole_history;
+  BlockMatmulShape shape;      // B x (4 units) x H
 };
-
-// Shared memory of the forward kernel: W rows [4w, H], h_{t-1} [B, H], recurrent terms [B, 4w].
-template <typename scalar_t, typename acc_t>
-__host__ __device__ inline int64_t forward_shared_bytes(int64_t B, int64_t H, int64_t w) {
-  return align16(4 * w * H * int64_t(sizeof(scalar_t))) + align16(B * H * int64_t(sizeof(scalar_t))) +
-         align16(B * 4 * w * int64_t(sizeof(acc_t)));
-}
 
 __device__ inline void step_slots_device(int64_t s, int64_t T, bool reverse, bool whole_history,
                                          int64_t& t, int64_t& prev, int64_t& next) {
@@ -304,35 +426,23 @@ __global__ void __launch_bounds__(kPersistentThreads)
     peephole_forward_persistent_kernel(PersistentForwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
-  scalar_t* w_rows = reinterpret_cast<scalar_t*>(shared);                       // [4w, H]
-  scalar_t* h_prev = reinterpret_cast<scalar_t*>(shared + align16(4 * w * H * sizeof(scalar_t)));
-  acc_t* recurrent = reinterpret_cast<acc_t*>(
-      shared + align16(4 * w * H * sizeof(scalar_t)) + align16(B * H * sizeof(scalar_t)));  // [B, 4w]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const BlockMatmulShape& shape = p.shape;
+  const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);
   auto grid = cooperative_groups::this_grid();
 
-  // Row r = g*w + jj of w_rows is row g*H + j0 + jj of W_hh (zeros past H).
+  // Row r = g*w + jj of m.w is row g*H + j0 + jj of W_hh (zeros past H); with jj fastest the
+  // reads of W_hh^T [H, 4H] come in runs of w.
   for (int64_t idx = threadIdx.x; idx < 4 * w * H; idx += blockDim.x) {
-    const int64_t r = idx / H, k = idx - r * H, g = r / w, j = j0 + r % w;
-    w_rows[idx] = j < H ? p.weight_hh_t[k * 4 * H + g * H + j] : scalar_t(0);
+    const int64_t k = idx / (4 * w), r = idx - k * 4 * w, g = r / w, j = j0 + r % w;
+    m.w_at(shape, r, k) = j < H ? p.weight_hh_t[k * 4 * H + g * H + j] : scalar_t(0);
   }
+  m.zero_padding_rows(shape, B);
+  __syncthreads();
   for (int64_t s = 0; s < p.T; ++s) {
     int64_t t, prev, next;
     step_slots_device(s, p.T, p.reverse, p.whole_history, t, prev, next);
     const scalar_t* hidden_prev = p.hidden_states + prev * B * H;
-    for (int64_t idx = threadIdx.x; idx < B * H; idx += blockDim.x) h_prev[idx] = hidden_prev[idx];
-    __syncthreads();
-    // recurrent[b, r] = h_{t-1}[b] . W_hh[row of r]
-    for (int64_t o = warp; o < B * 4 * w; o += kWarps) {
-      const int64_t b = o / (4 * w), r = o - b * 4 * w;
-      acc_t sum = 0;
-      for (int64_t k = lane; k < H; k += 32) {
-        sum += acc_t(w_rows[r * H + k]) * acc_t(h_prev[b * H + k]);
-      }
-      sum = warp_sum(sum);
-      if (lane == 0) recurrent[o] = sum;
-    }
-    __syncthreads();
+    block_recurrent_matmul(hidden_prev, B, shape, m);  // h_{t-1} W_hh^T for the block's rows
     scalar_t* gates = p.gates + t * B * 4 * H;
     const acc_t* cell_prev = p.cell_states + prev * B * H;
     acc_t* cell_next = p.cell_states + next * B * H;
@@ -348,13 +458,13 @@ __global__ void __launch_bounds__(kPersistentThreads)
         continue;
       }
       scalar_t* a = gates + b * 4 * H;
-      const acc_t* rec = recurrent + b * 4 * w;
       const auto c = peephole_cell_forward<Act, acc_t>(
-          acc_t(a[j]) + rec[jj] + acc_t(p.bias[j]),
-          acc_t(a[H + j]) + rec[w + jj] + acc_t(p.bias[H + j]),
-          acc_t(a[2 * H + j]) + rec[2 * w + jj] + acc_t(p.bias[2 * H + j]),
-          acc_t(a[3 * H + j]) + rec[3 * w + jj] + acc_t(p.bias[3 * H + j]), cell_prev[idx],
-          acc_t(p.peephole[j]), acc_t(p.peephole[H + j]), acc_t(p.peephole[2 * H + j]));
+          acc_t(a[j]) + m.result(shape, b, jj) + acc_t(p.bias[j]),
+          acc_t(a[H + j]) + m.result(shape, b, w + jj) + acc_t(p.bias[H + j]),
+          acc_t(a[2 * H + j]) + m.result(shape, b, 2 * w + jj) + acc_t(p.bias[2 * H + j]),
+          acc_t(a[3 * H + j]) + m.result(shape, b, 3 * w + jj) + acc_t(p.bias[3 * H + j]),
+          cell_prev[idx], acc_t(p.peephole[j]), acc_t(p.peephole[H + j]),
+          acc_t(p.peephole[2 * H + j]));
       a[j] = scalar_t(c.i);
       a[H + j] = scalar_t(c.f);
       a[2 * H + j] = scalar_t(c.g);
@@ -382,64 +492,39 @@ struct PersistentBackwardParams {
   const int64_t* lengths;        // [B] or null
   int64_t T, B, H, units;
   bool reverse;
+  BlockMatmulShape shape;        // B x units x 4H; extra: dL/dh of the units [B, units]
 };
-
-// Shared memory of the backward kernel: W_hh columns [w, 4H], dL/dh of the units [B, w] and one
-// row of dL/da [4H].
-template <typename scalar_t, typename acc_t>
-__host__ __device__ inline int64_t backward_shared_bytes(int64_t B, int64_t H, int64_t w) {
-  return align16(w * 4 * H * int64_t(sizeof(scalar_t))) + align16(B * w * int64_t(sizeof(acc_t))) +
-         align16(4 * H * int64_t(sizeof(acc_t)));
-}
 
 template <typename scalar_t, typename acc_t, class Act, bool kPeephole>
 __global__ void __launch_bounds__(kPersistentThreads)
     peephole_backward_persistent_kernel(PersistentBackwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
-  scalar_t* w_cols = reinterpret_cast<scalar_t*>(shared);  // [w, 4H]: column j0 + jj of W_hh
-  acc_t* grad_h = reinterpret_cast<acc_t*>(shared + align16(w * 4 * H * sizeof(scalar_t)));  // [B, w]
-  acc_t* da_row = reinterpret_cast<acc_t*>(shared + align16(w * 4 * H * sizeof(scalar_t)) +
-                                           align16(B * w * sizeof(acc_t)));  // [4H]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const BlockMatmulShape& shape = p.shape;
+  const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);
+  acc_t* grad_h = reinterpret_cast<acc_t*>(m.extra);  // [B, w]
   auto grid = cooperative_groups::this_grid();
 
-  for (int64_t idx = threadIdx.x; idx < w * 4 * H; idx += blockDim.x) {
-    const int64_t jj = idx / (4 * H), row = idx - jj * 4 * H, j = j0 + jj;
-    w_cols[idx] = j < H ? p.weight_hh[row * H + j] : scalar_t(0);
+  // Row jj of m.w is column j0 + jj of W_hh (zeros past H and in the padding rows).
+  for (int64_t idx = threadIdx.x; idx < shape.rows_w * 4 * H; idx += blockDim.x) {
+    const int64_t row = idx / shape.rows_w, jj = idx - row * shape.rows_w, j = j0 + jj;
+    m.w_at(shape, jj, row) = jj < w && j < H ? p.weight_hh[row * H + j] : scalar_t(0);
   }
+  m.zero_padding_rows(shape, B);
   for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
     const int64_t b = e / w, j = j0 + e % w;
     grad_h[e] = j < H ? acc_t(p.grad_h_n[b * H + j]) : acc_t(0);
   }
   __syncthreads();
-  // dL/dh of the units after step t_done: dL/da_{t_done} W_hh where that step ran, else kept.
-  // Row b of dL/da is staged in shared memory once and read by all the block's warps.
+  // dL/dh of the units after step t_done: dL/da_{t_done} W_hh where that step ran, else kept;
+  // written to out (if any) for every row.
   auto recurrent_grad = [&](int64_t t_done, scalar_t* out) {
-    const scalar_t* da = p.grad_gates + t_done * B * 4 * H;
-    for (int64_t b = 0; b < B; ++b) {
-      const bool running = row_active(p.lengths, b, t_done);  // the same for the whole block
-      if (running) {
-        for (int64_t row = threadIdx.x; row < 4 * H; row += blockDim.x) {
-          da_row[row] = acc_t(da[b * 4 * H + row]);
-        }
-        __syncthreads();
-        for (int64_t jj = warp; jj < w; jj += kWarps) {
-          if (j0 + jj >= H) continue;
-          acc_t sum = 0;
-          for (int64_t row = lane; row < 4 * H; row += 32) {
-            sum += da_row[row] * acc_t(w_cols[jj * 4 * H + row]);
-          }
-          sum = warp_sum(sum);
-          if (lane == 0) grad_h[b * w + jj] = sum;
-        }
-        __syncthreads();
-      }
-      if (out != nullptr) {
-        for (int64_t jj = threadIdx.x; jj < w; jj += blockDim.x) {
-          if (j0 + jj < H) out[b * H + j0 + jj] = scalar_t(grad_h[b * w + jj]);
-        }
-      }
+    block_recurrent_matmul(p.grad_gates + t_done * B * 4 * H, B, shape, m);
+    for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
+      const int64_t b = e / w, jj = e - b * w, j = j0 + jj;
+      if (j >= H) continue;
+      if (row_active(p.lengths, b, t_done)) grad_h[e] = m.result(shape, b, jj);
+      if (out != nullptr) out[b * H + j] = scalar_t(grad_h[e]);
     }
     __syncthreads();
   };
@@ -502,16 +587,19 @@ Recurrence recurrence_from_env() {
 }
 
 // The persistent kernels are chosen by default up to this many batch rows x hidden units:
-// beyond, cuBLAS GEMMs per step use the GPU better than one warp per dot product. Measured on
-// an H100 (benchmarks/peephole_recurrence_crossover.py, T=100): the persistent recurrence was
-// faster at B=8 for H <= 512 and at B=16 for H=256, slower at B=8, H=1024 and for B >= 32.
+// beyond, cuBLAS GEMMs per step use the GPU better. Measured on an H100
+// (benchmarks/peephole_recurrence_crossover.py, T=100) with the first persistent kernels (one
+// warp per dot product, 46d7fc7): persistent was faster at B=8 for H <= 512 and at B=16 for
+// H=256, slower at B=8, H=1024 and for B >= 32. The tiled kernels here do several times less
+// shared-memory traffic per step; the crossover is to be measured again for them.
 constexpr int64_t kPersistentMaxWork = 4096;
 
-// Blocks and units per block of a persistent launch for H hidden units, or 0 if it cannot run
-// (every block must be resident at once and its shared memory must fit).
-template <typename Kernel, typename SharedBytes>
-int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_bytes,
-                         int64_t& blocks, int64_t& smem) {
+// Units per block of a persistent launch for H hidden units, or 0 if it cannot run (every
+// block must be resident at once and its shared memory must fit); `shape` and `blocks` are
+// those of the launch. shape_for(w) is the block's BlockMatmulShape at w units per block.
+template <typename Kernel, typename ShapeFor>
+int64_t persistent_units(Kernel kernel, int64_t H, const ShapeFor& shape_for,
+                         BlockMatmulShape& shape, int64_t& blocks) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
   if (!props->cooperativeLaunch) return 0;
   const int64_t sms = props->multiProcessorCount;
@@ -520,11 +608,12 @@ int64_t persistent_units(Kernel kernel, int64_t H, const SharedBytes& shared_byt
                                       static_cast<int>(props->sharedMemPerBlockOptin)));
   for (int64_t w = std::max<int64_t>(1, (H + sms - 1) / sms); w <= H; w *= 2) {
     blocks = (H + w - 1) / w;
-    smem = shared_bytes(w);
-    if (smem > int64_t(props->sharedMemPerBlockOptin)) return 0;  // wider slices only need more
+    shape = shape_for(w);
+    // wider slices only need more
+    if (shape.bytes > int64_t(props->sharedMemPerBlockOptin)) return 0;
     int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
-                                                                 kPersistentThreads, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, kernel, kPersistentThreads, static_cast<size_t>(shape.bytes)));
     if (int64_t(per_sm) * sms >= blocks) return w;
   }
   return 0;
@@ -558,10 +647,12 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
   if (B == 0 || !persistent_wanted(B, H)) return false;
   auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
-  int64_t blocks = 0, smem = 0;
+  BlockMatmulShape shape{};
+  int64_t blocks = 0;
   const int64_t units = persistent_units(
-      kernel, H, [&](int64_t w) { return forward_shared_bytes<scalar_t, acc_t>(B, H, w); },
-      blocks, smem);
+      kernel, H,
+      [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(B, 4 * w, H, 0); }, shape,
+      blocks);
   if (!persistent_fits(units)) return false;
   PersistentForwardParams<scalar_t, acc_t> p{
       buf.gates.data_ptr<scalar_t>(),         buf.bias.data_ptr<scalar_t>(),
@@ -569,10 +660,11 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
       buf.hidden_states.data_ptr<scalar_t>(), buf.cell_states.data_ptr<acc_t>(),
       buf.output.data_ptr<scalar_t>(),
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
-      T, B, H, units, reverse, whole_history};
+      T, B, H, units, reverse, whole_history, shape};
   void* args[] = {&p};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
-                                             dim3(kPersistentThreads), args, smem,
+                                             dim3(kPersistentThreads), args,
+                                             static_cast<size_t>(shape.bytes),
                                              at::cuda::getCurrentCUDAStream()));
   return true;
 }
@@ -583,10 +675,14 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
   if (B == 0 || !persistent_wanted(B, H)) return false;
   auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
-  int64_t blocks = 0, smem = 0;
+  BlockMatmulShape shape{};
+  int64_t blocks = 0;
   const int64_t units = persistent_units(
-      kernel, H, [&](int64_t w) { return backward_shared_bytes<scalar_t, acc_t>(B, H, w); },
-      blocks, smem);
+      kernel, H,
+      [&](int64_t w) {
+        return block_matmul_shape<scalar_t, acc_t>(B, w, 4 * H, B * w * int64_t(sizeof(acc_t)));
+      },
+      shape, blocks);
   if (!persistent_fits(units)) return false;
   PersistentBackwardParams<scalar_t, acc_t> p{
       buf.gates.data_ptr<scalar_t>(),
@@ -600,10 +696,11 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
       buf.grad_gates.data_ptr<scalar_t>(),
       kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
-      T, B, H, units, reverse};
+      T, B, H, units, reverse, shape};
   void* args[] = {&p};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
-                                             dim3(kPersistentThreads), args, smem,
+                                             dim3(kPersistentThreads), args,
+                                             static_cast<size_t>(shape.bytes),
                                              at::cuda::getCurrentCUDAStream()));
   return true;
 }
