@@ -1,6 +1,7 @@
 // CUDA backend of the tensorized LSTM ops: the four row passes of a step (tensorized_lstm.h),
-// plugged into the shared driver, which runs the input projection, the step GEMMs and the
-// weight gradients as cuBLAS GEMMs through ATen on the current stream.
+// plugged into the shared driver, which runs the input projection and the weight gradients as
+// cuBLAS GEMMs through ATen on the current stream; the step GEMMs call cuBLAS directly
+// (cublas_gemm.cuh), as a step's other launches take a few microseconds of host time each.
 //
 // The row passes give one warp to each (b, p) row: its lanes stride over the M channels and
 // the channel norms' statistics are warp reductions (butterfly shuffles: every lane gets the
@@ -19,7 +20,9 @@
 #include "../checks.h"
 #include "../dispatch.h"
 #include "../fast_math.h"
+#include "../matmul.h"
 #include "../tensorized_lstm.h"
+#include "cublas_gemm.cuh"
 
 namespace tlstm {
 namespace {
@@ -542,8 +545,32 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
   });
 }
 
+// The step GEMMs' weight [K'*M, G] (forward) or [G, K'*M] (backward), multiplied with cuBLAS
+// directly: at::mm_out's dispatch costs more host time than the rest of a step.
+struct CublasRightOperand : RepeatedRightOperand {
+  explicit CublasRightOperand(at::Tensor b) : b_(b.contiguous()) {}
+  // out [m, N] = a [m, K] b, a and out contiguous
+  void matmul_out(at::Tensor& out, const at::Tensor& a) const override {
+    TORCH_INTERNAL_ASSERT(a.is_contiguous() && out.is_contiguous() && a.dim() == 2 &&
+                          out.dim() == 2 && a.size(1) == b_.size(0) &&
+                          out.size(0) == a.size(0) && out.size(1) == b_.size(1) &&
+                          a.scalar_type() == b_.scalar_type() &&
+                          out.scalar_type() == b_.scalar_type());
+    dispatch_dtype(b_.scalar_type(), [&](auto scalar) {
+      using scalar_t = decltype(scalar);
+      gemm_row_major<scalar_t>(a.size(0), b_.size(1), a.size(1), a.data_ptr<scalar_t>(),
+                               b_.data_ptr<scalar_t>(), 0.0, out.data_ptr<scalar_t>());
+    });
+  }
+  at::Tensor b_;
+};
+
+std::unique_ptr<RepeatedRightOperand> prepare_right_operand_cuda(const at::Tensor& b) {
+  return std::make_unique<CublasRightOperand>(b);
+}
+
 struct CudaBackend {
-  static constexpr TensorizedStepKernels kernels{nullptr,           nullptr,
+  static constexpr TensorizedStepKernels kernels{nullptr,           prepare_right_operand_cuda,
                                                  im2col_cuda,       forward_rows_cuda,
                                                  prepare_backward_cuda, backward_rows_cuda,
                                                  gather_rows_cuda};
