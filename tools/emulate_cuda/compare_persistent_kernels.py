@@ -1,0 +1,86 @@
+"""Checks the persistent peephole CUDA kernels without a GPU: the working tree's kernels and
+those of a revision that passed the CUDA tests on a GPU (46d7fc7, H100) both run on the CPU
+through a thread-per-CUDA-thread emulation (cuda_host_shim.h), on the same random inputs, and
+every output must agree to rounding. Shared memory starts as NaN bytes, so a read of an
+unwritten element shows up. Usage: python tools/emulate_cuda/compare_persistent_kernels.py
+[--reference REV]. A development check; the CUDA tests on a GPU remain the real test."""
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
+TOLERANCE = {"float": 1e-5, "double": 1e-12}
+# dtype, T, B, H, units per block, lengths, reverse, whole history (training), staged chunk
+# (0: the kernel's own): blocks past H, B not a multiple of the tile, several chunks, more
+# tiles than threads, one row, inference slots.
+CONFIGS = [
+    ("float", 4, 5, 37, 8, 1, 0, 1, 0),
+    ("double", 4, 5, 37, 8, 1, 1, 1, 0),
+    ("double", 4, 5, 37, 8, 1, 0, 1, 7),
+    ("float", 3, 1, 20, 4, 0, 0, 1, 0),
+    ("double", 3, 9, 64, 16, 1, 0, 1, 0),
+    ("double", 3, 40, 64, 32, 1, 1, 1, 0),
+    ("double", 5, 6, 33, 8, 1, 0, 0, 5),
+    ("double", 5, 6, 33, 8, 0, 1, 0, 0),
+]
+
+
+def persistent_section(source):
+    start = source.index("// ---- persistent kernels")
+    end = source.index("// Which recurrence")
+    return source[start:end].replace(
+        "extern __shared__ __align__(16) unsigned char shared[];",
+        "unsigned char* shared = emu::shared;")
+
+
+def build(workdir, name, source, defines):
+    inc = workdir / name
+    inc.mkdir()
+    (inc / "persistent_section.inc").write_text(persistent_section(source))
+    import torch.utils.cpp_extension as ext
+    torch_include = ext.include_paths()[0]
+    exe = workdir / f"emulate_{name}"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-pthread", *defines, f"-I{inc}", f"-I{HERE}",
+                    f"-I{ROOT / 'csrc'}", f"-I{torch_include}",
+                    str(HERE / "persistent_peephole_driver.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reference", default="46d7fc7")
+    args = parser.parse_args()
+    reference = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.reference}:{KERNEL}"],
+                               check=True, capture_output=True, text=True).stdout
+    current = (ROOT / KERNEL).read_text()
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        exes = {"reference": build(tmp, "reference", reference, ["-DREFERENCE_KERNEL"]),
+                "current": build(tmp, "current", current, [])}
+        for config in CONFIGS:
+            outputs = {}
+            for name, exe in exes.items():
+                out = tmp / f"{name}.bin"
+                subprocess.run([str(exe), *map(str, config), str(out)], check=True,
+                               stderr=subprocess.DEVNULL)
+                outputs[name] = np.fromfile(out)
+            ref, cur = outputs["reference"], outputs["current"]
+            err = float(np.max(np.abs(ref - cur))) if ref.size == cur.size else float("inf")
+            ok = ref.size == cur.size and np.isfinite(cur).all() and err <= TOLERANCE[config[0]]
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {config}: {cur.size} values, "
+                  f"max |reference - current| = {err:.2e}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+// Runs the persistent peephole kernels (the section of csrc/cuda/peephole_lstm_cuda.cu from
+// "---- persistent kernels" to "Which recurrence", pasted in as persistent_section.inc) on the
+// CPU through cuda_host_shim.h, and writes every output buffer as float64 to a file.
+// Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
+// Usage: driver float|double T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
+#include "cuda_host_shim.h"
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include "peephole_lstm_cell.h"
+namespace tlstm {
+__device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+#include "persistent_section.inc"
+}  // namespace tlstm
+using namespace tlstm;
+
+template <typename T>
+std::vector<T> randv(std::mt19937& g, size_t n, double scale) {
+  std::uniform_real_distribution<double> d(-scale, scale);
+  std::vector<T> v(n); for (auto& x : v) x = T(d(g)); return v;
+}
+template <typename T> void dump(FILE* f, const std::vector<T>& v) {
+  for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
+}
+
+template <typename scalar_t>
+void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole, int chunk, FILE* out) {
+  using acc_t = scalar_t;
+  std::mt19937 g(1234);
+  auto gates_in = randv<scalar_t>(g, size_t(T) * B * 4 * H, 1.0);
+  auto bias = randv<scalar_t>(g, 4 * H, 0.5);
+  auto peep = randv<scalar_t>(g, 3 * H, 0.5);
+  auto W = randv<scalar_t>(g, size_t(4) * H * H, 1.0 / std::sqrt(H));
+  std::vector<scalar_t> Wt(size_t(H) * 4 * H);
+  for (int r = 0; r < 4 * H; ++r) for (int k = 0; k < H; ++k) Wt[size_t(k) * 4 * H + r] = W[size_t(r) * H + k];
+  const int S = whole ? T + 1 : 2;
+  auto h0 = randv<scalar_t>(g, size_t(B) * H, 1.0);
+  auto c0 = randv<acc_t>(g, size_t(B) * H, 1.0);
+  std::vector<scalar_t> hs(size_t(S) * B * H, scalar_t(-7));
+  std::vector<acc_t> cs(size_t(S) * B * H, acc_t(-7));
+  const int first = whole && reverse ? T : 0;
+  std::copy(h0.begin(), h0.end(), hs.begin() + size_t(first) * B * H);
+  std::copy(c0.begin(), c0.end(), cs.begin() + size_t(first) * B * H);
+  std::vector<scalar_t> output(size_t(T) * B * H, scalar_t(-7));
+  std::vector<int64_t> lengths(B);
+  for (int b = 0; b < B; ++b) lengths[b] = std::vector<int64_t>{T, 2, T - 1, 0, 1, T, 3}[b % 7];
+  const int64_t* len = use_lengths ? lengths.data() : nullptr;
+  std::vector<scalar_t> gates = gates_in;
+  const int blocks = (H + w - 1) / w;
+#ifndef REFERENCE_KERNEL
+  auto shape_f = block_matmul_shape<scalar_t, acc_t>(B, 4 * w, H, 0);
+  auto fix = [&](BlockMatmulShape s, int64_t extra) {
+    if (chunk > 0) {
+      s.chunk = chunk;
+      s.x_offset = align16(s.rows_w * (s.K + 1) * int64_t(sizeof(scalar_t)));
+      s.partial_offset = s.x_offset + align16(s.rows_x * (s.chunk + 1) * int64_t(sizeof(scalar_t)));
+      s.extra_offset = s.partial_offset + align16(s.slices * s.rows_x * s.rows_w * int64_t(sizeof(acc_t)));
+      s.bytes = s.extra_offset + align16(extra);
+    }
+    fprintf(stderr, "shape K=%ld rows_x=%ld rows_w=%ld tiles=%ld slices=%ld chunk=%ld bytes=%ld\n",
+            (long)s.K, (long)s.rows_x, (long)s.rows_w, (long)s.tiles, (long)s.slices, (long)s.chunk, (long)s.bytes);
+    return s;
+  };
+  shape_f = fix(shape_f, 0);
+  PersistentForwardParams<scalar_t, acc_t> pf{gates.data(), bias.data(), peep.data(), Wt.data(), hs.data(), cs.data(), output.data(), len, T, B, H, w, reverse, whole, shape_f};
+  emu::launch(peephole_forward_persistent_kernel<scalar_t, acc_t, TanhActivation>, blocks, kPersistentThreads, shape_f.bytes, pf);
+#else
+  PersistentForwardParams<scalar_t, acc_t> pf{gates.data(), bias.data(), peep.data(), Wt.data(), hs.data(), cs.data(), output.data(), len, T, B, H, w, reverse, whole};
+  emu::launch(peephole_forward_persistent_kernel<scalar_t, acc_t, TanhActivation>, blocks, kPersistentThreads, forward_shared_bytes<scalar_t, acc_t>(B, H, w), pf);
+#endif
+  dump(out, gates); dump(out, hs); dump(out, cs); dump(out, output);
+  if (!whole) return;
+  auto grad_output = randv<scalar_t>(g, size_t(T) * B * H, 1.0);
+  auto grad_hn = randv<scalar_t>(g, size_t(B) * H, 1.0);
+  auto grad_cell = randv<acc_t>(g, size_t(B) * H, 1.0);
+  std::vector<scalar_t> grad_h0(size_t(B) * H, scalar_t(-7));
+  std::vector<scalar_t> grad_gates(size_t(T) * B * 4 * H, scalar_t(-7));
+  std::vector<acc_t> gp(size_t(B) * 3 * H, acc_t(0));
+#ifndef REFERENCE_KERNEL
+  auto shape_b = fix(block_matmul_shape<scalar_t, acc_t>(B, w, 4 * H, B * w * int64_t(sizeof(acc_t))), B * w * int64_t(sizeof(acc_t)));
+  PersistentBackwardParams<scalar_t, acc_t> pb{gates.data(), cs.data(), grad_output.data(), W.data(), peep.data(), grad_hn.data(), grad_h0.data(), grad_cell.data(), grad_gates.data(), gp.data(), len, T, B, H, w, reverse, shape_b};
+  emu::launch(peephole_backward_persistent_kernel<scalar_t, acc_t, TanhActivation, true>, blocks, kPersistentThreads, shape_b.bytes, pb);
+#else
+  PersistentBackwardParams<scalar_t, acc_t> pb{gates.data(), cs.data(), grad_output.data(), W.data(), peep.data(), grad_hn.data(), grad_h0.data(), grad_cell.data(), grad_gates.data(), gp.data(), len, T, B, H, w, reverse};
+  emu::launch(peephole_backward_persistent_kernel<scalar_t, acc_t, TanhActivation, true>, blocks, kPersistentThreads, backward_shared_bytes<scalar_t, acc_t>(B, H, w), pb);
+#endif
+  dump(out, grad_gates); dump(out, grad_h0); dump(out, grad_cell); dump(out, gp);
+}
+
+int main(int argc, char** argv) {
+  // dtype T B H w lengths reverse whole chunk outfile
+  const bool dbl = std::string(argv[1]) == "double";
+  int T = atoi(argv[2]), B = atoi(argv[3]), H = atoi(argv[4]), w = atoi(argv[5]);
+  bool len = atoi(argv[6]), rev = atoi(argv[7]), whole = atoi(argv[8]);
+  int chunk = atoi(argv[9]);
+  FILE* f = fopen(argv[10], "wb");
+  if (dbl) run<double>(T, B, H, w, len, rev, whole, chunk, f); else run<float>(T, B, H, w, len, rev, whole, chunk, f);
+  fclose(f);
+}
