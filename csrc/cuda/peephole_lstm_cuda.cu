@@ -552,9 +552,12 @@ Recurrence recurrence_from_env() {
 // beyond, cuBLAS GEMMs per step use the GPU better. Measured on an H100
 // (benchmarks/peephole_recurrence_crossover.py, T=100) with the first persistent kernels (one
 // warp per dot product, 46d7fc7): persistent was faster at B=8 for H <= 512 and at B=16 for
-// H=256, slower at B=8, H=1024 and for B >= 32. The tiled kernels here do several times less
-// shared-memory traffic per step; the crossover is to be measured again for them.
-constexpr int64_t kPersistentMaxWork = 4096;
+// H=256, slower at B=8, H=1024 and for B >= 32, and within 10% of the steps at B=16, H=512 and
+// B=8, H=1024 (B x H = 8192). The tiled kernels here issue a quarter of the shared-memory
+// loads per step and have 16 independent sums per thread instead of one dependent chain per
+// warp, so B x H = 8192 is taken as persistent too; an estimate until the crossover is measured
+// again for them (benchmarks/gpu_session.sh crossover).
+constexpr int64_t kPersistentMaxWork = 8192;
 
 // Units per block of a persistent launch for H hidden units, or 0 if it cannot run (every
 // block must be resident at once and its shared memory must fit); `shape` and `blocks` are
