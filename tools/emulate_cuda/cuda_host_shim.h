@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 
 #define __global__
@@ -82,4 +83,3 @@ namespace cooperative_groups {
 struct grid_group { void sync() { emu::grid_barrier->wait(); } };
 inline grid_group this_grid() { return {}; }
 }
-namespace at { template <typename T> using opmath_type = T; }

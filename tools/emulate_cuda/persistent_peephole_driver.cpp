@@ -2,7 +2,7 @@
 // "---- persistent kernels" to "Which recurrence", pasted in as persistent_section.inc) on the
 // CPU through cuda_host_shim.h, and writes every output buffer as float64 to a file.
 // Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
-// Usage: driver float|double T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
+// Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
 #include "cuda_host_shim.h"
 #include <cstdio>
 #include <cstdlib>
@@ -27,7 +27,7 @@ template <typename T> void dump(FILE* f, const std::vector<T>& v) {
 
 template <typename scalar_t>
 void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole, int chunk, FILE* out) {
-  using acc_t = scalar_t;
+  using acc_t = at::opmath_type<scalar_t>;
   std::mt19937 g(1234);
   auto gates_in = randv<scalar_t>(g, size_t(T) * B * 4 * H, 1.0);
   auto bias = randv<scalar_t>(g, 4 * H, 0.5);
@@ -54,13 +54,10 @@ void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole,
   auto fix = [&](BlockMatmulShape s, int64_t extra) {
     if (chunk > 0) {
       s.chunk = chunk;
-      s.x_offset = align16(s.rows_w * (s.K + 1) * int64_t(sizeof(scalar_t)));
-      s.partial_offset = s.x_offset + align16(s.rows_x * (s.chunk + 1) * int64_t(sizeof(scalar_t)));
-      s.extra_offset = s.partial_offset + align16(s.slices * s.rows_x * s.rows_w * int64_t(sizeof(acc_t)));
-      s.bytes = s.extra_offset + align16(extra);
+      place_block_matmul<scalar_t, acc_t>(s, extra);
     }
-    fprintf(stderr, "shape K=%ld rows_x=%ld rows_w=%ld tiles=%ld slices=%ld chunk=%ld bytes=%ld\n",
-            (long)s.K, (long)s.rows_x, (long)s.rows_w, (long)s.tiles, (long)s.slices, (long)s.chunk, (long)s.bytes);
+    fprintf(stderr, "shape K=%ld rows_x=%ld rows_w=%ld tiles=%ld slices=%ld items=%ld chunk=%ld bytes=%ld\n",
+            (long)s.K, (long)s.rows_x, (long)s.rows_w, (long)s.tiles, (long)s.slices, (long)s.items, (long)s.chunk, (long)s.bytes);
     return s;
   };
   shape_f = fix(shape_f, 0);
@@ -91,11 +88,14 @@ void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole,
 
 int main(int argc, char** argv) {
   // dtype T B H w lengths reverse whole chunk outfile
-  const bool dbl = std::string(argv[1]) == "double";
+  const std::string dtype = argv[1];
   int T = atoi(argv[2]), B = atoi(argv[3]), H = atoi(argv[4]), w = atoi(argv[5]);
   bool len = atoi(argv[6]), rev = atoi(argv[7]), whole = atoi(argv[8]);
   int chunk = atoi(argv[9]);
   FILE* f = fopen(argv[10], "wb");
-  if (dbl) run<double>(T, B, H, w, len, rev, whole, chunk, f); else run<float>(T, B, H, w, len, rev, whole, chunk, f);
+  if (dtype == "double") run<double>(T, B, H, w, len, rev, whole, chunk, f);
+  else if (dtype == "float") run<float>(T, B, H, w, len, rev, whole, chunk, f);
+  else if (dtype == "half") run<c10::Half>(T, B, H, w, len, rev, whole, chunk, f);
+  else run<c10::BFloat16>(T, B, H, w, len, rev, whole, chunk, f);
   fclose(f);
 }
