@@ -2,16 +2,13 @@
 // (peephole_lstm.cpp), which runs the input projection and the weight gradients as cuBLAS
 // GEMMs through ATen on the current stream.
 //
-// A step is the recurrent GEMM (cuBLAS called directly, cublas_gemm.cuh) and one fused element-wise kernel built
-// from the same cell math as the CPU (peephole_lstm_cell.h). Inputs may be float32, float64,
-// float16 or bfloat16; the cell state and all element-wise arithmetic are in the op-math type
-// (float32 for the half types). Every index is 64-bit.
+// A step is the recurrent GEMM (cuBLAS called directly, cublas_gemm.cuh) and one fused
+// element-wise kernel built from the same cell math as the CPU (peephole_lstm_cell.h). Inputs
+// may be float32, float64, float16 or bfloat16; the cell state and all element-wise arithmetic
+// are in the op-math type (float32 for the half types). Every index is 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/Exceptions.h>
-#include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -19,9 +16,7 @@
 #include <algorithm>
 #include <cooperative_groups.h>
 #include <cstdlib>
-#include <limits>
 #include <string>
-#include <type_traits>
 
 #include "../checks.h"
 #include "../dispatch.h"
