@@ -15,13 +15,12 @@
 
 #include <algorithm>
 #include <cooperative_groups.h>
-#include <cstdlib>
-#include <string>
 
 #include "../checks.h"
 #include "../dispatch.h"
 #include "../peephole_lstm.h"
 #include "cublas_gemm.cuh"
+#include "persistent_launch.cuh"
 
 namespace tlstm {
 namespace {
@@ -208,179 +207,10 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
 // For small batches a step is too little work for a GEMM launch and a kernel launch. Here one
 // launch runs every step: block k owns the hidden units [k*w, (k+1)*w) and keeps the W_hh
 // rows (forward) or columns (backward) of its units in shared memory for the whole sequence.
-// A step's recurrent term is a small matrix product inside the block (block_recurrent_matmul):
-// the other operand (h_{t-1} forward, dL/da_t backward) is staged from global memory in column
-// chunks; each thread keeps a kTile x kTile tile of outputs in registers over an interleaved
-// slice of the reduction, so one shared-memory load feeds kTile multiply-adds and a thread has
-// kTile^2 independent sums in flight; the slices' partial sums are then added in a fixed order
-// (no atomics: the same sums every run). The cells of the block's units follow, and one
-// grid-wide barrier ends the step. Only without a projection (R = H); the same saved buffers
+// A step's recurrent term is a small matrix product inside the block (block_recurrent_matmul,
+// block_matmul.cuh), whose other operand (h_{t-1} forward, dL/da_t backward) is staged from
+// global memory. The cells of the block's units follow, and one grid-wide barrier ends the step. Only without a projection (R = H); the same saved buffers
 // as the steps.
-
-constexpr int kPersistentThreads = 256;
-constexpr int kTile = 4;                    // a thread's outputs: kTile rows of x by kTile of w
-constexpr int64_t kStageBytes = 64 * 1024;  // the most shared memory the staged chunk of x takes
-constexpr int64_t kMinSlice = 8;            // the fewest columns of x a slice of the sum takes
-constexpr int64_t kMaxSlices = 64;          // the longest chain of adds of the slices' sums
-
-__host__ __device__ inline int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
-__host__ __device__ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// How a block computes out[b, r] = sum_k x[b, k] w[r, k] for b < B, r < R, k < K, with w
-// resident in shared memory, and where its operands lie in the dynamic shared memory (bytes
-// from its start): w [rows_w, K + 1], the staged x [rows_x, chunk + 1] (rows padded by one
-// element against bank conflicts), the partial sums [kTile * kTile, items + 1], then `extra`
-// bytes for the kernel's own use. Work item u = slice * tiles + tile computes one kTile x kTile
-// tile over one slice of the reduction; partial[i * kTile + j, u] is its output (i, j), so the
-// lanes of a warp store to consecutive words.
-struct BlockMatmulShape {
-  int64_t K;
-  int64_t rows_x;   // B rounded up to kTile; the padding rows of x are zeros
-  int64_t rows_w;   // R rounded up to kTile; the padding rows of w are zeros
-  int64_t tiles;    // kTile x kTile output tiles
-  int64_t slices;   // the reduction is split into this many interleaved slices
-  int64_t items;    // tiles * slices
-  int64_t chunk;    // columns of x staged at once
-  int64_t x_offset, partial_offset, extra_offset, bytes;
-};
-
-// The offsets and total bytes of a shape whose sizes are set.
-template <typename scalar_t, typename acc_t>
-void place_block_matmul(BlockMatmulShape& s, int64_t extra_bytes) {
-  s.x_offset = align16(s.rows_w * (s.K + 1) * int64_t(sizeof(scalar_t)));
-  s.partial_offset = s.x_offset + align16(s.rows_x * (s.chunk + 1) * int64_t(sizeof(scalar_t)));
-  s.extra_offset = s.partial_offset +
-                   align16(int64_t(kTile) * kTile * (s.items + 1) * int64_t(sizeof(acc_t)));
-  s.bytes = s.extra_offset + align16(extra_bytes);
-}
-
-template <typename scalar_t, typename acc_t>
-BlockMatmulShape block_matmul_shape(int64_t B, int64_t R, int64_t K, int64_t extra_bytes) {
-  BlockMatmulShape s;
-  s.K = K;
-  s.rows_x = round_up(std::max<int64_t>(B, 1), kTile);
-  s.rows_w = round_up(R, kTile);
-  s.tiles = (s.rows_x / kTile) * (s.rows_w / kTile);
-  // enough slices to give every thread a work item, each at least kMinSlice columns long
-  s.slices = std::max<int64_t>(1, std::min({kPersistentThreads / s.tiles,
-                                            (K + kMinSlice - 1) / kMinSlice, kMaxSlices}));
-  s.items = s.tiles * s.slices;
-  const int64_t max_chunk =
-      std::max<int64_t>(32, kStageBytes / (s.rows_x * int64_t(sizeof(scalar_t))) - 1);
-  const int64_t chunks = (K + max_chunk - 1) / max_chunk;
-  s.chunk = std::max<int64_t>(1, (K + chunks - 1) / std::max<int64_t>(chunks, 1));
-  place_block_matmul<scalar_t, acc_t>(s, extra_bytes);
-  return s;
-}
-
-// The operands of block_recurrent_matmul in a block's dynamic shared memory.
-template <typename scalar_t, typename acc_t>
-struct BlockMatmulSmem {
-  scalar_t* w;        // [rows_w, K + 1]
-  scalar_t* x;        // [rows_x, chunk + 1]
-  acc_t* partial;     // [kTile * kTile, items + 1]
-  unsigned char* extra;
-
-  __device__ BlockMatmulSmem(unsigned char* shared, const BlockMatmulShape& s)
-      : w(reinterpret_cast<scalar_t*>(shared)),
-        x(reinterpret_cast<scalar_t*>(shared + s.x_offset)),
-        partial(reinterpret_cast<acc_t*>(shared + s.partial_offset)),
-        extra(shared + s.extra_offset) {}
-
-  __device__ scalar_t& w_at(const BlockMatmulShape& s, int64_t r, int64_t k) const {
-    return w[r * (s.K + 1) + k];
-  }
-
-  // Zeros in the staged rows past B, which no staging writes: their products are zeros.
-  __device__ void zero_padding_rows(const BlockMatmulShape& s, int64_t B) const {
-    for (int64_t idx = B * (s.chunk + 1) + threadIdx.x; idx < s.rows_x * (s.chunk + 1);
-         idx += blockDim.x) {
-      x[idx] = scalar_t(0);
-    }
-  }
-
-  // out[b, r] after block_recurrent_matmul: slice 0's slot of its tile
-  __device__ acc_t result(const BlockMatmulShape& s, int64_t b, int64_t r) const {
-    const int64_t tile = b / kTile * (s.rows_w / kTile) + r / kTile;
-    return partial[(b % kTile * kTile + r % kTile) * (s.items + 1) + tile];
-  }
-};
-
-// out[b, r] = sum_k x[b, k] w[r, k] for x [B, K] in global memory, contiguous, read back with
-// m.result(s, b, r). Work item u sums k = slice, slice + slices, ... of every staged chunk in
-// registers and stores its tile once; the slices are then added in slice order. Every thread
-// of the block calls it; it returns with the block synchronised. 32-bit offsets inside shared
-// memory (it holds at most 227 KB).
-template <typename scalar_t, typename acc_t>
-__device__ void block_recurrent_matmul(const scalar_t* __restrict__ x, int64_t B,
-                                       const BlockMatmulShape& s,
-                                       const BlockMatmulSmem<scalar_t, acc_t>& m) {
-  const int K = static_cast<int>(s.K), chunk = static_cast<int>(s.chunk);
-  const int ldx = chunk + 1, ldw = K + 1, plane = static_cast<int>(s.items) + 1;
-  const int tiles = static_cast<int>(s.tiles), tiles_w = static_cast<int>(s.rows_w / kTile);
-  const int slices = static_cast<int>(s.slices), items = static_cast<int>(s.items);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const int rows = static_cast<int>(B);
-  // Rounds of blockDim work items (one unless B is large); a single chunk is staged once.
-  for (int first = 0; first < items; first += blockDim.x) {
-    const int u = first + threadIdx.x;
-    const int tile = u % tiles, slice = u / tiles;
-    const int b0 = tile / tiles_w * kTile, r0 = tile % tiles_w * kTile;
-    acc_t sum[kTile][kTile] = {};
-    for (int c0 = 0; c0 < K; c0 += chunk) {
-      const int width = K - c0 < chunk ? K - c0 : chunk;
-      if (first == 0 || chunk < K) {
-        // a warp copies 32 consecutive columns of one row at a time
-        const int segments = (width + 31) / 32;
-        for (int seg = warp; seg < rows * segments; seg += warps) {
-          const int b = seg / segments, k = (seg - b * segments) * 32 + lane;
-          if (k < width) m.x[b * ldx + k] = x[int64_t(b) * K + c0 + k];
-        }
-        __syncthreads();
-      }
-      if (u < items) {
-        const scalar_t* x_rows[kTile];
-        const scalar_t* w_rows[kTile];
-#pragma unroll
-        for (int q = 0; q < kTile; ++q) {
-          x_rows[q] = m.x + (b0 + q) * ldx;
-          w_rows[q] = m.w + (r0 + q) * ldw + c0;
-        }
-        for (int k = slice; k < width; k += slices) {
-          acc_t xv[kTile], wv[kTile];
-#pragma unroll
-          for (int q = 0; q < kTile; ++q) {
-            xv[q] = acc_t(x_rows[q][k]);
-            wv[q] = acc_t(w_rows[q][k]);
-          }
-#pragma unroll
-          for (int i = 0; i < kTile; ++i) {
-#pragma unroll
-            for (int j = 0; j < kTile; ++j) sum[i][j] += xv[i] * wv[j];
-          }
-        }
-      }
-      if (chunk < K) __syncthreads();  // every thread is done with this chunk of x
-    }
-    if (u < items) {
-#pragma unroll
-      for (int i = 0; i < kTile; ++i) {
-#pragma unroll
-        for (int j = 0; j < kTile; ++j) m.partial[(i * kTile + j) * plane + u] = sum[i][j];
-      }
-    }
-  }
-  __syncthreads();
-  // Output (i, j) of a tile: its slices' sums in slice order, into slice 0's slot.
-  for (int idx = threadIdx.x; idx < tiles * kTile * kTile; idx += blockDim.x) {
-    const int ij = idx / tiles, tile = idx - ij * tiles;
-    acc_t* p = m.partial + ij * plane + tile;
-    acc_t v = p[0];
-    for (int slice = 1; slice < slices; ++slice) v += p[slice * tiles];
-    p[0] = v;
-  }
-  __syncthreads();
-}
 
 template <typename scalar_t, typename acc_t>
 struct PersistentForwardParams {
@@ -562,21 +392,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
   recurrent_grad(t_first, p.grad_h0);
 }
 
-// Which recurrence the CUDA ops run: TLSTM_CUDA_RECURRENCE = auto (default), stepwise, persistent.
-enum class Recurrence { Auto, Stepwise, Persistent };
-
-Recurrence recurrence_from_env() {
-  const char* value = std::getenv("TLSTM_CUDA_RECURRENCE");
-  const std::string v = value ? value : "auto";
-  if (v == "auto") return Recurrence::Auto;
-  if (v == "stepwise") return Recurrence::Stepwise;
-  if (v == "persistent") return Recurrence::Persistent;
-  TORCH_CHECK(false, "TLSTM_CUDA_RECURRENCE must be auto, stepwise or persistent, got \"", v, "\"");
-}
-
 // The persistent kernels are chosen by default up to this many batch rows x hidden units:
 // beyond, cuBLAS GEMMs per step use the GPU better. Measured on an H100
-// (benchmarks/peephole_recurrence_crossover.py, T=100) with the first persistent kernels (one
+// (benchmarks/recurrence_crossover.py, T=100) with the first persistent kernels (one
 // warp per dot product, 46d7fc7): persistent was faster at B=8 for H <= 512 and at B=16 for
 // H=256, slower at B=8, H=1024 and for B >= 32, and within 10% of the steps at B=16, H=512 and
 // B=8, H=1024 (B x H = 8192). The tiled kernels here issue a quarter of the shared-memory
@@ -584,31 +402,6 @@ Recurrence recurrence_from_env() {
 // warp, so B x H = 8192 is taken as persistent too; an estimate until the crossover is measured
 // again for them (benchmarks/gpu_session.sh crossover).
 constexpr int64_t kPersistentMaxWork = 8192;
-
-// Units per block of a persistent launch for H hidden units, or 0 if it cannot run (every
-// block must be resident at once and its shared memory must fit); `shape` and `blocks` are
-// those of the launch. shape_for(w) is the block's BlockMatmulShape at w units per block.
-template <typename Kernel, typename ShapeFor>
-int64_t persistent_units(Kernel kernel, int64_t H, const ShapeFor& shape_for,
-                         BlockMatmulShape& shape, int64_t& blocks) {
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  if (!props->cooperativeLaunch) return 0;
-  const int64_t sms = props->multiProcessorCount;
-  // Always the device's maximum: the same value from every caller, so concurrent calls agree.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(props->sharedMemPerBlockOptin)));
-  for (int64_t w = std::max<int64_t>(1, (H + sms - 1) / sms); w <= H; w *= 2) {
-    blocks = (H + w - 1) / w;
-    shape = shape_for(w);
-    // wider slices only need more
-    if (shape.bytes > int64_t(props->sharedMemPerBlockOptin)) return 0;
-    int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, kernel, kPersistentThreads, static_cast<size_t>(shape.bytes)));
-    if (int64_t(per_sm) * sms >= blocks) return w;
-  }
-  return 0;
-}
 
 // Whether the persistent kernels may be considered for a batch of B and H hidden units: by
 // default for small B x H; TLSTM_CUDA_RECURRENCE forces a choice.
@@ -621,14 +414,6 @@ bool persistent_wanted(int64_t B, int64_t H) {
     default:
       return B * H <= kPersistentMaxWork;
   }
-}
-
-// After sizing: whether they run (units > 0); forced persistent that cannot run is an error.
-bool persistent_fits(int64_t units) {
-  TORCH_CHECK(units > 0 || recurrence_from_env() != Recurrence::Persistent,
-              "TLSTM_CUDA_RECURRENCE=persistent, but the persistent kernel cannot run this size "
-              "on this GPU (shared memory or co-residency)");
-  return units > 0;
 }
 
 template <typename scalar_t, class Act>
@@ -652,11 +437,7 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
       buf.output.data_ptr<scalar_t>(),
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
       T, B, H, units, reverse, whole_history, shape};
-  void* args[] = {&p};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
-                                             dim3(kPersistentThreads), args,
-                                             static_cast<size_t>(shape.bytes),
-                                             at::cuda::getCurrentCUDAStream()));
+  launch_cooperative(kernel, blocks, shape, p);
   return true;
 }
 
@@ -688,11 +469,7 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
       kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
       T, B, H, units, reverse, shape};
-  void* args[] = {&p};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(blocks),
-                                             dim3(kPersistentThreads), args,
-                                             static_cast<size_t>(shape.bytes),
-                                             at::cuda::getCurrentCUDAStream()));
+  launch_cooperative(kernel, blocks, shape, p);
   return true;
 }
 

@@ -41,7 +41,11 @@ CONFIGS = [
 
 def persistent_section(source):
     start = source.index("// ---- persistent kernels")
-    end = source.index("// Which recurrence")
+    # the host code after them: since the move of the launch helpers to persistent_launch.cuh,
+    # the default-range comment; before it, the recurrence choice
+    end = min(source.find(marker, start) for marker in
+              ("// Which recurrence", "// The persistent kernels are chosen by default")
+              if source.find(marker, start) >= 0)
     return source[start:end].replace(
         "extern __shared__ __align__(16) unsigned char shared[];",
         "unsigned char* shared = emu::shared;")

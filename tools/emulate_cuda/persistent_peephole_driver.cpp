@@ -1,6 +1,7 @@
 // Runs the persistent peephole kernels (the section of csrc/cuda/peephole_lstm_cuda.cu from
-// "---- persistent kernels" to "Which recurrence", pasted in as persistent_section.inc) on the
-// CPU through cuda_host_shim.h, and writes every output buffer as float64 to a file.
+// "---- persistent kernels" to the host code after them, pasted in as persistent_section.inc,
+// with block_matmul.cuh) on the CPU through cuda_host_shim.h, and writes every output buffer as
+// float64 to a file.
 // Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
 // Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
 #include "cuda_host_shim.h"
@@ -8,6 +9,9 @@
 #include <cstdlib>
 #include <random>
 #include "peephole_lstm_cell.h"
+#ifndef REFERENCE_KERNEL
+#include "cuda/block_matmul.cuh"  // the current kernels' block matmul lives there
+#endif
 namespace tlstm {
 __device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];

@@ -1,0 +1,77 @@
+// Host side of the persistent (cooperative, whole-recurrence) kernels of both cells: which
+// recurrence the environment asks for, how many output rows a block takes so that every block
+// is resident at once, and the cooperative launch.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "block_matmul.cuh"
+
+namespace tlstm {
+
+// Which recurrence the CUDA ops run: TLSTM_CUDA_RECURRENCE = auto (default), stepwise, persistent.
+enum class Recurrence { Auto, Stepwise, Persistent };
+
+inline Recurrence recurrence_from_env() {
+  const char* value = std::getenv("TLSTM_CUDA_RECURRENCE");
+  const std::string v = value ? value : "auto";
+  if (v == "auto") return Recurrence::Auto;
+  if (v == "stepwise") return Recurrence::Stepwise;
+  if (v == "persistent") return Recurrence::Persistent;
+  TORCH_CHECK(false, "TLSTM_CUDA_RECURRENCE must be auto, stepwise or persistent, got \"", v, "\"");
+}
+
+// Output rows per block (units) of a persistent launch that splits `outputs` rows of the resident
+// operand over its blocks, or 0 if it cannot run (every block must be resident at once and its
+// shared memory must fit); `shape` and `blocks` are those of the launch. shape_for(w) is the
+// block's BlockMatmulShape at w rows per block.
+template <typename Kernel, typename ShapeFor>
+int64_t persistent_units(Kernel kernel, int64_t outputs, const ShapeFor& shape_for,
+                         BlockMatmulShape& shape, int64_t& blocks) {
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  if (!props->cooperativeLaunch) return 0;
+  const int64_t sms = props->multiProcessorCount;
+  // Always the device's maximum: the same value from every caller, so concurrent calls agree.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(props->sharedMemPerBlockOptin)));
+  for (int64_t w = std::max<int64_t>(1, (outputs + sms - 1) / sms); w <= outputs; w *= 2) {
+    blocks = (outputs + w - 1) / w;
+    shape = shape_for(w);
+    // wider slices only need more
+    if (shape.bytes > int64_t(props->sharedMemPerBlockOptin)) return 0;
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, kernel, kPersistentThreads, static_cast<size_t>(shape.bytes)));
+    if (int64_t(per_sm) * sms >= blocks) return w;
+  }
+  return 0;
+}
+
+// After sizing: whether they run (units > 0); forced persistent that cannot run is an error.
+inline bool persistent_fits(int64_t units) {
+  TORCH_CHECK(units > 0 || recurrence_from_env() != Recurrence::Persistent,
+              "TLSTM_CUDA_RECURRENCE=persistent, but the persistent kernel cannot run this size "
+              "on this GPU (shared memory or co-residency)");
+  return units > 0;
+}
+
+// Launches kernel(params) on `blocks` blocks of kPersistentThreads, all resident at once, on the
+// current stream; the launch's error is checked.
+template <typename Params>
+void launch_cooperative(void (*kernel)(Params), int64_t blocks, const BlockMatmulShape& shape,
+                        Params params) {
+  void* args[] = {&params};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
+                                             dim3(static_cast<unsigned int>(blocks)),
+                                             dim3(kPersistentThreads), args,
+                                             static_cast<size_t>(shape.bytes),
+                                             at::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace tlstm
