@@ -109,8 +109,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   // The input projection of all steps, one GEMM (b_ih is added when the input row is built).
   buf.input_proj = matmul(kernels.matmul_out, input.view({n.T * n.B, n.I}), weight_ih.t())
                        .view({n.T, n.B, n.M});
-  const auto weight_col = repeated_right_operand(kernels.prepare_right_operand,
-                                                 unfolded_weight(weight_hh, n));  // [K'*M, G]
+  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
 
   const int64_t slots = training ? n.S : 1;
   buf.x_col = at::empty({slots, n.B, n.P, n.taps, n.M}, options);
@@ -125,12 +124,15 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.hidden.select(0, 0).copy_(h0);
   buf.cells.select(0, 0).copy_(c0);
 
-  auto pre_2d = buf.pre.view({n.B * n.P, n.G});
-  for (int64_t s = 0; s < n.S; ++s) {
-    kernels.im2col(buf, s);
-    const auto x_col_s = buf.x_col.select(0, training ? s : 0).view({n.B * n.P, n.taps * n.M});
-    weight_col->matmul_out(pre_2d, x_col_s);
-    kernels.forward_rows(buf, s);
+  if (kernels.forward_sequence == nullptr || !kernels.forward_sequence(buf, weight_col)) {
+    const auto step_weight = repeated_right_operand(kernels.prepare_right_operand, weight_col);
+    auto pre_2d = buf.pre.view({n.B * n.P, n.G});
+    for (int64_t s = 0; s < n.S; ++s) {
+      kernels.im2col(buf, s);
+      const auto x_col_s = buf.x_col.select(0, training ? s : 0).view({n.B * n.P, n.taps * n.M});
+      step_weight->matmul_out(pre_2d, x_col_s);
+      kernels.forward_rows(buf, s);
+    }
   }
 
   Tensor h_n = buf.hidden.select(0, n.S % 2).clone();
@@ -208,19 +210,23 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.grad_col = at::empty({n.B, n.P, n.taps, n.M}, options);
   buf.grad_input_row = at::empty({n.S, n.B, n.M}, options);
   buf.grad_norm_rows = at::zeros({n.channel_norm ? n.B : 0, n.P, 10, n.M}, op_math);
-  // dX_col = dA W_col^T; the transposed copy makes that a GEMM on a row-major operand.
-  const auto weight_col_t = repeated_right_operand(
-      kernels.prepare_right_operand, unfolded_weight(weight_hh, n).t().contiguous());  // [G, K'*M]
+  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
 
   if (kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
-  int64_t cur = 0;
-  auto grad_col_2d = buf.grad_col.view({n.B * n.P, n.taps * n.M});
-  for (int64_t s = n.S - 1; s >= 0; --s) {
-    kernels.backward_rows(buf, s, cur);
-    weight_col_t->matmul_out(grad_col_2d, buf.grad_pre.select(0, s).view({n.B * n.P, n.G}));
-    kernels.gather_rows(buf, s, cur);
-    cur = 1 - cur;
+  if (kernels.backward_sequence == nullptr || !kernels.backward_sequence(buf, weight_col)) {
+    // dX_col = dA W_col^T; the transposed copy makes that a GEMM on a row-major operand.
+    const auto weight_col_t =
+        repeated_right_operand(kernels.prepare_right_operand, weight_col.t().contiguous());
+    int64_t cur = 0;
+    auto grad_col_2d = buf.grad_col.view({n.B * n.P, n.taps * n.M});
+    for (int64_t s = n.S - 1; s >= 0; --s) {
+      kernels.backward_rows(buf, s, cur);
+      weight_col_t->matmul_out(grad_col_2d, buf.grad_pre.select(0, s).view({n.B * n.P, n.G}));
+      kernels.gather_rows(buf, s, cur);
+      cur = 1 - cur;
+    }
   }
+  const int64_t cur = n.S % 2;  // the slot of dL/dH_0, dL/dC_0 after S steps
 
   // Parameter gradients of all steps, as GEMMs after the loop.
   const int64_t rows = n.S * n.B * n.P;

@@ -93,6 +93,12 @@ struct TensorizedStepKernels {
   // From grad_col (= grad_pre[s] W_col^T) and grad_cconv: grad_input_row[s], grad_hidden[1-cur],
   // grad_cell[1-cur]; sequences past their end pass their gradients through.
   void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
+  // Optional: the whole forward loop (every step's im2col, GEMM and rows) in one go, given
+  // W_col [K'*M, G]; false (not run) sends the driver to the steps.
+  bool (*forward_sequence)(const TensorizedForwardBuffers&, const Tensor& weight_col);
+  // Optional: the whole backward loop, leaving dL/dH_0, dL/dC_0 in slot S % 2 as the steps do;
+  // false sends the driver to the steps (after prepare_backward either way).
+  bool (*backward_sequence)(const TensorizedBackwardBuffers&, const Tensor& weight_col);
 };
 
 // Sizes of a call, after checking the shapes they come from; channel_norm is set by the

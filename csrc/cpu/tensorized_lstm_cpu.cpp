@@ -400,7 +400,8 @@ struct CpuBackend {
   static constexpr TensorizedStepKernels kernels{cpu::matmul_out, cpu::prepare_right_operand,
                                                  im2col_cpu,       forward_rows_cpu,
                                                  nullptr,          backward_rows_cpu,
-                                                 gather_rows_cpu};
+                                                 gather_rows_cpu,  nullptr,
+                                                 nullptr};
   static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/) {
     check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
   }
