@@ -1,5 +1,5 @@
-// Host emulation of the CUDA features the persistent kernels use: one std::thread per CUDA
-// thread, barriers for __syncthreads / grid.sync / warp shuffles. Validation only.
+// Host emulation of the CUDA features the kernels use: one std::thread per CUDA thread,
+// barriers for __syncthreads / grid.sync / __syncwarp / warp shuffles. Validation only.
 #pragma once
 #include <algorithm>
 #include <condition_variable>
@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#include <cmath>
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 
@@ -43,8 +44,8 @@ inline thread_local Barrier* block_barrier;
 inline thread_local Warp* warp;
 inline Barrier* grid_barrier;
 
-template <typename Params>
-void launch(void (*kernel)(Params), int blocks, int threads, int64_t smem, Params p) {
+template <typename... KernelArgs, typename... Args>
+void launch(void (*kernel)(KernelArgs...), int blocks, int threads, int64_t smem, Args... args) {
   bdim.x = threads; gdim.x = blocks;
   Barrier grid(blocks * threads); grid_barrier = &grid;
   std::vector<std::vector<unsigned char>> shm(blocks, std::vector<unsigned char>(smem, 0xFF));
@@ -58,7 +59,7 @@ void launch(void (*kernel)(Params), int blocks, int threads, int64_t smem, Param
       ts.emplace_back([&, b, t] {
         tid.x = t; bid.x = b; shared = shm[b].data(); block_barrier = bars[b].get();
         warp = warps[(b * threads + t) / 32].get();
-        kernel(p);
+        kernel(args...);
       });
   for (auto& t : ts) t.join();
 }
@@ -79,6 +80,19 @@ T __shfl_down_sync(unsigned, T v, int offset) {
   emu::warp->bar.wait();
   return r;
 }
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int mask) {
+  const int lane = threadIdx.x % 32;
+  std::memcpy(emu::warp->vals[lane], &v, sizeof(T));
+  emu::warp->bar.wait();
+  T r;
+  std::memcpy(&r, emu::warp->vals[lane ^ mask], sizeof(T));
+  emu::warp->bar.wait();
+  return r;
+}
+inline void __syncwarp() { emu::warp->bar.wait(); }
+using std::max;
+using std::min;
 namespace cooperative_groups {
 struct grid_group { void sync() { emu::grid_barrier->wait(); } };
 inline grid_group this_grid() { return {}; }

@@ -1,0 +1,81 @@
+"""Checks the persistent tensorized LSTM CUDA kernels without a GPU: the step kernels (which
+passed the CUDA tests on an H100, with a host GEMM in place of cuBLAS) and the persistent
+kernels of the working tree run on the CPU through a thread-per-CUDA-thread emulation
+(cuda_host_shim.h) on the same random inputs, and every output must agree to rounding.
+Buffers the kernels must write start at -7 and shared memory as NaN bytes, so a missed write
+or a read of an unwritten element shows up. Usage:
+python tools/emulate_cuda/compare_tensorized_kernels.py. A development check; the CUDA tests on
+a GPU remain the real test."""
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+KERNEL = ROOT / "csrc/cuda/tensorized_lstm_cuda.cu"
+# The host GEMM of the steps sums in double, the persistent kernels in the op-math type; in
+# the half types a product rounded the other way moves outputs by an ulp or two.
+TOLERANCE = {"double": 1e-12, "float": 2e-5, "half": 2e-2, "bfloat16": 1e-1}
+# dtype, T, B, M, depth, K, feedback, channel_norm, memory_conv, lengths, flush, training,
+# columns per block forward / backward, staged chunk (0: the kernel's own)
+CONFIGS = [
+    ("double", 4, 3, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),     # every flag, lengths (one 0)
+    ("float", 5, 2, 5, 4, 5, 1, 1, 1, 1, 0, 1, 4, 4, 0),      # K=5 (P=7), streaming
+    ("double", 3, 5, 7, 4, 3, 0, 0, 0, 0, 1, 1, 8, 4, 7),     # no feedback/CN/memory conv, chunks
+    ("double", 4, 2, 9, 2, 3, 1, 0, 1, 1, 1, 0, 8, 8, 0),     # inference slots
+    ("double", 3, 9, 33, 3, 3, 1, 1, 1, 1, 1, 1, 32, 16, 13),  # M=33, several chunks
+    ("double", 3, 3, 6, 1, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),     # depth 1 (P=1)
+    ("double", 1, 4, 10, 3, 3, 1, 1, 1, 0, 0, 1, 12, 12, 0),  # T=1 without flush
+    ("double", 2, 100, 4, 3, 3, 1, 0, 1, 1, 1, 1, 16, 16, 0),  # 300 tiles: two rounds of items
+    ("half", 4, 3, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),
+    ("bfloat16", 3, 2, 12, 3, 5, 1, 0, 1, 1, 0, 1, 16, 8, 9),
+]
+
+
+def section(source):
+    start = source.index("// ---- device code")
+    end = source.index("// ---- launches")
+    return source[start:end].replace(
+        "extern __shared__ __align__(16) unsigned char shared[];",
+        "unsigned char* shared = emu::shared;")
+
+
+def build(workdir):
+    (workdir / "tensorized_section.inc").write_text(section(KERNEL.read_text()))
+    import torch.utils.cpp_extension as ext
+    exe = workdir / "emulate_tensorized"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-fno-trapping-math", f"-I{workdir}",
+                    f"-I{HERE}", f"-I{ROOT / 'csrc'}", f"-I{ext.include_paths()[0]}",
+                    str(HERE / "tensorized_driver.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def main():
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        exe = build(tmp)
+        for config in CONFIGS:
+            outputs = {}
+            for mode in ("stepwise", "persistent"):
+                out = tmp / f"{mode}.bin"
+                subprocess.run([str(exe), mode, *map(str, config), str(out)], check=True,
+                               stderr=subprocess.DEVNULL)
+                outputs[mode] = np.fromfile(out)
+            ref, cur = outputs["stepwise"], outputs["persistent"]
+            if ref.size != cur.size:
+                err = float("inf")
+            else:
+                err = float(np.max(np.abs(ref - cur)) / max(1.0, float(np.max(np.abs(ref)))))
+            ok = err <= TOLERANCE[config[0]] and np.isfinite(cur).all() and not (cur == -7).any()
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {config}: {cur.size} values, "
+                  f"max |steps - persistent| / max(1, max |steps|) = {err:.2e}", flush=True)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

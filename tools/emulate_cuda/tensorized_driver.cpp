@@ -1,0 +1,180 @@
+// Runs the tensorized LSTM's CUDA kernels (the section of csrc/cuda/tensorized_lstm_cuda.cu from
+// "---- device code" to "---- launches", pasted in as tensorized_section.inc) on the CPU through
+// cuda_host_shim.h, either as the step kernels (im2col, a GEMM in double on the host rounded as
+// cuBLAS rounds its output, rows, gather) or as the persistent kernels, on the same random
+// inputs, and writes every output buffer as float64 to a file.
+// Usage: tensorized_driver stepwise|persistent double|float|half|bfloat16 T B M depth K
+//        feedback norm memory_conv lengths(0/1) flush(0/1) training(0/1) units_fwd units_bwd
+//        chunk(0: the kernel's own) out
+#include "cuda_host_shim.h"
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include "fast_math.h"
+#include "cuda/block_matmul.cuh"
+namespace tlstm {
+#include "tensorized_section.inc"
+}  // namespace tlstm
+using namespace tlstm;
+
+template <typename T>
+std::vector<T> randv(std::mt19937& g, size_t n, double scale) {
+  std::uniform_real_distribution<double> d(-scale, scale);
+  std::vector<T> v(n); for (auto& x : v) x = T(d(g)); return v;
+}
+template <typename T> void dump(FILE* f, const std::vector<T>& v) {
+  for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
+}
+
+struct Config {
+  bool persistent; int T, B, M, L, K; bool feedback, norm, memory_conv, lengths, flush, training;
+  int units_fwd, units_bwd, chunk;
+};
+
+// out [rows, N] = a [rows, K] b [K, N] (b_transposed: b is [N, K]), summed in double
+template <typename scalar_t>
+void host_gemm(int64_t rows, int64_t N, int64_t K, const scalar_t* a, const scalar_t* b,
+               bool b_transposed, scalar_t* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += double(a[i * K + k]) * double(b_transposed ? b[j * K + k] : b[k * N + j]);
+      out[i * N + j] = scalar_t(s);
+    }
+}
+
+BlockMatmulShape with_chunk(BlockMatmulShape s, int chunk) {
+  if (chunk > 0) s.chunk = chunk;
+  return s;
+}
+
+template <typename scalar_t, bool kNorm, bool kMemoryConv>
+void run(const Config& c, FILE* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  Sizes n;
+  n.T = c.T; n.B = c.B; n.M = c.M; n.K = c.K; n.c = (c.K - 1) / 2; n.P = (c.L - 1) * n.c + 1;
+  n.taps = c.feedback ? n.K : n.c + 1; n.G = 4 * n.M + (kMemoryConv ? n.K : 0);
+  n.delay = c.flush ? c.L - 1 : 0; n.S = n.T + n.delay;
+  const int64_t rows = n.B * n.P, width = n.taps * n.M, slots = c.training ? n.S : 1;
+  std::mt19937 g(4321);
+  auto proj = randv<scalar_t>(g, size_t(n.T) * n.B * n.M, 1.0);
+  auto bias_ih = randv<scalar_t>(g, n.M, 0.5);
+  auto bias_hh = randv<scalar_t>(g, n.G, 0.5);
+  auto gamma = randv<scalar_t>(g, 5 * n.M, 1.0);
+  auto beta = randv<scalar_t>(g, 5 * n.M, 0.5);
+  auto w_col = randv<scalar_t>(g, size_t(width) * n.G, 1.5 / std::sqrt(double(width)));
+  auto h0 = randv<scalar_t>(g, size_t(rows) * n.M, 1.0);
+  auto c0 = randv<acc_t>(g, size_t(rows) * n.M, 1.0);
+  std::vector<int64_t> lengths(n.B);
+  for (int b = 0; b < n.B; ++b) lengths[b] = std::vector<int64_t>{n.T, 1, n.T - 1, 0, 2}[b % 5];
+  // forward buffers, filled with -7 where the kernels must write
+  std::vector<scalar_t> x_col(size_t(slots) * rows * width, scalar_t(-7)), pre(size_t(rows) * n.G),
+      hidden(2 * size_t(rows) * n.M, scalar_t(-7)), gates(size_t(slots) * rows * 4 * n.M, scalar_t(-7)),
+      q(kMemoryConv ? size_t(slots) * rows * n.K : 1, scalar_t(-7)),
+      output(size_t(n.T) * n.B * n.M, scalar_t(-7));
+  std::vector<acc_t> cells(size_t(c.training ? n.S + 1 : 2) * rows * n.M, acc_t(-7)),
+      norm_hat(kNorm ? size_t(slots) * rows * 5 * n.M : 1, acc_t(-7)),
+      norm_rstd(kNorm ? size_t(slots) * rows * 5 : 1, acc_t(-7));
+  std::copy(h0.begin(), h0.end(), hidden.begin());
+  std::copy(c0.begin(), c0.end(), cells.begin());
+  ForwardSequence<scalar_t, acc_t> fs{proj.data(), bias_ih.data(), bias_hh.data(),
+      kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, x_col.data(), pre.data(),
+      hidden.data(), cells.data(), gates.data(), kMemoryConv ? q.data() : nullptr,
+      kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr, output.data(),
+      c.lengths ? lengths.data() : nullptr, n, c.training};
+  if (c.persistent) {
+    const int64_t w = c.units_fwd, blocks = (n.G + w - 1) / w;
+    auto shape = with_chunk(block_matmul_shape<scalar_t, acc_t>(rows, w, width, 0), c.chunk);
+    place_block_matmul<scalar_t, acc_t>(shape, 0);
+    fprintf(stderr, "forward: %ld blocks, chunk %ld, slices %ld, %ld bytes\n", (long)blocks,
+            (long)shape.chunk, (long)shape.slices, (long)shape.bytes);
+    emu::launch(tensorized_forward_persistent_kernel<scalar_t, acc_t, kNorm, kMemoryConv>,
+                int(blocks), kPersistentThreads, shape.bytes,
+                TensorizedPersistentForwardParams<scalar_t, acc_t>{fs, w_col.data(), w, shape});
+  } else {
+    for (int64_t s = 0; s < n.S; ++s) {
+      emu::launch(tensorized_im2col_kernel<scalar_t>, 2, 64, 0, fs.x_col_of(s),
+                  (const scalar_t*)fs.hidden_before(s), (const scalar_t*)proj.data(),
+                  (const scalar_t*)bias_ih.data(), (const int64_t*)fs.lengths, n, s);
+      host_gemm<scalar_t>(rows, n.G, width, fs.x_col_of(s), w_col.data(), false, pre.data());
+      emu::launch(tensorized_forward_rows_kernel<scalar_t, acc_t, kNorm, kMemoryConv>, 2, 64, 0,
+                  fs.rows(s));
+    }
+  }
+  dump(out, output); dump(out, hidden); dump(out, cells); dump(out, gates);
+  if (c.training) dump(out, x_col);  // slot 0 is scratch in inference
+  if (kMemoryConv) dump(out, q);
+  if (kNorm) { dump(out, norm_hat); dump(out, norm_rstd); }
+  if (!c.training) return;
+
+  // backward, from the same saved tensors in both modes: run the step forward's inputs again
+  auto grad_output = randv<scalar_t>(g, size_t(n.T) * n.B * n.M, 1.0);
+  std::vector<acc_t> grad_hidden(2 * size_t(rows) * n.M, acc_t(-7)), grad_cell(2 * size_t(rows) * n.M, acc_t(-7));
+  auto ghn = randv<acc_t>(g, size_t(rows) * n.M, 1.0), gcn = randv<acc_t>(g, size_t(rows) * n.M, 1.0);
+  std::copy(ghn.begin(), ghn.end(), grad_hidden.begin());
+  std::copy(gcn.begin(), gcn.end(), grad_cell.begin());
+  std::vector<scalar_t> grad_pre(size_t(n.S) * rows * n.G, scalar_t(-7)), grad_col(size_t(rows) * width, scalar_t(-7)),
+      grad_input_row(size_t(n.S) * n.B * n.M, scalar_t(-7));
+  std::vector<acc_t> grad_cconv(2 * size_t(rows) * n.M, acc_t(-7)), scratch(size_t(rows) * 3 * n.M, acc_t(-7)),
+      grad_norm(kNorm ? size_t(rows) * 10 * n.M : 1, acc_t(0));
+  BackwardSequence<scalar_t, acc_t> bs{gates.data(), kMemoryConv ? q.data() : nullptr,
+      kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr,
+      kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, cells.data(),
+      grad_hidden.data(), grad_cell.data(), grad_output.data(), grad_pre.data(), grad_cconv.data(),
+      c.persistent ? rows * n.M : 0, kNorm ? grad_norm.data() : nullptr, scratch.data(),
+      grad_col.data(), grad_input_row.data(), c.lengths ? lengths.data() : nullptr, n};
+  if (c.persistent) {
+    const int64_t w = c.units_bwd, blocks = (width + w - 1) / w;
+    auto shape = with_chunk(block_matmul_shape<scalar_t, acc_t>(rows, w, n.G, 0), c.chunk);
+    place_block_matmul<scalar_t, acc_t>(shape, 0);
+    fprintf(stderr, "backward: %ld blocks, chunk %ld, slices %ld, %ld bytes\n", (long)blocks,
+            (long)shape.chunk, (long)shape.slices, (long)shape.bytes);
+    emu::launch(tensorized_backward_persistent_kernel<scalar_t, acc_t, kNorm, kMemoryConv>,
+                int(blocks), kPersistentThreads, shape.bytes,
+                TensorizedPersistentBackwardParams<scalar_t, acc_t>{bs, w_col.data(), w, shape});
+  } else {
+    int64_t cur = 0;
+    for (int64_t s = n.S - 1; s >= 0; --s) {
+      emu::launch(tensorized_backward_rows_kernel<scalar_t, acc_t, kNorm, kMemoryConv>, 2, 64, 0,
+                  bs.rows(s, cur));
+      host_gemm<scalar_t>(rows, width, n.G, grad_pre.data() + s * rows * n.G, w_col.data(), true,
+                          grad_col.data());
+      emu::launch(tensorized_gather_kernel<scalar_t, acc_t, kMemoryConv>, 2, 64, 0,
+                  bs.gather(s, cur));
+      cur = 1 - cur;
+    }
+  }
+  const size_t last = size_t(n.S % 2) * rows * n.M;
+  dump(out, grad_pre); dump(out, grad_col); dump(out, grad_input_row);
+  dump(out, std::vector<acc_t>(grad_hidden.begin() + last, grad_hidden.begin() + last + rows * n.M));
+  dump(out, std::vector<acc_t>(grad_cell.begin() + last, grad_cell.begin() + last + rows * n.M));
+  if (kNorm) dump(out, grad_norm);
+}
+
+template <typename scalar_t>
+void run_flags(const Config& c, FILE* out) {
+  if (c.norm && c.memory_conv) run<scalar_t, true, true>(c, out);
+  else if (c.norm) run<scalar_t, true, false>(c, out);
+  else if (c.memory_conv) run<scalar_t, false, true>(c, out);
+  else run<scalar_t, false, false>(c, out);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 18) { fprintf(stderr, "expected 17 arguments, got %d\n", argc - 1); return 2; }
+  Config c;
+  c.persistent = std::string(argv[1]) == "persistent";
+  const std::string dtype = argv[2];
+  int* ints[] = {&c.T, &c.B, &c.M, &c.L, &c.K};
+  for (int i = 0; i < 5; ++i) *ints[i] = atoi(argv[3 + i]);
+  bool* flags[] = {&c.feedback, &c.norm, &c.memory_conv, &c.lengths, &c.flush, &c.training};
+  for (int i = 0; i < 6; ++i) *flags[i] = atoi(argv[8 + i]) != 0;
+  c.units_fwd = atoi(argv[14]); c.units_bwd = atoi(argv[15]); c.chunk = atoi(argv[16]);
+  FILE* f = fopen(argv[17], "wb");
+  if (dtype == "double") run_flags<double>(c, f);
+  else if (dtype == "float") run_flags<float>(c, f);
+  else if (dtype == "half") run_flags<c10::Half>(c, f);
+  else run_flags<c10::BFloat16>(c, f);
+  fclose(f);
+}
