@@ -29,17 +29,21 @@ def main():
                 continue
             m = tlstm.PeepholeLSTM(3, **kwargs).to(dev)
             run_and_backward(m, torch.randn(5, 3, 3, device=dev, requires_grad=True), lengths)
-    for kwargs, lengths, flush in ((dict(hidden_size=37, depth=3), [5, 2, 4], True),
-                                   (dict(hidden_size=20, depth=4, kernel_size=5, proj_size=6),
-                                    None, False),
-                                   (dict(hidden_size=9, depth=3, channel_norm=False,
-                                         memory_conv=False, feedback=False), None, True)):
-        m = tlstm.TensorizedLSTM(3, **kwargs).to(dev)
-        run_and_backward(m, torch.randn(5, 3, 3, device=dev, requires_grad=True), lengths,
-                         flush=flush)
-    with torch.no_grad():  # the inference instantiations
-        tlstm.PeepholeLSTM(3, 33).to(dev)(torch.randn(4, 2, 3, device=dev))
-        tlstm.TensorizedLSTM(3, 33, depth=3).to(dev)(torch.randn(4, 2, 3, device=dev))
+    for recurrence in ("stepwise", "persistent"):
+        os.environ["TLSTM_CUDA_RECURRENCE"] = recurrence
+        for kwargs, lengths, flush in ((dict(hidden_size=37, depth=3), [5, 2, 4], True),
+                                       (dict(hidden_size=20, depth=4, kernel_size=5, proj_size=6),
+                                        None, False),
+                                       (dict(hidden_size=9, depth=3, channel_norm=False,
+                                             memory_conv=False, feedback=False), None, True)):
+            m = tlstm.TensorizedLSTM(3, **kwargs).to(dev)
+            run_and_backward(m, torch.randn(5, 3, 3, device=dev, requires_grad=True), lengths,
+                             flush=flush)
+    with torch.no_grad():  # the inference instantiations, both recurrences
+        for recurrence in ("stepwise", "persistent"):
+            os.environ["TLSTM_CUDA_RECURRENCE"] = recurrence
+            tlstm.PeepholeLSTM(3, 33).to(dev)(torch.randn(4, 2, 3, device=dev))
+            tlstm.TensorizedLSTM(3, 33, depth=3).to(dev)(torch.randn(4, 2, 3, device=dev))
     torch.cuda.synchronize()
     print("sanitizer workload done")
 

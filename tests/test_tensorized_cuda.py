@@ -1,8 +1,10 @@
 """CUDA kernels of the tensorized LSTM against the float64 CPU reference (SPEC.md sections 2
-and 3): float32 / float64 for several flag sets (lengths, flush=False included), float16 /
-bfloat16 against the reference module run in the same dtype on CUDA, CUDA float64 against the
-CPU kernels, sizes that are not multiples of 32, bitwise repeatability and a large B*P*M case.
-Skipped without a GPU or without the CUDA kernels of tlstm::tensorized_lstm_forward."""
+and 3), for both recurrences (the step kernels and the persistent kernel, forced with
+TLSTM_CUDA_RECURRENCE): float32 / float64 for several flag sets (lengths, flush=False
+included), float16 / bfloat16 against the reference module run in the same dtype on CUDA, CUDA
+float64 against the CPU kernels, the two recurrences against each other, sizes that are not
+multiples of 32, bitwise repeatability and a large B*P*M case. Skipped without a GPU or
+without the CUDA kernels of tlstm::tensorized_lstm_forward."""
 import pytest
 import torch
 
@@ -25,6 +27,15 @@ from tensorized_helpers import (  # noqa: E402
     make_inputs,
     op_args,
 )
+
+
+RECURRENCES = ["stepwise", "persistent"]
+
+
+@pytest.fixture(params=RECURRENCES)
+def recurrence(request, monkeypatch):
+    monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", request.param)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +83,21 @@ def run_on_device(dtype, case, seed=1):
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_float64_reference(case, dtype):
+def test_matches_float64_reference(case, dtype, recurrence):
     got, want, _ = run_on_device(dtype, case)
-    assert_results_close(got, want, TOL[dtype], context=f"{DEVICE} {dtype} {case}")
+    assert_results_close(got, want, TOL[dtype], context=f"{DEVICE} {dtype} {case} {recurrence}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_persistent_matches_steps_in_float64(case, monkeypatch):
+    """The persistent kernel and the step kernels in float64 on the same inputs: <= 1e-12 (only
+    the order of the GEMM's sums differs)."""
+    results = {}
+    for recurrence in RECURRENCES:
+        monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", recurrence)
+        results[recurrence], _, _ = run_on_device(F64, case, seed=41)
+    assert_results_close(results["persistent"], results["stepwise"], 1e-12,
+                         context=f"{DEVICE} persistent vs steps {case}")
 
 
 @pytest.mark.parametrize("case", ["base", "k5_proj_packed", "packed_no_flush", "M33"])
@@ -89,7 +112,7 @@ def test_float64_matches_cpu_kernels(case):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", ["base", "k5_proj_packed", "packed_no_flush", "M33"])
-def test_half_precision_within_the_reference_in_that_dtype(case, dtype):
+def test_half_precision_within_the_reference_in_that_dtype(case, dtype, recurrence):
     """float16 / bfloat16: each result's error (against the float64 reference) is at most twice
     the error of the reference module itself run in that dtype on the device, plus 1e-3."""
     kwargs, T, B, lengths, flush = CASES[case]
@@ -111,7 +134,7 @@ def test_half_precision_within_the_reference_in_that_dtype(case, dtype):
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", ["k5_proj_packed", "M100"])
-def test_repeat_is_bitwise_identical(case, dtype):
+def test_repeat_is_bitwise_identical(case, dtype, recurrence):
     kwargs, T, B, lengths, flush = CASES[case]
     fused, _ = fused_and_reference(dtype, seed=11, **kwargs)
     fused = fused.to(DEVICE)
@@ -122,8 +145,9 @@ def test_repeat_is_bitwise_identical(case, dtype):
         assert_results_equal(again, first, context=f"{DEVICE} {case}")
 
 
-def test_large_batch_rows_channels():
-    """A large B*P*M (B=64, P=6, M=256) in float32 against the float64 reference."""
+def test_large_batch_rows_channels(recurrence):
+    """A large B*P*M (B=64, P=6, M=256) in float32 against the float64 reference (the
+    persistent kernel stages 384 rows of X_col in chunks of 41 columns here)."""
     kwargs = dict(input_size=32, hidden_size=256, depth=6)
     lengths = [(7 * b) % 8 + 1 for b in range(64)]
     fused, ref = fused_and_reference(F32, seed=21, **kwargs)
@@ -133,6 +157,15 @@ def test_large_batch_rows_channels():
     got = forward_backward(fused, x, state, lengths=lengths, seed=23)
     want = forward_backward(ref, x64, state64, lengths=lengths, seed=23)
     assert_results_close(got, want, TOL[F32], context="large")
+
+
+def test_forcing_persistent_where_it_cannot_run_is_a_clear_error(monkeypatch):
+    """M=1024: a block's columns of W_col (32 x 3072 floats) exceed shared memory."""
+    monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", "persistent")
+    fused, _ = fused_and_reference(F32, seed=35, input_size=3, hidden_size=1024, depth=2)
+    fused = fused.to(DEVICE)
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        fused(torch.randn(2, 2, 3, device=DEVICE))
 
 
 def test_state_on_the_cpu_is_refused():
