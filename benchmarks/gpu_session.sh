@@ -9,7 +9,8 @@
 #   tests       the CUDA test files (tests/test_*cuda*.py)
 #   sanitizer   compute-sanitizer memcheck and racecheck over tests/cuda_sanitizer_workload.py
 #   sanitizer-all   the same with initcheck and synccheck too
-#   crossover   stepwise against persistent peephole recurrence by batch and width
+#   crossover   stepwise against persistent peephole recurrence by batch and width (JSON)
+#   crossover-tensorized   the same for the tensorized LSTM by batch, width and depth (JSON)
 #   bench-quick python -m tlstm bench --quick
 #   bench       python -m tlstm bench for each cell, JSON and depth plot into $OUT
 set -uo pipefail
@@ -51,10 +52,13 @@ for what in "$@"; do
         TLSTM_RUN_SANITIZER=1 timeout "${SANITIZER_TIMEOUT:-480}" $PY -m pytest -q -p no:cacheprovider \
             -rfE --tb=short tests/test_cuda_sanitizer.py -k "$tools" > "$OUT/sanitizer.log" 2>&1 || status=1
         grep -E "ERROR SUMMARY|=====|^(FAILED|ERROR)|passed|failed" "$OUT/sanitizer.log" | tail -n 40 ;;
-    crossover)
-        stage "crossover of the peephole recurrences"
-        PYTHONPATH=$PWD $PY benchmarks/peephole_recurrence_crossover.py > "$OUT/crossover.log" 2>&1 || status=1
-        cat "$OUT/crossover.log" ;;
+    crossover|crossover-tensorized)
+        cell=peephole
+        [ "$what" = crossover-tensorized ] && cell=tensorized
+        stage "crossover of the $cell recurrences"
+        PYTHONPATH=$PWD timeout "${CROSSOVER_TIMEOUT:-540}" $PY benchmarks/recurrence_crossover.py \
+            --cells $cell --json "$OUT/$cell-crossover.json" > "$OUT/$what.log" 2>&1 || status=1
+        cat "$OUT/$what.log" ;;
     bench-quick)
         stage bench-quick
         $PY -m tlstm bench --quick --no-progress > "$OUT/bench-quick.log" 2>&1 || status=1

@@ -6,7 +6,7 @@
 
 `bench` reads the table of `python -m tlstm bench` (median and min per implementation; the
 log has no max, so ms_max is null); `crossover` reads the table of
-benchmarks/peephole_recurrence_crossover.py, whose fused rows carry the recurrence
+benchmarks/peephole_recurrence_crossover.py (now recurrence_crossover.py), whose fused rows carry the recurrence
 ("stepwise" or "persistent") that was forced. Every number comes from the log unchanged.
 """
 import argparse
