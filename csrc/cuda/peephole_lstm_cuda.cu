@@ -209,8 +209,8 @@ void launch_backward_step(const PeepholeBackwardBuffers& buf, const StepSlots& s
 // rows (forward) or columns (backward) of its units in shared memory for the whole sequence.
 // A step's recurrent term is a small matrix product inside the block (block_recurrent_matmul,
 // block_matmul.cuh), whose other operand (h_{t-1} forward, dL/da_t backward) is staged from
-// global memory. The cells of the block's units follow, and one grid-wide barrier ends the step. Only without a projection (R = H); the same saved buffers
-// as the steps.
+// global memory. The cells of the block's units follow, and one grid-wide barrier ends the
+// step. Only without a projection (R = H); the same saved buffers as the steps.
 
 template <typename scalar_t, typename acc_t>
 struct PersistentForwardParams {
@@ -240,7 +240,7 @@ __device__ inline void step_slots_device(int64_t s, int64_t T, bool reverse, boo
 }
 
 template <typename scalar_t, typename acc_t, class Act>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     peephole_forward_persistent_kernel(PersistentForwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t k = idx / (4 * w), r = idx - k * 4 * w, g = r / w, j = j0 + r % w;
     m.w_at(shape, r, k) = j < H ? p.weight_hh_t[k * 4 * H + g * H + j] : scalar_t(0);
   }
-  m.zero_padding_rows(shape, B);
+  m.zero_padding(shape, B);
   __syncthreads();
   for (int64_t s = 0; s < p.T; ++s) {
     int64_t t, prev, next;
@@ -314,7 +314,7 @@ struct PersistentBackwardParams {
 };
 
 template <typename scalar_t, typename acc_t, class Act, bool kPeephole>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     peephole_backward_persistent_kernel(PersistentBackwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t B = p.B, H = p.H, w = p.units, j0 = int64_t(blockIdx.x) * w;
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t row = idx / shape.rows_w, jj = idx - row * shape.rows_w, j = j0 + jj;
     m.w_at(shape, jj, row) = jj < w && j < H ? p.weight_hh[row * H + j] : scalar_t(0);
   }
-  m.zero_padding_rows(shape, B);
+  m.zero_padding(shape, B);
   for (int64_t e = threadIdx.x; e < B * w; e += blockDim.x) {
     const int64_t b = e / w, j = j0 + e % w;
     grad_h[e] = j < H ? acc_t(p.grad_h_n[b * H + j]) : acc_t(0);
@@ -403,30 +403,17 @@ __global__ void __launch_bounds__(kPersistentThreads)
 // again for them (benchmarks/gpu_session.sh crossover).
 constexpr int64_t kPersistentMaxWork = 8192;
 
-// Whether the persistent kernels may be considered for a batch of B and H hidden units: by
-// default for small B x H; TLSTM_CUDA_RECURRENCE forces a choice.
-bool persistent_wanted(int64_t B, int64_t H) {
-  switch (recurrence_from_env()) {
-    case Recurrence::Stepwise:
-      return false;
-    case Recurrence::Persistent:
-      return true;
-    default:
-      return B * H <= kPersistentMaxWork;
-  }
-}
-
 template <typename scalar_t, class Act>
 bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, bool reverse,
                                bool whole_history) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0 || !persistent_wanted(B, H)) return false;
+  if (B == 0 || !persistent_wanted(B * H <= kPersistentMaxWork)) return false;
   auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
   BlockMatmulShape shape{};
   int64_t blocks = 0;
   const int64_t units = persistent_units(
-      kernel, H,
+      kernel, H, 1,  // 4 w rows of W_hh: a multiple of kTile already
       [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(B, 4 * w, H, 0); }, shape,
       blocks);
   if (!persistent_fits(units)) return false;
@@ -437,20 +424,19 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
       buf.output.data_ptr<scalar_t>(),
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
       T, B, H, units, reverse, whole_history, shape};
-  launch_cooperative(kernel, blocks, shape, p);
-  return true;
+  return launch_cooperative(kernel, blocks, shape, p);
 }
 
 template <typename scalar_t, class Act, bool kPeephole>
 bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, bool reverse) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
-  if (B == 0 || !persistent_wanted(B, H)) return false;
+  if (B == 0 || !persistent_wanted(B * H <= kPersistentMaxWork)) return false;
   auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
   BlockMatmulShape shape{};
   int64_t blocks = 0;
   const int64_t units = persistent_units(
-      kernel, H,
+      kernel, H, kTile,
       [&](int64_t w) {
         return block_matmul_shape<scalar_t, acc_t>(B, w, 4 * H, B * w * int64_t(sizeof(acc_t)));
       },
@@ -469,8 +455,7 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
       kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
       buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
       T, B, H, units, reverse, shape};
-  launch_cooperative(kernel, blocks, shape, p);
-  return true;
+  return launch_cooperative(kernel, blocks, shape, p);
 }
 
 // ---- dispatch and registration -------------------------------------------------------------

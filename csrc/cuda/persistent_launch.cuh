@@ -27,20 +27,36 @@ inline Recurrence recurrence_from_env() {
   TORCH_CHECK(false, "TLSTM_CUDA_RECURRENCE must be auto, stepwise or persistent, got \"", v, "\"");
 }
 
+// Whether to try the persistent kernels: as TLSTM_CUDA_RECURRENCE forces, else by_default (the
+// cell's size rule).
+inline bool persistent_wanted(bool by_default) {
+  switch (recurrence_from_env()) {
+    case Recurrence::Stepwise:
+      return false;
+    case Recurrence::Persistent:
+      return true;
+    default:
+      return by_default;
+  }
+}
+
 // Output rows per block (units) of a persistent launch that splits `outputs` rows of the resident
 // operand over its blocks, or 0 if it cannot run (every block must be resident at once and its
 // shared memory must fit); `shape` and `blocks` are those of the launch. shape_for(w) is the
-// block's BlockMatmulShape at w rows per block.
+// block's BlockMatmulShape at w rows per block; units are a multiple of `granularity` (kTile
+// where a block's rows of w are its units, which would otherwise be padded to kTile with zeros:
+// the same work per block, on more blocks, each staging all of x).
 template <typename Kernel, typename ShapeFor>
-int64_t persistent_units(Kernel kernel, int64_t outputs, const ShapeFor& shape_for,
-                         BlockMatmulShape& shape, int64_t& blocks) {
+int64_t persistent_units(Kernel kernel, int64_t outputs, int64_t granularity,
+                         const ShapeFor& shape_for, BlockMatmulShape& shape, int64_t& blocks) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
   if (!props->cooperativeLaunch) return 0;
   const int64_t sms = props->multiProcessorCount;
   // Always the device's maximum: the same value from every caller, so concurrent calls agree.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(props->sharedMemPerBlockOptin)));
-  for (int64_t w = std::max<int64_t>(1, (outputs + sms - 1) / sms); w <= outputs; w *= 2) {
+  const int64_t first = round_up(std::max<int64_t>(1, (outputs + sms - 1) / sms), granularity);
+  for (int64_t w = first;; w *= 2) {
     blocks = (outputs + w - 1) / w;
     shape = shape_for(w);
     // wider slices only need more
@@ -49,8 +65,8 @@ int64_t persistent_units(Kernel kernel, int64_t outputs, const ShapeFor& shape_f
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, kernel, kPersistentThreads, static_cast<size_t>(shape.bytes)));
     if (int64_t(per_sm) * sms >= blocks) return w;
+    if (w >= outputs) return 0;  // one block already
   }
-  return 0;
 }
 
 // After sizing: whether they run (units > 0); forced persistent that cannot run is an error.
@@ -62,16 +78,25 @@ inline bool persistent_fits(int64_t units) {
 }
 
 // Launches kernel(params) on `blocks` blocks of kPersistentThreads, all resident at once, on the
-// current stream; the launch's error is checked.
+// current stream. Returns false, with nothing launched, if the driver refuses the grid as too
+// large for co-residency at run time (a GPU shared with other processes, MPS limits), unless
+// TLSTM_CUDA_RECURRENCE=persistent forces the kernel; the caller then runs the steps. Any other
+// launch error is raised.
 template <typename Params>
-void launch_cooperative(void (*kernel)(Params), int64_t blocks, const BlockMatmulShape& shape,
+bool launch_cooperative(void (*kernel)(Params), int64_t blocks, const BlockMatmulShape& shape,
                         Params params) {
   void* args[] = {&params};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
-                                             dim3(static_cast<unsigned int>(blocks)),
-                                             dim3(kPersistentThreads), args,
-                                             static_cast<size_t>(shape.bytes),
-                                             at::cuda::getCurrentCUDAStream()));
+  const cudaError_t err = cudaLaunchCooperativeKernel(
+      reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned int>(blocks)),
+      dim3(kPersistentThreads), args, static_cast<size_t>(shape.bytes),
+      at::cuda::getCurrentCUDAStream());
+  if (err == cudaErrorCooperativeLaunchTooLarge &&
+      recurrence_from_env() != Recurrence::Persistent) {
+    (void)cudaGetLastError();  // a launch configuration error: clears it, nothing ran
+    return false;
+  }
+  C10_CUDA_CHECK(err);
+  return true;
 }
 
 }  // namespace tlstm

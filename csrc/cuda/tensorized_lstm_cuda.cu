@@ -60,6 +60,17 @@ __device__ inline int64_t sequence_length(const int64_t* lengths, int64_t b, int
 
 __device__ inline int64_t clamp_row(int64_t r, int64_t P) { return r < 1 ? 1 : (r > P ? P : r); }
 
+// Calls fn(row, lane) for each of the rows [0, rows) that fall to this warp: a warp per row,
+// over every warp of the grid.
+template <class Fn>
+__device__ inline void for_each_warp_row(int64_t rows, const Fn& fn) {
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows;
+       row += warps) {
+    fn(row, static_cast<int>(threadIdx.x % 32));
+  }
+}
+
 // Device-side copy of the sizes (the host struct holds bools and is trivially copyable).
 struct Sizes {
   int64_t T, B, M, P, K, c, taps, G, S, delay;
@@ -280,11 +291,9 @@ __device__ void tensorized_forward_row(const ForwardRowsParams<scalar_t, acc_t>&
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __global__ void __launch_bounds__(kThreads)
     tensorized_forward_rows_kernel(ForwardRowsParams<scalar_t, acc_t> p) {
-  const int64_t rows = p.n.B * p.n.P;
-  for (int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; row < rows;
-       row += int64_t(gridDim.x) * blockDim.x / 32) {
-    tensorized_forward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, threadIdx.x % 32);
-  }
+  for_each_warp_row(p.n.B * p.n.P, [&](int64_t row, int lane) {
+    tensorized_forward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, lane);
+  });
 }
 
 // ---- backward rows -----------------------------------------------------------------------
@@ -514,11 +523,9 @@ __device__ void tensorized_backward_row(const BackwardRowsParams<scalar_t, acc_t
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __global__ void __launch_bounds__(kThreads)
     tensorized_backward_rows_kernel(BackwardRowsParams<scalar_t, acc_t> p) {
-  const int64_t rows = p.n.B * p.n.P;
-  for (int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; row < rows;
-       row += int64_t(gridDim.x) * blockDim.x / 32) {
-    tensorized_backward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, threadIdx.x % 32);
-  }
+  for_each_warp_row(p.n.B * p.n.P, [&](int64_t row, int lane) {
+    tensorized_backward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, lane);
+  });
 }
 
 // ---- gather ------------------------------------------------------------------------------
@@ -630,7 +637,7 @@ struct TensorizedPersistentForwardParams {
 };
 
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     tensorized_forward_persistent_kernel(TensorizedPersistentForwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const ForwardSequence<scalar_t, acc_t>& seq = p.seq;
@@ -640,9 +647,6 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const BlockMatmulShape& shape = p.shape;
   const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);
   auto grid = cooperative_groups::this_grid();
-  const int lane = threadIdx.x % 32;
-  const int64_t first_warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
 
   // Row r of m.w is column o0 + r of W_col (zeros past G and in the padding rows); with r
   // fastest the reads come in runs of the block's columns.
@@ -650,7 +654,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t k = idx / shape.rows_w, r = idx - k * shape.rows_w, o = o0 + r;
     m.w_at(shape, r, k) = r < w && o < n.G ? p.weight_col[k * n.G + o] : scalar_t(0);
   }
-  m.zero_padding_rows(shape, rows);
+  m.zero_padding(shape, rows);
   // X_col of step 0
   scalar_t* x0 = seq.x_col_of(0);
   const scalar_t* h0 = seq.hidden_before(0);
@@ -669,13 +673,13 @@ __global__ void __launch_bounds__(kPersistentThreads)
     }
     grid.sync();  // every column of A is written before a row reads it
     const auto rows_params = seq.rows(s);
-    for (int64_t row = first_warp; row < rows; row += warps) {
+    for_each_warp_row(rows, [&](int64_t row, int lane) {
       tensorized_forward_row<scalar_t, acc_t, kNorm, kMemoryConv>(rows_params, row, lane);
       if (s + 1 < n.S) {
         __syncwarp();
         scatter_hidden_row(seq, s + 1, row, lane);
       }
-    }
+    });
     grid.sync();  // H_s, C_s and X_col of step s+1 are written before step s+1 reads them
   }
 }
@@ -699,7 +703,7 @@ __device__ void gather_row(const GatherParams<scalar_t, acc_t>& p, int64_t row, 
 }
 
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     tensorized_backward_persistent_kernel(TensorizedPersistentBackwardParams<scalar_t, acc_t> p) {
   extern __shared__ __align__(16) unsigned char shared[];
   const BackwardSequence<scalar_t, acc_t>& seq = p.seq;
@@ -709,29 +713,26 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const BlockMatmulShape& shape = p.shape;
   const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);
   auto grid = cooperative_groups::this_grid();
-  const int lane = threadIdx.x % 32;
-  const int64_t first_warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
 
   // Row r of m.w is row j0 + r of W_col (zeros past K'*M and in the padding rows).
   for (int64_t idx = threadIdx.x; idx < shape.rows_w * n.G; idx += blockDim.x) {
     const int64_t r = idx / n.G, o = idx - r * n.G, j = j0 + r;
     m.w_at(shape, r, o) = r < w && j < width ? p.weight_col[j * n.G + o] : scalar_t(0);
   }
-  m.zero_padding_rows(shape, rows);
+  m.zero_padding(shape, rows);
   __syncthreads();
   // Step s reads dL/dH_s, dL/dC_s from slot cur = (S-1-s) % 2, as the driver's loop does.
   for (int64_t s = n.S - 1; s >= 0; --s) {
     const int64_t cur = (n.S - 1 - s) % 2;
     const auto rows_params = seq.rows(s, cur);
     const auto gather_params = seq.gather(s + 1, 1 - cur);  // used only if s + 1 < S
-    for (int64_t row = first_warp; row < rows; row += warps) {
+    for_each_warp_row(rows, [&](int64_t row, int lane) {
       if (s + 1 < n.S) {
         gather_row<scalar_t, acc_t, kMemoryConv>(gather_params, row, lane);
         __syncwarp();
       }
       tensorized_backward_row<scalar_t, acc_t, kNorm, kMemoryConv>(rows_params, row, lane);
-    }
+    });
     grid.sync();  // every row of dA_s is written before the GEMM reads it
     block_recurrent_matmul(seq.grad_pre + s * rows * n.G, rows, shape, m);
     for (int64_t e = threadIdx.x; e < rows * w; e += blockDim.x) {
@@ -741,9 +742,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
     grid.sync();  // dX_col of step s is written before the gathers read it
   }
   const auto last_gather = seq.gather(0, (n.S - 1) % 2);
-  for (int64_t row = first_warp; row < rows; row += warps) {
+  for_each_warp_row(rows, [&](int64_t row, int lane) {
     gather_row<scalar_t, acc_t, kMemoryConv>(last_gather, row, lane);
-  }
+  });
 }
 
 // ---- launches ----------------------------------------------------------------------------
@@ -882,21 +883,15 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
 
 // The persistent kernels are chosen by default while a step's X_col (B*P x K'*M elements),
 // which every block stages each step, is at most this many bytes: B=16 at depth 8 (P=8) for
-// M=512 in float32, and at depth 16 for M=256. An estimate from the peephole kernels' costs
-// (a few microseconds a step for the staging and the two barriers, against the 41-48 us a step
-// of the step kernels measured on an H100 at B=16, M=256), until the crossover is measured for
-// them; TLSTM_CUDA_RECURRENCE forces a choice.
+// M=512 in float32, and at depth 16 for M=256. An estimate, until the crossover is measured
+// (benchmarks/gpu_session.sh crossover-tensorized): at the limit, the ~130 blocks of an H100
+// read ~130 MB from L2 a step (~15 us), their products take a few us and the two barriers a
+// few more, against the 41-48 us a step of the step kernels measured on an H100 at B=16,
+// M=256, most of it host time. TLSTM_CUDA_RECURRENCE forces a choice.
 constexpr int64_t kPersistentMaxStagedBytes = int64_t(1) << 20;
 
 bool tensorized_persistent_wanted(const TensorizedSizes& n, int64_t element_bytes) {
-  switch (recurrence_from_env()) {
-    case Recurrence::Stepwise:
-      return false;
-    case Recurrence::Persistent:
-      return true;
-    default:
-      return n.B * n.P * n.taps * n.M * element_bytes <= kPersistentMaxStagedBytes;
-  }
+  return persistent_wanted(n.B * n.P * n.taps * n.M * element_bytes <= kPersistentMaxStagedBytes);
 }
 
 bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& weight_col) {
@@ -913,18 +908,17 @@ bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& we
       BlockMatmulShape shape{};
       int64_t blocks = 0;
       const int64_t units = persistent_units(
-          kernel, n.G,
+          kernel, n.G, kTile,
           [&](int64_t w) {
             return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.taps * n.M, 0);
           },
           shape, blocks);
       if (!persistent_fits(units)) return;
       const Tensor weight = weight_col.contiguous();  // [K'*M, G]
-      launch_cooperative(kernel, blocks, shape,
+      ran = launch_cooperative(kernel, blocks, shape,
                          TensorizedPersistentForwardParams<scalar_t, acc_t>{
                              forward_sequence<scalar_t>(buf), weight.data_ptr<scalar_t>(), units,
                              shape});
-      ran = true;
     });
   });
   return ran;
@@ -944,18 +938,17 @@ bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& 
       BlockMatmulShape shape{};
       int64_t blocks = 0;
       const int64_t units = persistent_units(
-          kernel, n.taps * n.M,
+          kernel, n.taps * n.M, kTile,
           [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.G, 0); },
           shape, blocks);
       if (!persistent_fits(units)) return;
       const Tensor weight = weight_col.contiguous();  // [K'*M, G]
       // dL/dCconv by the step's parity: the gather of step s+1 reads it beside the rows of s
       const Tensor grad_cconv = at::empty({2, n.B, n.P, n.M}, buf.grad_cconv.options());
-      launch_cooperative(kernel, blocks, shape,
+      ran = launch_cooperative(kernel, blocks, shape,
                          TensorizedPersistentBackwardParams<scalar_t, acc_t>{
                              backward_sequence<scalar_t>(buf, grad_cconv),
                              weight.data_ptr<scalar_t>(), units, shape});
-      ran = true;
     });
   });
   return ran;

@@ -30,6 +30,8 @@ CONFIGS = [
     ("double", 3, 3, 6, 1, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),     # depth 1 (P=1)
     ("double", 1, 4, 10, 3, 3, 1, 1, 1, 0, 0, 1, 12, 12, 0),  # T=1 without flush
     ("double", 2, 100, 4, 3, 3, 1, 0, 1, 1, 1, 1, 16, 16, 0),  # 300 tiles: two rounds of items
+    ("double", 3, 2, 6, 3, 7, 0, 1, 1, 1, 1, 1, 3, 5, 0),     # K=7 without feedback, odd units
+    ("double", 2, 2, 5, 2, 15, 1, 0, 1, 1, 1, 1, 5, 7, 0),    # K=15 (P=8), the CUDA maximum
     ("half", 4, 3, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),
     ("bfloat16", 3, 2, 12, 3, 5, 1, 0, 1, 1, 0, 1, 16, 8, 9),
 ]

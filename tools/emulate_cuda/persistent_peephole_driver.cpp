@@ -5,6 +5,7 @@
 // Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
 // Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
 #include "cuda_host_shim.h"
+#include "driver_io.h"
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -20,14 +21,6 @@ __device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) 
 }  // namespace tlstm
 using namespace tlstm;
 
-template <typename T>
-std::vector<T> randv(std::mt19937& g, size_t n, double scale) {
-  std::uniform_real_distribution<double> d(-scale, scale);
-  std::vector<T> v(n); for (auto& x : v) x = T(d(g)); return v;
-}
-template <typename T> void dump(FILE* f, const std::vector<T>& v) {
-  for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
-}
 
 template <typename scalar_t>
 void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole, int chunk, FILE* out) {

@@ -7,6 +7,7 @@
 //        feedback norm memory_conv lengths(0/1) flush(0/1) training(0/1) units_fwd units_bwd
 //        chunk(0: the kernel's own) out
 #include "cuda_host_shim.h"
+#include "driver_io.h"
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -18,14 +19,6 @@ namespace tlstm {
 }  // namespace tlstm
 using namespace tlstm;
 
-template <typename T>
-std::vector<T> randv(std::mt19937& g, size_t n, double scale) {
-  std::uniform_real_distribution<double> d(-scale, scale);
-  std::vector<T> v(n); for (auto& x : v) x = T(d(g)); return v;
-}
-template <typename T> void dump(FILE* f, const std::vector<T>& v) {
-  for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
-}
 
 struct Config {
   bool persistent; int T, B, M, L, K; bool feedback, norm, memory_conv, lengths, flush, training;
