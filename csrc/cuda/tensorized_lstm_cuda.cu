@@ -890,68 +890,73 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
 // M=256, most of it host time. TLSTM_CUDA_RECURRENCE forces a choice.
 constexpr int64_t kPersistentMaxStagedBytes = int64_t(1) << 20;
 
-bool tensorized_persistent_wanted(const TensorizedSizes& n, int64_t element_bytes) {
-  return persistent_wanted(n.B * n.P * n.taps * n.M * element_bytes <= kPersistentMaxStagedBytes);
+// Calls fn(scalar, norm, memory_conv) and returns what it returns, where the persistent kernels
+// are wanted for this call; false otherwise (the driver then runs the steps).
+template <class Fn>
+bool dispatch_persistent(const TensorizedSizes& n, at::ScalarType dtype, const Fn& fn) {
+  if (n.B == 0 || n.S == 0) return false;
+  bool ran = false;
+  dispatch_dtype(dtype, [&](auto scalar) {
+    const int64_t staged = n.B * n.P * n.taps * n.M * int64_t(sizeof(scalar));
+    if (!persistent_wanted(staged <= kPersistentMaxStagedBytes)) return;
+    dispatch_flags(n.channel_norm, n.memory_conv,
+                   [&](auto norm, auto memory_conv) { ran = fn(scalar, norm, memory_conv); });
+  });
+  return ran;
+}
+
+// Launches a persistent kernel whose blocks split `outputs` rows of the resident weight, each
+// block's products summing over `reduction` columns for the B*P rows; make_params(units,
+// shape) gives its parameters. False if it cannot run here.
+template <typename scalar_t, typename Params, typename MakeParams>
+bool launch_tensorized_persistent(void (*kernel)(Params), const TensorizedSizes& n,
+                                  int64_t outputs, int64_t reduction,
+                                  const MakeParams& make_params) {
+  using acc_t = at::opmath_type<scalar_t>;
+  BlockMatmulShape shape{};
+  int64_t blocks = 0;
+  const int64_t units = persistent_units(
+      kernel, outputs, kTile,
+      [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, reduction, 0); },
+      shape, blocks);
+  if (!persistent_fits(units)) return false;
+  return launch_cooperative(kernel, blocks, shape, make_params(units, shape));
 }
 
 bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& weight_col) {
   const auto& n = buf.n;
-  if (n.B == 0 || n.S == 0) return false;
-  bool ran = false;
-  dispatch_dtype(buf.pre.scalar_type(), [&](auto scalar) {
+  const Tensor weight = weight_col.contiguous();  // [K'*M, G]
+  return dispatch_persistent(n, buf.pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
-    if (!tensorized_persistent_wanted(n, sizeof(scalar_t))) return;
-    dispatch_flags(n.channel_norm, n.memory_conv, [&](auto norm, auto memory_conv) {
-      auto kernel = tensorized_forward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
-                                                         decltype(memory_conv)::value>;
-      BlockMatmulShape shape{};
-      int64_t blocks = 0;
-      const int64_t units = persistent_units(
-          kernel, n.G, kTile,
-          [&](int64_t w) {
-            return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.taps * n.M, 0);
-          },
-          shape, blocks);
-      if (!persistent_fits(units)) return;
-      const Tensor weight = weight_col.contiguous();  // [K'*M, G]
-      ran = launch_cooperative(kernel, blocks, shape,
-                         TensorizedPersistentForwardParams<scalar_t, acc_t>{
-                             forward_sequence<scalar_t>(buf), weight.data_ptr<scalar_t>(), units,
-                             shape});
-    });
+    return launch_tensorized_persistent<scalar_t>(
+        tensorized_forward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
+                                             decltype(conv)::value>,
+        n, n.G, n.taps * n.M, [&](int64_t units, const BlockMatmulShape& shape) {
+          return TensorizedPersistentForwardParams<scalar_t, acc_t>{
+              forward_sequence<scalar_t>(buf), weight.data_ptr<scalar_t>(), units, shape};
+        });
   });
-  return ran;
 }
 
 bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& weight_col) {
   const auto& n = buf.n;
-  if (n.B == 0 || n.S == 0) return false;
-  bool ran = false;
-  dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
+  const Tensor weight = weight_col.contiguous();  // [K'*M, G]
+  Tensor grad_cconv;  // alive until the launch is queued
+  return dispatch_persistent(n, buf.grad_pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
-    if (!tensorized_persistent_wanted(n, sizeof(scalar_t))) return;
-    dispatch_flags(n.channel_norm, n.memory_conv, [&](auto norm, auto memory_conv) {
-      auto kernel = tensorized_backward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
-                                                          decltype(memory_conv)::value>;
-      BlockMatmulShape shape{};
-      int64_t blocks = 0;
-      const int64_t units = persistent_units(
-          kernel, n.taps * n.M, kTile,
-          [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.G, 0); },
-          shape, blocks);
-      if (!persistent_fits(units)) return;
-      const Tensor weight = weight_col.contiguous();  // [K'*M, G]
-      // dL/dCconv by the step's parity: the gather of step s+1 reads it beside the rows of s
-      const Tensor grad_cconv = at::empty({2, n.B, n.P, n.M}, buf.grad_cconv.options());
-      ran = launch_cooperative(kernel, blocks, shape,
-                         TensorizedPersistentBackwardParams<scalar_t, acc_t>{
-                             backward_sequence<scalar_t>(buf, grad_cconv),
-                             weight.data_ptr<scalar_t>(), units, shape});
-    });
+    return launch_tensorized_persistent<scalar_t>(
+        tensorized_backward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
+                                              decltype(conv)::value>,
+        n, n.taps * n.M, n.G, [&](int64_t units, const BlockMatmulShape& shape) {
+          // dL/dCconv by the step's parity: the gather of step s+1 reads it beside the rows of s
+          grad_cconv = at::empty({2, n.B, n.P, n.M}, buf.grad_cconv.options());
+          return TensorizedPersistentBackwardParams<scalar_t, acc_t>{
+              backward_sequence<scalar_t>(buf, grad_cconv), weight.data_ptr<scalar_t>(), units,
+              shape};
+        });
   });
-  return ran;
 }
 
 // The step GEMMs' weight [K'*M, G] (forward) or [G, K'*M] (backward), multiplied with cuBLAS
