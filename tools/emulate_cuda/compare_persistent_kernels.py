@@ -3,19 +3,18 @@ those of a revision that passed the CUDA tests on a GPU (46d7fc7, H100) both run
 through a thread-per-CUDA-thread emulation (cuda_host_shim.h), on the same random inputs, and
 every output must agree to rounding. Shared memory starts as NaN bytes, so a read of an
 unwritten element shows up. Usage: python tools/emulate_cuda/compare_persistent_kernels.py
-[--reference REV]. A development check; the CUDA tests on a GPU remain the real test."""
+[--reference REV] [--quick]. A development check; the CUDA tests on a GPU remain the real test
+(tests/test_cuda_emulation.py runs the --quick set, so CI without a GPU runs it too)."""
 import argparse
-import os
 import pathlib
 import subprocess
 import sys
-import sysconfig
 import tempfile
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+from emulation import ROOT, compare_configs, compile_driver
+
 KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 # Both versions sum in a different order; in the half types that moves outputs by an ulp or
 # two (2^-10, 2^-7 relative), far below what a wrong index or an unwritten element gives.
@@ -37,6 +36,7 @@ CONFIGS = [
     ("double", 2, 2, 128, 4, 0, 0, 1, 0),
     ("double", 2, 40, 64, 32, 1, 0, 1, 7),
 ]
+QUICK = [CONFIGS[1], CONFIGS[8]]  # every output (lengths, reverse, training), and float16
 
 
 def persistent_section(source):
@@ -55,42 +55,36 @@ def build(workdir, name, source, defines):
     inc = workdir / name
     inc.mkdir()
     (inc / "persistent_section.inc").write_text(persistent_section(source))
-    import torch.utils.cpp_extension as ext
-    torch_include = ext.include_paths()[0]
-    exe = workdir / f"emulate_{name}"
-    subprocess.run(["g++", "-std=c++17", "-O1", "-pthread", *defines, f"-I{inc}", f"-I{HERE}",
-                    f"-I{ROOT / 'csrc'}", f"-I{torch_include}",
-                    str(HERE / "persistent_peephole_driver.cpp"), "-o", str(exe)], check=True)
-    return exe
+    return compile_driver("persistent_peephole_driver.cpp", workdir / f"emulate_{name}", [inc],
+                          defines, std="c++17")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reference", default="46d7fc7")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="two configurations")
+    args = parser.parse_args(argv)
     reference = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.reference}:{KERNEL}"],
                                check=True, capture_output=True, text=True).stdout
     current = (ROOT / KERNEL).read_text()
-    failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         exes = {"reference": build(tmp, "reference", reference, ["-DREFERENCE_KERNEL"]),
                 "current": build(tmp, "current", current, [])}
-        for config in CONFIGS:
-            outputs = {}
+
+        def run(config):
+            outputs = []
             for name, exe in exes.items():
                 out = tmp / f"{name}.bin"
                 subprocess.run([str(exe), *map(str, config), str(out)], check=True,
                                stderr=subprocess.DEVNULL)
-                outputs[name] = np.fromfile(out)
-            ref, cur = outputs["reference"], outputs["current"]
-            err = float(np.max(np.abs(ref - cur))) if ref.size == cur.size else float("inf")
-            ok = ref.size == cur.size and np.isfinite(cur).all() and err <= TOLERANCE[config[0]]
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {config}: {cur.size} values, "
-                  f"max |reference - current| = {err:.2e}")
-    sys.exit(1 if failures else 0)
+                outputs.append(np.fromfile(out))
+            return outputs
+
+        failures = compare_configs(QUICK if args.quick else CONFIGS, run, TOLERANCE,
+                                   relative=False)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,8 +4,10 @@ kernels of the working tree run on the CPU through a thread-per-CUDA-thread emul
 (cuda_host_shim.h) on the same random inputs, and every output must agree to rounding.
 Buffers the kernels must write start at -7 and shared memory as NaN bytes, so a missed write
 or a read of an unwritten element shows up. Usage:
-python tools/emulate_cuda/compare_tensorized_kernels.py. A development check; the CUDA tests on
-a GPU remain the real test."""
+python tools/emulate_cuda/compare_tensorized_kernels.py [--quick]. A development check; the CUDA
+tests on a GPU remain the real test (tests/test_cuda_emulation.py runs the --quick set, so CI
+without a GPU runs it too)."""
+import argparse
 import pathlib
 import subprocess
 import sys
@@ -13,8 +15,8 @@ import tempfile
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+from emulation import ROOT, compare_configs, compile_driver
+
 KERNEL = ROOT / "csrc/cuda/tensorized_lstm_cuda.cu"
 # The host GEMM of the steps sums in double, the persistent kernels in the op-math type; in
 # the half types a product rounded the other way moves outputs by an ulp or two.
@@ -35,6 +37,7 @@ CONFIGS = [
     ("half", 4, 3, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),
     ("bfloat16", 3, 2, 12, 3, 5, 1, 0, 1, 1, 0, 1, 16, 8, 9),
 ]
+QUICK = [CONFIGS[0], CONFIGS[8]]  # every flag with lengths; K=7 without feedback, odd units
 
 
 def section(source):
@@ -45,39 +48,28 @@ def section(source):
         "unsigned char* shared = emu::shared;")
 
 
-def build(workdir):
-    (workdir / "tensorized_section.inc").write_text(section(KERNEL.read_text()))
-    import torch.utils.cpp_extension as ext
-    exe = workdir / "emulate_tensorized"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-fno-trapping-math", f"-I{workdir}",
-                    f"-I{HERE}", f"-I{ROOT / 'csrc'}", f"-I{ext.include_paths()[0]}",
-                    str(HERE / "tensorized_driver.cpp"), "-o", str(exe)], check=True)
-    return exe
-
-
-def main():
-    failures = 0
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="two configurations")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        exe = build(tmp)
-        for config in CONFIGS:
-            outputs = {}
+        (tmp / "tensorized_section.inc").write_text(section(KERNEL.read_text()))
+        exe = compile_driver("tensorized_driver.cpp", tmp / "emulate_tensorized", [tmp])
+
+        def run(config):
+            outputs = []
             for mode in ("stepwise", "persistent"):
                 out = tmp / f"{mode}.bin"
                 subprocess.run([str(exe), mode, *map(str, config), str(out)], check=True,
                                stderr=subprocess.DEVNULL)
-                outputs[mode] = np.fromfile(out)
-            ref, cur = outputs["stepwise"], outputs["persistent"]
-            if ref.size != cur.size:
-                err = float("inf")
-            else:
-                err = float(np.max(np.abs(ref - cur)) / max(1.0, float(np.max(np.abs(ref)))))
-            ok = err <= TOLERANCE[config[0]] and np.isfinite(cur).all() and not (cur == -7).any()
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {config}: {cur.size} values, "
-                  f"max |steps - persistent| / max(1, max |steps|) = {err:.2e}", flush=True)
-    sys.exit(1 if failures else 0)
+                outputs.append(np.fromfile(out))
+            return outputs
+
+        failures = compare_configs(QUICK if args.quick else CONFIGS, run, TOLERANCE,
+                                   relative=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,7 @@
 #define __global__
 #define __device__
 #define __host__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __align__(x)
 
 struct Dim3 { unsigned x = 1, y = 1, z = 1; };

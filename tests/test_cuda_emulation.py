@@ -1,0 +1,44 @@
+"""The persistent CUDA kernels of both cells, run on the CPU through the thread-per-CUDA-thread
+emulation of tools/emulate_cuda (the --quick set of each check), so that a machine without a
+GPU (CI) still runs their code: the peephole kernels against those of 46d7fc7, which passed the
+CUDA tests on an H100, and the tLSTM's persistent kernels against its step kernels. Skipped
+where there is no g++ (or, for the peephole check, no git history back to 46d7fc7)."""
+import io
+import pathlib
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+
+TOOLS = pathlib.Path(__file__).resolve().parent.parent / "tools" / "emulate_cuda"
+REFERENCE = "46d7fc7"
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+def run_check(module_name, *argv):
+    sys.path.insert(0, str(TOOLS))
+    try:
+        module = __import__(module_name)
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = module.main(["--quick", *argv])
+    finally:
+        sys.path.remove(str(TOOLS))
+    return code, out.getvalue()
+
+
+def test_persistent_peephole_kernels_match_the_gpu_tested_ones():
+    has_reference = subprocess.run(["git", "-C", str(TOOLS), "cat-file", "-e", REFERENCE],
+                                   capture_output=True).returncode == 0
+    if not has_reference:
+        pytest.skip(f"no git history back to {REFERENCE} (a shallow clone?)")
+    code, report = run_check("compare_persistent_kernels", "--reference", REFERENCE)
+    assert code == 0 and report.count("ok  ") == 2, report
+
+
+def test_persistent_tensorized_kernels_match_the_step_kernels():
+    code, report = run_check("compare_tensorized_kernels")
+    assert code == 0 and report.count("ok  ") == 2, report

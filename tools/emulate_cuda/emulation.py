@@ -1,0 +1,39 @@
+"""What the emulation checks share: compiling a driver against torch's headers, and running
+each configuration through two builds or modes of the kernels and comparing every output."""
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def compile_driver(driver, exe, include_dirs, defines=(), std="c++20"):
+    import torch.utils.cpp_extension as ext
+    includes = [f"-I{d}" for d in (*include_dirs, HERE, ROOT / "csrc", ext.include_paths()[0])]
+    subprocess.run(["g++", f"-std={std}", "-O1", "-pthread", "-fno-trapping-math", *defines,
+                    *includes, str(HERE / driver), "-o", str(exe)], check=True)
+    return exe
+
+
+def compare_configs(configs, run, tolerance, relative, out=None):
+    """run(config) -> (reference, current) outputs as float64 arrays; prints a line per
+    configuration and returns the number that failed. With `relative`, errors are divided by
+    max(1, max |reference|); buffers the kernels must write start at -7 in the drivers."""
+    out = out or sys.stdout  # looked up now: callers may redirect it
+    failures = 0
+    for config in configs:
+        ref, cur = run(config)
+        if ref.size != cur.size:
+            err = float("inf")
+        else:
+            err = float(np.max(np.abs(ref - cur), initial=0.0))
+            if relative:
+                err /= max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+        ok = err <= tolerance[config[0]] and np.isfinite(cur).all() and not (cur == -7).any()
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {config}: {cur.size} values, max difference "
+              f"{'(relative) ' if relative else ''}= {err:.2e}", file=out, flush=True)
+    return failures
