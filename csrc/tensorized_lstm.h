@@ -11,7 +11,8 @@
 // than scatters, so that rows are independent and the sums come in a fixed order.
 //
 // The driver (tensorized_lstm.cpp) is shared by the devices: the input projection, the step
-// GEMMs and the weight gradients go through ATen; each backend supplies the four row passes.
+// GEMMs and the weight gradients go through ATen; each backend supplies the four row passes,
+// and may run the whole recurrence itself instead (CUDA's persistent kernels).
 #pragma once
 
 #include <torch/types.h>
