@@ -32,13 +32,17 @@ struct alignas(sizeof(scalar_t) * kGroup > 16 ? 16 : sizeof(scalar_t) * kGroup) 
   scalar_t v[kGroup];
 };
 
-// Row stride, in elements, of a shared-memory matrix with n used columns: at least n, and such
-// that consecutive rows start one vector (alignof(Group)) apart modulo the 128 bytes of the
-// banks, so the lanes of a warp reading the same columns of different rows hit different banks.
+// Row stride, in elements, of a shared-memory matrix with n used columns: the smallest odd
+// multiple of a vector (alignof(Group)) at least n elements long. Consecutive rows then start
+// in different vectors of the 128 bytes of banks (an odd multiplier is invertible modulo the
+// 128 / vector rows a wavefront of vector loads serves), so the lanes of a warp reading the
+// same columns of different rows do not conflict.
 template <typename scalar_t>
 int64_t padded_row_stride(int64_t n) {
   const int64_t elem = sizeof(scalar_t), vec = alignof(Group<scalar_t>);
-  return (round_up(n * elem, 128) + vec) / elem;
+  int64_t vectors = (n * elem + vec - 1) / vec;
+  if (vectors % 2 == 0) ++vectors;
+  return vectors * vec / elem;
 }
 
 // How a block computes out[b, r] = sum_k x[b, k] w[r, k] for b < B, r < R, k < K, with w
