@@ -9,13 +9,10 @@ tests on a GPU remain the real test (tests/test_cuda_emulation.py runs the --qui
 without a GPU runs it too)."""
 import argparse
 import pathlib
-import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
-from emulation import ROOT, compare_configs, compile_driver
+from emulation import ROOT, compare_configs, compile_driver, run_outputs
 
 KERNEL = ROOT / "csrc/cuda/tensorized_lstm_cuda.cu"
 # The host GEMM of the steps sums in double, the persistent kernels in the op-math type; in
@@ -58,13 +55,7 @@ def main(argv=None):
         exe = compile_driver("tensorized_driver.cpp", tmp / "emulate_tensorized", [tmp])
 
         def run(config):
-            outputs = []
-            for mode in ("stepwise", "persistent"):
-                out = tmp / f"{mode}.bin"
-                subprocess.run([str(exe), mode, *map(str, config), str(out)], check=True,
-                               stderr=subprocess.DEVNULL)
-                outputs.append(np.fromfile(out))
-            return outputs
+            return run_outputs([[exe, "stepwise"], [exe, "persistent"]], config, tmp)
 
         failures = compare_configs(QUICK if args.quick else CONFIGS, run, TOLERANCE,
                                    relative=True)

@@ -18,6 +18,18 @@ def compile_driver(driver, exe, include_dirs, defines=(), std="c++20"):
     return exe
 
 
+def run_outputs(commands, config, workdir):
+    """Runs each command (the executable and its leading arguments) with the configuration's
+    arguments and an output file, and returns the outputs as float64 arrays, in order."""
+    outputs = []
+    for i, command in enumerate(commands):
+        out = workdir / f"outputs{i}.bin"
+        subprocess.run([*map(str, command), *map(str, config), str(out)], check=True,
+                       stderr=subprocess.DEVNULL)
+        outputs.append(np.fromfile(out))
+    return outputs
+
+
 def compare_configs(configs, run, tolerance, relative, out=None):
     """run(config) -> (reference, current) outputs as float64 arrays; prints a line per
     configuration and returns the number that failed. With `relative`, errors are divided by
