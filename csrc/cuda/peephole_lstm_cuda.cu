@@ -397,10 +397,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 // (benchmarks/recurrence_crossover.py, T=100) with the first persistent kernels (one
 // warp per dot product, 46d7fc7): persistent was faster at B=8 for H <= 512 and at B=16 for
 // H=256, slower at B=8, H=1024 and for B >= 32, and within 10% of the steps at B=16, H=512 and
-// B=8, H=1024 (B x H = 8192). The tiled kernels here issue a quarter of the shared-memory
-// loads per step and have 16 independent sums per thread instead of one dependent chain per
-// warp, so B x H = 8192 is taken as persistent too; an estimate until the crossover is measured
-// again for them (benchmarks/gpu_session.sh crossover).
+// B=8, H=1024 (B x H = 8192). The tiled kernels here issue one shared-memory vector load per 8
+// multiply-adds (the old ones two scalar loads per one) and have 16 independent sums per thread
+// instead of one dependent chain per warp, so B x H = 8192 is taken as persistent too; an
+// estimate until the crossover is measured again for them (benchmarks/gpu_session.sh crossover).
 constexpr int64_t kPersistentMaxWork = 8192;
 
 template <typename scalar_t, class Act>
@@ -409,22 +409,19 @@ bool launch_forward_persistent(const PeepholeForwardBuffers& buf, int64_t T, boo
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
   if (B == 0 || !persistent_wanted(B * H <= kPersistentMaxWork)) return false;
-  auto kernel = peephole_forward_persistent_kernel<scalar_t, acc_t, Act>;
-  BlockMatmulShape shape{};
-  int64_t blocks = 0;
-  const int64_t units = persistent_units(
-      kernel, H, 1,  // 4 w rows of W_hh: a multiple of kTile already
-      [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(B, 4 * w, H, 0); }, shape,
-      blocks);
-  if (!persistent_fits(units)) return false;
-  PersistentForwardParams<scalar_t, acc_t> p{
-      buf.gates.data_ptr<scalar_t>(),         buf.bias.data_ptr<scalar_t>(),
-      buf.peephole.data_ptr<scalar_t>(),      buf.weight_hh_t.data_ptr<scalar_t>(),
-      buf.hidden_states.data_ptr<scalar_t>(), buf.cell_states.data_ptr<acc_t>(),
-      buf.output.data_ptr<scalar_t>(),
-      buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
-      T, B, H, units, reverse, whole_history, shape};
-  return launch_cooperative(kernel, blocks, shape, p);
+  return launch_persistent(
+      peephole_forward_persistent_kernel<scalar_t, acc_t, Act>, H,
+      1,  // 4 w rows of W_hh: a multiple of kTile already
+      [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(B, 4 * w, H, 0); },
+      [&](int64_t units, const BlockMatmulShape& shape) {
+        return PersistentForwardParams<scalar_t, acc_t>{
+            buf.gates.data_ptr<scalar_t>(),         buf.bias.data_ptr<scalar_t>(),
+            buf.peephole.data_ptr<scalar_t>(),      buf.weight_hh_t.data_ptr<scalar_t>(),
+            buf.hidden_states.data_ptr<scalar_t>(), buf.cell_states.data_ptr<acc_t>(),
+            buf.output.data_ptr<scalar_t>(),
+            buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
+            T, B, H, units, reverse, whole_history, shape};
+      });
 }
 
 template <typename scalar_t, class Act, bool kPeephole>
@@ -432,30 +429,26 @@ bool launch_backward_persistent(const PeepholeBackwardBuffers& buf, int64_t T, b
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4;
   if (B == 0 || !persistent_wanted(B * H <= kPersistentMaxWork)) return false;
-  auto kernel = peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>;
-  BlockMatmulShape shape{};
-  int64_t blocks = 0;
-  const int64_t units = persistent_units(
-      kernel, H, kTile,
+  return launch_persistent(
+      peephole_backward_persistent_kernel<scalar_t, acc_t, Act, kPeephole>, H, kTile,
       [&](int64_t w) {
         return block_matmul_shape<scalar_t, acc_t>(B, w, 4 * H, B * w * int64_t(sizeof(acc_t)));
       },
-      shape, blocks);
-  if (!persistent_fits(units)) return false;
-  PersistentBackwardParams<scalar_t, acc_t> p{
-      buf.gates.data_ptr<scalar_t>(),
-      buf.cell_states.data_ptr<acc_t>(),
-      buf.grad_output.data_ptr<scalar_t>(),
-      buf.weight_hh.data_ptr<scalar_t>(),
-      buf.peephole.data_ptr<scalar_t>(),
-      buf.grad_hidden.data_ptr<scalar_t>(),
-      buf.grad_hidden_next.data_ptr<scalar_t>(),
-      buf.grad_cell.data_ptr<acc_t>(),
-      buf.grad_gates.data_ptr<scalar_t>(),
-      kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
-      buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
-      T, B, H, units, reverse, shape};
-  return launch_cooperative(kernel, blocks, shape, p);
+      [&](int64_t units, const BlockMatmulShape& shape) {
+        return PersistentBackwardParams<scalar_t, acc_t>{
+            buf.gates.data_ptr<scalar_t>(),
+            buf.cell_states.data_ptr<acc_t>(),
+            buf.grad_output.data_ptr<scalar_t>(),
+            buf.weight_hh.data_ptr<scalar_t>(),
+            buf.peephole.data_ptr<scalar_t>(),
+            buf.grad_hidden.data_ptr<scalar_t>(),
+            buf.grad_hidden_next.data_ptr<scalar_t>(),
+            buf.grad_cell.data_ptr<acc_t>(),
+            buf.grad_gates.data_ptr<scalar_t>(),
+            kPeephole ? buf.grad_peephole_rows.data_ptr<acc_t>() : nullptr,
+            buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr,
+            T, B, H, units, reverse, shape};
+      });
 }
 
 // ---- dispatch and registration -------------------------------------------------------------

@@ -99,4 +99,18 @@ bool launch_cooperative(void (*kernel)(Params), int64_t blocks, const BlockMatmu
   return true;
 }
 
+// Sizes and launches a persistent kernel whose blocks split `outputs` rows of the resident
+// operand (persistent_units, with shape_for and granularity as there); make_params(units,
+// shape) gives its parameters. False, with nothing launched, if it cannot run here; then the
+// caller runs the steps.
+template <typename Params, typename ShapeFor, typename MakeParams>
+bool launch_persistent(void (*kernel)(Params), int64_t outputs, int64_t granularity,
+                       const ShapeFor& shape_for, const MakeParams& make_params) {
+  BlockMatmulShape shape{};
+  int64_t blocks = 0;
+  const int64_t units = persistent_units(kernel, outputs, granularity, shape_for, shape, blocks);
+  if (!persistent_fits(units)) return false;
+  return launch_cooperative(kernel, blocks, shape, make_params(units, shape));
+}
+
 }  // namespace tlstm

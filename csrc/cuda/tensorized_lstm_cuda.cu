@@ -905,34 +905,20 @@ bool dispatch_persistent(const TensorizedSizes& n, at::ScalarType dtype, const F
   return ran;
 }
 
-// Launches a persistent kernel whose blocks split `outputs` rows of the resident weight, each
-// block's products summing over `reduction` columns for the B*P rows; make_params(units,
-// shape) gives its parameters. False if it cannot run here.
-template <typename scalar_t, typename Params, typename MakeParams>
-bool launch_tensorized_persistent(void (*kernel)(Params), const TensorizedSizes& n,
-                                  int64_t outputs, int64_t reduction,
-                                  const MakeParams& make_params) {
-  using acc_t = at::opmath_type<scalar_t>;
-  BlockMatmulShape shape{};
-  int64_t blocks = 0;
-  const int64_t units = persistent_units(
-      kernel, outputs, kTile,
-      [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, reduction, 0); },
-      shape, blocks);
-  if (!persistent_fits(units)) return false;
-  return launch_cooperative(kernel, blocks, shape, make_params(units, shape));
-}
-
 bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& weight_col) {
   const auto& n = buf.n;
   const Tensor weight = weight_col.contiguous();  // [K'*M, G]
   return dispatch_persistent(n, buf.pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
-    return launch_tensorized_persistent<scalar_t>(
+    return launch_persistent(  // blocks split the G columns of A, summing over K'*M
         tensorized_forward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
                                              decltype(conv)::value>,
-        n, n.G, n.taps * n.M, [&](int64_t units, const BlockMatmulShape& shape) {
+        n.G, kTile,
+        [&](int64_t w) {
+          return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.taps * n.M, 0);
+        },
+        [&](int64_t units, const BlockMatmulShape& shape) {
           return TensorizedPersistentForwardParams<scalar_t, acc_t>{
               forward_sequence<scalar_t>(buf), weight.data_ptr<scalar_t>(), units, shape};
         });
@@ -946,10 +932,12 @@ bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& 
   return dispatch_persistent(n, buf.grad_pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
-    return launch_tensorized_persistent<scalar_t>(
+    return launch_persistent(  // blocks split the K'*M columns of X_col, summing over G
         tensorized_backward_persistent_kernel<scalar_t, acc_t, decltype(norm)::value,
                                               decltype(conv)::value>,
-        n, n.taps * n.M, n.G, [&](int64_t units, const BlockMatmulShape& shape) {
+        n.taps * n.M, kTile,
+        [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.G, 0); },
+        [&](int64_t units, const BlockMatmulShape& shape) {
           // dL/dCconv by the step's parity: the gather of step s+1 reads it beside the rows of s
           grad_cconv = at::empty({2, n.B, n.P, n.M}, buf.grad_cconv.options());
           return TensorizedPersistentBackwardParams<scalar_t, acc_t>{
