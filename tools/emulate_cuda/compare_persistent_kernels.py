@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from emulation import ROOT, compare_configs, compile_driver, run_outputs
+from emulation import ROOT, compare_configs, compile_driver, kernel_section, run_outputs
 
 KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 # Both versions sum in a different order; in the half types that moves outputs by an ulp or
@@ -38,15 +38,10 @@ QUICK = [CONFIGS[1], CONFIGS[8]]  # every output (lengths, reverse, training), a
 
 
 def persistent_section(source):
-    start = source.index("// ---- persistent kernels")
-    # the host code after them: since the move of the launch helpers to persistent_launch.cuh,
-    # the default-range comment; before it, the recurrence choice
-    end = min(source.find(marker, start) for marker in
-              ("// Which recurrence", "// The persistent kernels are chosen by default")
-              if source.find(marker, start) >= 0)
-    return source[start:end].replace(
-        "extern __shared__ __align__(16) unsigned char shared[];",
-        "unsigned char* shared = emu::shared;")
+    # up to the host code after the kernels: since the move of the launch helpers to
+    # persistent_launch.cuh, the default-range comment; before it (46d7fc7), the recurrence choice
+    return kernel_section(source, "// ---- persistent kernels",
+                          ("// Which recurrence", "// The persistent kernels are chosen by default"))
 
 
 def build(workdir, name, source, defines):

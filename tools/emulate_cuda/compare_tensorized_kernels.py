@@ -12,7 +12,7 @@ import pathlib
 import sys
 import tempfile
 
-from emulation import ROOT, compare_configs, compile_driver, run_outputs
+from emulation import ROOT, compare_configs, compile_driver, kernel_section, run_outputs
 
 KERNEL = ROOT / "csrc/cuda/tensorized_lstm_cuda.cu"
 # The host GEMM of the steps sums in double, the persistent kernels in the op-math type; in
@@ -37,21 +37,14 @@ CONFIGS = [
 QUICK = [CONFIGS[0], CONFIGS[8]]  # every flag with lengths; K=7 without feedback, odd units
 
 
-def section(source):
-    start = source.index("// ---- device code")
-    end = source.index("// ---- launches")
-    return source[start:end].replace(
-        "extern __shared__ __align__(16) unsigned char shared[];",
-        "unsigned char* shared = emu::shared;")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two configurations")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        (tmp / "tensorized_section.inc").write_text(section(KERNEL.read_text()))
+        (tmp / "tensorized_section.inc").write_text(
+            kernel_section(KERNEL.read_text(), "// ---- device code", ("// ---- launches",)))
         exe = compile_driver("tensorized_driver.cpp", tmp / "emulate_tensorized", [tmp])
 
         def run(config):

@@ -10,6 +10,15 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
+def kernel_section(source, start, ends):
+    """The device code of a CUDA source from the marker `start` to the first of the markers
+    `ends` found after it, with the dynamic shared memory taken from the emulation's block."""
+    begin = source.index(start)
+    end = min(source.find(marker, begin) for marker in ends if source.find(marker, begin) >= 0)
+    return source[begin:end].replace("extern __shared__ __align__(16) unsigned char shared[];",
+                                     "unsigned char* shared = emu::shared;")
+
+
 def compile_driver(driver, exe, include_dirs, defines=(), std="c++20"):
     import torch.utils.cpp_extension as ext
     includes = [f"-I{d}" for d in (*include_dirs, HERE, ROOT / "csrc", ext.include_paths()[0])]

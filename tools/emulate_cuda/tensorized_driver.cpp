@@ -38,8 +38,18 @@ void host_gemm(int64_t rows, int64_t N, int64_t K, const scalar_t* a, const scal
     }
 }
 
-BlockMatmulShape with_chunk(BlockMatmulShape s, int chunk) {
-  if (chunk > 0) s.chunk = chunk;
+// The shape of a persistent launch of `blocks` blocks with w rows of the resident operand each,
+// with the staged chunk `chunk` if it is not 0; reported on stderr.
+template <typename scalar_t, typename acc_t>
+BlockMatmulShape launch_shape(const char* what, int64_t rows, int64_t w, int64_t reduction,
+                              int chunk, int64_t blocks) {
+  auto s = block_matmul_shape<scalar_t, acc_t>(rows, w, reduction, 0);
+  if (chunk > 0) {
+    s.chunk = chunk;
+    place_block_matmul<scalar_t, acc_t>(s, 0);
+  }
+  fprintf(stderr, "%s: %ld blocks, chunk %ld, slices %ld, %ld bytes\n", what, (long)blocks,
+          (long)s.chunk, (long)s.slices, (long)s.bytes);
   return s;
 }
 
@@ -79,10 +89,7 @@ void run(const Config& c, FILE* out) {
       c.lengths ? lengths.data() : nullptr, n, c.training};
   if (c.persistent) {
     const int64_t w = c.units_fwd, blocks = (n.G + w - 1) / w;
-    auto shape = with_chunk(block_matmul_shape<scalar_t, acc_t>(rows, w, width, 0), c.chunk);
-    place_block_matmul<scalar_t, acc_t>(shape, 0);
-    fprintf(stderr, "forward: %ld blocks, chunk %ld, slices %ld, %ld bytes\n", (long)blocks,
-            (long)shape.chunk, (long)shape.slices, (long)shape.bytes);
+    const auto shape = launch_shape<scalar_t, acc_t>("forward", rows, w, width, c.chunk, blocks);
     emu::launch(tensorized_forward_persistent_kernel<scalar_t, acc_t, kNorm, kMemoryConv>,
                 int(blocks), kPersistentThreads, shape.bytes,
                 TensorizedPersistentForwardParams<scalar_t, acc_t>{fs, w_col.data(), w, shape});
@@ -120,10 +127,7 @@ void run(const Config& c, FILE* out) {
       grad_col.data(), grad_input_row.data(), c.lengths ? lengths.data() : nullptr, n};
   if (c.persistent) {
     const int64_t w = c.units_bwd, blocks = (width + w - 1) / w;
-    auto shape = with_chunk(block_matmul_shape<scalar_t, acc_t>(rows, w, n.G, 0), c.chunk);
-    place_block_matmul<scalar_t, acc_t>(shape, 0);
-    fprintf(stderr, "backward: %ld blocks, chunk %ld, slices %ld, %ld bytes\n", (long)blocks,
-            (long)shape.chunk, (long)shape.slices, (long)shape.bytes);
+    const auto shape = launch_shape<scalar_t, acc_t>("backward", rows, w, n.G, c.chunk, blocks);
     emu::launch(tensorized_backward_persistent_kernel<scalar_t, acc_t, kNorm, kMemoryConv>,
                 int(blocks), kPersistentThreads, shape.bytes,
                 TensorizedPersistentBackwardParams<scalar_t, acc_t>{bs, w_col.data(), w, shape});
