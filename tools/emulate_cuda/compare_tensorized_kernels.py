@@ -37,15 +37,20 @@ CONFIGS = [
 QUICK = [CONFIGS[0], CONFIGS[8]]  # every flag with lengths; K=7 without feedback, odd units
 
 
+def build_tensorized_driver(workdir):
+    """tensorized_driver.cpp with the working tree's kernels, built in workdir."""
+    (workdir / "tensorized_section.inc").write_text(
+        kernel_section(KERNEL.read_text(), "// ---- device code", ("// ---- launches",)))
+    return compile_driver("tensorized_driver.cpp", workdir / "emulate_tensorized", [workdir])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two configurations")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        (tmp / "tensorized_section.inc").write_text(
-            kernel_section(KERNEL.read_text(), "// ---- device code", ("// ---- launches",)))
-        exe = compile_driver("tensorized_driver.cpp", tmp / "emulate_tensorized", [tmp])
+        exe = build_tensorized_driver(tmp)
 
         def run(config):
             return run_outputs([[exe, "stepwise"], [exe, "persistent"]], config, tmp)

@@ -1,7 +1,8 @@
-// Inputs and outputs of the emulation drivers: uniform random vectors, and buffers written to a
-// file as float64 for the comparison scripts.
+// Inputs and outputs of the emulation drivers: uniform random vectors or vectors read from a
+// file, and buffers written to a file as float64 for the comparison scripts.
 #pragma once
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -13,3 +14,23 @@ std::vector<T> randv(std::mt19937& g, size_t n, double scale) {
 template <typename T> void dump(FILE* f, const std::vector<T>& v) {
   for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
 }
+
+// The drivers' inputs, in the order they ask for them: uniform random vectors, or, given a file
+// (float64 values, written by a comparison script), its next n values.
+class Inputs {
+ public:
+  explicit Inputs(unsigned seed, FILE* file = nullptr) : g_(seed), file_(file) {}
+  template <typename T>
+  std::vector<T> next(size_t n, double scale) {
+    if (file_ == nullptr) return randv<T>(g_, n, scale);
+    std::vector<double> d(n);
+    if (fread(d.data(), 8, n, file_) != n) {
+      fprintf(stderr, "the inputs file ends before %zu more values\n", n);
+      std::exit(3);
+    }
+    return std::vector<T>(d.begin(), d.end());
+  }
+ private:
+  std::mt19937 g_;
+  FILE* file_;
+};

@@ -27,14 +27,15 @@ def compile_driver(driver, exe, include_dirs, defines=(), std="c++20"):
     return exe
 
 
-def run_outputs(commands, config, workdir):
+def run_outputs(commands, config, workdir, extra=()):
     """Runs each command (the executable and its leading arguments) with the configuration's
-    arguments and an output file, and returns the outputs as float64 arrays, in order."""
+    arguments, an output file and the `extra` arguments, and returns the outputs as float64
+    arrays, in order."""
     outputs = []
     for i, command in enumerate(commands):
         out = workdir / f"outputs{i}.bin"
-        subprocess.run([*map(str, command), *map(str, config), str(out)], check=True,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run([*map(str, command), *map(str, config), str(out), *map(str, extra)],
+                       check=True, stderr=subprocess.DEVNULL)
         outputs.append(np.fromfile(out))
     return outputs
 

@@ -2,10 +2,11 @@
 // "---- device code" to "---- launches", pasted in as tensorized_section.inc) on the CPU through
 // cuda_host_shim.h, either as the step kernels (im2col, a GEMM in double on the host rounded as
 // cuBLAS rounds its output, rows, gather) or as the persistent kernels, on the same random
-// inputs, and writes every output buffer as float64 to a file.
+// inputs (random, or read from the optional inputs file in the order run() asks for them), and
+// writes every output buffer as float64 to a file.
 // Usage: tensorized_driver stepwise|persistent double|float|half|bfloat16 T B M depth K
 //        feedback norm memory_conv lengths(0/1) flush(0/1) training(0/1) units_fwd units_bwd
-//        chunk(0: the kernel's own) out
+//        chunk(0: the kernel's own) out [inputs]
 #include "cuda_host_shim.h"
 #include "driver_io.h"
 #include <cstdio>
@@ -54,23 +55,22 @@ BlockMatmulShape launch_shape(const char* what, int64_t rows, int64_t w, int64_t
 }
 
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
-void run(const Config& c, FILE* out) {
+void run(const Config& c, Inputs& in, FILE* out) {
   using acc_t = at::opmath_type<scalar_t>;
   Sizes n;
   n.T = c.T; n.B = c.B; n.M = c.M; n.K = c.K; n.c = (c.K - 1) / 2; n.P = (c.L - 1) * n.c + 1;
   n.taps = c.feedback ? n.K : n.c + 1; n.G = 4 * n.M + (kMemoryConv ? n.K : 0);
   n.delay = c.flush ? c.L - 1 : 0; n.S = n.T + n.delay;
   const int64_t rows = n.B * n.P, width = n.taps * n.M, slots = c.training ? n.S : 1;
-  std::mt19937 g(4321);
-  auto proj = randv<scalar_t>(g, size_t(n.T) * n.B * n.M, 1.0);
-  auto bias_ih = randv<scalar_t>(g, n.M, 0.5);
-  auto bias_hh = randv<scalar_t>(g, n.G, 0.5);
-  auto gamma = randv<scalar_t>(g, 5 * n.M, 1.0);
-  auto beta = randv<scalar_t>(g, 5 * n.M, 0.5);
-  auto w_col = randv<scalar_t>(g, size_t(width) * n.G, 1.5 / std::sqrt(double(width)));
-  auto h0 = randv<scalar_t>(g, size_t(rows) * n.M, 1.0);
-  auto c0 = randv<acc_t>(g, size_t(rows) * n.M, 1.0);
-  std::vector<int64_t> lengths(n.B);
+  auto proj = in.next<scalar_t>(size_t(n.T) * n.B * n.M, 1.0);
+  auto bias_ih = in.next<scalar_t>(n.M, 0.5);
+  auto bias_hh = in.next<scalar_t>(n.G, 0.5);
+  auto gamma = in.next<scalar_t>(5 * n.M, 1.0);
+  auto beta = in.next<scalar_t>(5 * n.M, 0.5);
+  auto w_col = in.next<scalar_t>(size_t(width) * n.G, 1.5 / std::sqrt(double(width)));
+  auto h0 = in.next<scalar_t>(size_t(rows) * n.M, 1.0);
+  auto c0 = in.next<acc_t>(size_t(rows) * n.M, 1.0);
+  std::vector<int64_t> lengths(n.B);  // compare_with_cpu_op.py makes the same
   for (int b = 0; b < n.B; ++b) lengths[b] = std::vector<int64_t>{n.T, 1, n.T - 1, 0, 2}[b % 5];
   // forward buffers, filled with -7 where the kernels must write
   std::vector<scalar_t> x_col(size_t(slots) * rows * width, scalar_t(-7)), pre(size_t(rows) * n.G),
@@ -110,9 +110,9 @@ void run(const Config& c, FILE* out) {
   if (!c.training) return;
 
   // backward, from the same saved tensors in both modes: run the step forward's inputs again
-  auto grad_output = randv<scalar_t>(g, size_t(n.T) * n.B * n.M, 1.0);
+  auto grad_output = in.next<scalar_t>(size_t(n.T) * n.B * n.M, 1.0);
   std::vector<acc_t> grad_hidden(2 * size_t(rows) * n.M, acc_t(-7)), grad_cell(2 * size_t(rows) * n.M, acc_t(-7));
-  auto ghn = randv<acc_t>(g, size_t(rows) * n.M, 1.0), gcn = randv<acc_t>(g, size_t(rows) * n.M, 1.0);
+  auto ghn = in.next<acc_t>(size_t(rows) * n.M, 1.0), gcn = in.next<acc_t>(size_t(rows) * n.M, 1.0);
   std::copy(ghn.begin(), ghn.end(), grad_hidden.begin());
   std::copy(gcn.begin(), gcn.end(), grad_cell.begin());
   std::vector<scalar_t> grad_pre(size_t(n.S) * rows * n.G, scalar_t(-7)), grad_col(size_t(rows) * width, scalar_t(-7)),
@@ -151,15 +151,18 @@ void run(const Config& c, FILE* out) {
 }
 
 template <typename scalar_t>
-void run_flags(const Config& c, FILE* out) {
-  if (c.norm && c.memory_conv) run<scalar_t, true, true>(c, out);
-  else if (c.norm) run<scalar_t, true, false>(c, out);
-  else if (c.memory_conv) run<scalar_t, false, true>(c, out);
-  else run<scalar_t, false, false>(c, out);
+void run_flags(const Config& c, Inputs& in, FILE* out) {
+  if (c.norm && c.memory_conv) run<scalar_t, true, true>(c, in, out);
+  else if (c.norm) run<scalar_t, true, false>(c, in, out);
+  else if (c.memory_conv) run<scalar_t, false, true>(c, in, out);
+  else run<scalar_t, false, false>(c, in, out);
 }
 
 int main(int argc, char** argv) {
-  if (argc != 18) { fprintf(stderr, "expected 17 arguments, got %d\n", argc - 1); return 2; }
+  if (argc != 18 && argc != 19) {
+    fprintf(stderr, "expected 17 or 18 arguments, got %d\n", argc - 1);
+    return 2;
+  }
   Config c;
   c.persistent = std::string(argv[1]) == "persistent";
   const std::string dtype = argv[2];
@@ -169,9 +172,13 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 6; ++i) *flags[i] = atoi(argv[8 + i]) != 0;
   c.units_fwd = atoi(argv[14]); c.units_bwd = atoi(argv[15]); c.chunk = atoi(argv[16]);
   FILE* f = fopen(argv[17], "wb");
-  if (dtype == "double") run_flags<double>(c, f);
-  else if (dtype == "float") run_flags<float>(c, f);
-  else if (dtype == "half") run_flags<c10::Half>(c, f);
-  else run_flags<c10::BFloat16>(c, f);
+  FILE* inputs_file = argc == 19 ? fopen(argv[18], "rb") : nullptr;
+  if (argc == 19 && inputs_file == nullptr) { fprintf(stderr, "cannot read %s\n", argv[18]); return 2; }
+  Inputs in(4321, inputs_file);
+  if (dtype == "double") run_flags<double>(c, in, f);
+  else if (dtype == "float") run_flags<float>(c, in, f);
+  else if (dtype == "half") run_flags<c10::Half>(c, in, f);
+  else run_flags<c10::BFloat16>(c, in, f);
   fclose(f);
+  if (inputs_file != nullptr) fclose(inputs_file);
 }
