@@ -2,9 +2,12 @@
 of tools/emulate_cuda (the --quick set of each check), so that a machine without a GPU (CI)
 still runs their code: the persistent peephole kernels against those of 46d7fc7, which passed
 the CUDA tests on an H100; the tLSTM's persistent kernels against its step kernels; and both
-tLSTM recurrences against the registered CPU op in float64, within SPEC.md's bound. Skipped
-where there is no g++ (or, for the peephole check, no git history back to 46d7fc7)."""
+tLSTM recurrences against the registered CPU op in float64, within SPEC.md's bound. And the
+host decisions of the persistent launch (csrc/cuda/persistent_launch.cuh) against a scripted
+CUDA runtime, since a GPU cannot be made to refuse a launch on demand. Skipped where there is
+no g++ (or, for the peephole check, no git history back to 46d7fc7)."""
 import io
+import os
 import pathlib
 import shutil
 import subprocess
@@ -50,3 +53,18 @@ def test_tensorized_kernels_match_the_cpu_op():
     # in it (a planted one in the forget gate's derivative passes the check above, not this)
     code, report = run_check("compare_with_cpu_op")
     assert code == 0 and report.count("ok  ") == 4, report
+
+
+def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):
+    # sizing, an unknown TLSTM_CUDA_RECURRENCE, no co-residency, and a launch the driver refuses
+    # at run time: false (the steps run) by default, a clear error where persistent is forced
+    sys.path.insert(0, str(TOOLS))
+    try:
+        from emulation import compile_driver
+    finally:
+        sys.path.remove(str(TOOLS))
+    exe = compile_driver("launch_driver.cpp", tmp_path / "launch_driver",
+                         [TOOLS / "mock_cuda_runtime"], link_c10=True)
+    env = {k: v for k, v in os.environ.items() if k != "TLSTM_CUDA_RECURRENCE"}
+    result = subprocess.run([str(exe)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "of 20 checks passed" in result.stdout, result.stdout

@@ -19,11 +19,17 @@ def kernel_section(source, start, ends):
                                      "unsigned char* shared = emu::shared;")
 
 
-def compile_driver(driver, exe, include_dirs, defines=(), std="c++20"):
+def compile_driver(driver, exe, include_dirs, defines=(), std="c++20", link_c10=False):
+    """Builds tools/emulate_cuda/<driver> into exe, the include_dirs searched first; link_c10
+    links torch's libc10 (TORCH_CHECK's errors)."""
     import torch.utils.cpp_extension as ext
     includes = [f"-I{d}" for d in (*include_dirs, HERE, ROOT / "csrc", ext.include_paths()[0])]
+    libraries = []
+    if link_c10:
+        lib = ext.library_paths()[0]
+        libraries = [f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10"]
     subprocess.run(["g++", f"-std={std}", "-O1", "-pthread", "-fno-trapping-math", *defines,
-                    *includes, str(HERE / driver), "-o", str(exe)], check=True)
+                    *includes, str(HERE / driver), "-o", str(exe), *libraries], check=True)
     return exe
 
 
