@@ -1,8 +1,8 @@
 """Where the persistent recurrence (one cooperative kernel for the whole sequence) beats the
 stepwise one (a GEMM and kernels per step), by size, for each cell: the data behind the
-automatic choices (kPersistentMaxWork in csrc/cuda/peephole_lstm_cuda.cu,
-kPersistentMaxStagedBytes in csrc/cuda/tensorized_lstm_cuda.cu). The peephole rows also time
-cuDNN's plain LSTM. GPU only; medians over interleaved repeats after a warm-up, CUDA events.
+automatic choices (kPersistentMaxWork in csrc/cuda/peephole_lstm_cuda.cu;
+kPersistentMaxStagedBytes and kPersistentMaxMultiplyAdds in csrc/cuda/tensorized_lstm_cuda.cu).
+The peephole rows also time cuDNN's plain LSTM. GPU only; medians over interleaved repeats after a warm-up, CUDA events.
 
     python benchmarks/recurrence_crossover.py [--cells peephole tensorized] [--repeats 10]
         [--json PATH_OR_DIR]

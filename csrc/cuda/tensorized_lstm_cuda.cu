@@ -881,14 +881,21 @@ void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t c
   });
 }
 
-// The persistent kernels are chosen by default while a step's X_col (B*P x K'*M elements),
-// which every block stages each step, is at most this many bytes: B=16 at depth 8 (P=8) for
-// M=512 in float32, and at depth 16 for M=256. An estimate, until the crossover is measured
-// (benchmarks/gpu_session.sh crossover-tensorized): at the limit, the ~130 blocks of an H100
-// read ~130 MB from L2 a step (~15 us), their products take a few us and the two barriers a
-// few more, against the 41-48 us a step of the step kernels measured on an H100 at B=16,
-// M=256, most of it host time. TLSTM_CUDA_RECURRENCE forces a choice.
+// The persistent kernels are chosen by default while a step is small on both counts below; an
+// estimate, until the crossover is measured (benchmarks/gpu_session.sh crossover-tensorized),
+// against the 41-48 us a step of the step kernels measured on an H100 at B=16, M=256, most of
+// it host time. TLSTM_CUDA_RECURRENCE forces a choice.
+// - Bytes: every block stages the step's X_col (B*P x K'*M elements) each step. At 1 MiB (B=16
+//   at depth 8 for M=512 in float32, at depth 16 for M=256) the ~130 blocks of an H100 read
+//   ~130 MB from L2 a step, ~15 us.
+// - Multiply-adds: the blocks' products (B*P x K'*M x G a step) run on the CUDA cores in the
+//   op-math type, never on tensor cores: 2^29 of them are 1.07 GFLOP, ~32 us at half the
+//   H100's 67 TFLOP/s of float32. Past that the steps win once their GEMM is GPU work, and in
+//   float16 and bfloat16 sooner, as cuBLAS runs theirs on tensor cores. In float32 this bound
+//   is the bytes' at M=512 and looser below; in the half types, whose X_col takes half the
+//   bytes, it is the one that binds at M=512 (B=16 at depth 16 runs the steps).
 constexpr int64_t kPersistentMaxStagedBytes = int64_t(1) << 20;
+constexpr int64_t kPersistentMaxMultiplyAdds = int64_t(1) << 29;
 
 // Calls fn(scalar, norm, memory_conv) and returns what it returns, where the persistent kernels
 // are wanted for this call; false otherwise (the driver then runs the steps).
@@ -897,8 +904,11 @@ bool dispatch_persistent(const TensorizedSizes& n, at::ScalarType dtype, const F
   if (n.B == 0 || n.S == 0) return false;
   bool ran = false;
   dispatch_dtype(dtype, [&](auto scalar) {
-    const int64_t staged = n.B * n.P * n.taps * n.M * int64_t(sizeof(scalar));
-    if (!persistent_wanted(staged <= kPersistentMaxStagedBytes)) return;
+    const int64_t x_col = n.B * n.P * n.taps * n.M;  // elements, and the GEMM's rows x depth
+    if (!persistent_wanted(x_col * int64_t(sizeof(scalar)) <= kPersistentMaxStagedBytes &&
+                           x_col * n.G <= kPersistentMaxMultiplyAdds)) {
+      return;
+    }
     dispatch_flags(n.channel_norm, n.memory_conv,
                    [&](auto norm, auto memory_conv) { ran = fn(scalar, norm, memory_conv); });
   });
