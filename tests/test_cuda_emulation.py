@@ -2,7 +2,8 @@
 of tools/emulate_cuda (the --quick set of each check), so that a machine without a GPU (CI)
 still runs their code: the persistent peephole kernels against those of 46d7fc7, which passed
 the CUDA tests on an H100; the tLSTM's persistent kernels against its step kernels; and both
-tLSTM recurrences against the registered CPU op in float64, within SPEC.md's bound. And the
+tLSTM recurrences and the persistent peephole kernels against the registered CPU ops in float64,
+within SPEC.md's bound. And the
 host decisions of the persistent launch (csrc/cuda/persistent_launch.cuh) against a scripted
 CUDA runtime, since a GPU cannot be made to refuse a launch on demand. Skipped where there is
 no g++ (or, for the peephole check, no git history back to 46d7fc7)."""
@@ -48,11 +49,12 @@ def test_persistent_tensorized_kernels_match_the_step_kernels():
     assert code == 0 and report.count("ok  ") == 2, report
 
 
-def test_tensorized_kernels_match_the_cpu_op():
-    # the two recurrences share their row code: only an independent result can catch a mistake
-    # in it (a planted one in the forget gate's derivative passes the check above, not this)
+def test_cuda_kernels_match_the_cpu_op():
+    # the tLSTM's two recurrences share their row code: only an independent result can catch a
+    # mistake in it (a planted one in the forget gate's derivative passes the check above, not
+    # this); the peephole's persistent kernels too, without the git history
     code, report = run_check("compare_with_cpu_op")
-    assert code == 0 and report.count("ok  ") == 4, report
+    assert code == 0 and report.count("ok  ") == 5, report
 
 
 def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):

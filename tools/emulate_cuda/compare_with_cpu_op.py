@@ -1,13 +1,15 @@
-"""Checks what the tensorized LSTM's CUDA kernels compute, without a GPU: the step kernels and
-the persistent kernels of the working tree run on the CPU through the thread-per-CUDA-thread
-emulation (tensorized_driver.cpp), on inputs drawn here, and every output and gradient must
-match the registered CPU op (torch.ops.tlstm.tensorized_lstm_*), itself held to the float64
-reference by the parity tests, within SPEC.md section 3 (||out - ref|| / ||ref||: 1e-10 in
-float64, 1e-5 in float32).
+"""Checks what the CUDA kernels compute, without a GPU: the tLSTM's step and persistent kernels
+and the peephole LSTM's persistent kernels, of the working tree, run on the CPU through the
+thread-per-CUDA-thread emulation (tensorized_driver.cpp, persistent_peephole_driver.cpp) on
+inputs drawn here, and every output, saved tensor and gradient must match the registered CPU op
+(torch.ops.tlstm.*), itself held to the float64 reference by the parity tests, within SPEC.md
+section 3 (||out - ref|| / ||ref||: 1e-10 in float64, 1e-5 in float32).
 
-compare_tensorized_kernels.py holds the two recurrences to each other; they share the row code,
-so a mistake in it would pass there. Here it cannot. The input projection is the identity
-(input = x W_ih^T with W_ih = I), so the kernels' input rows are the op's input.
+compare_tensorized_kernels.py holds the tLSTM's two recurrences to each other; they share the
+row code, so a mistake in it would pass there. compare_persistent_kernels.py holds the peephole
+kernels to those of a GPU-tested revision, which needs the git history. Neither limit applies
+here. The input projection is the identity (input = x W_ih^T with W_ih = I), so what the
+kernels take as the projected input is the op's input.
 
 Usage: python tools/emulate_cuda/compare_with_cpu_op.py [--quick] [--seed N]. A development
 check; tests/test_cuda_emulation.py runs the --quick set, so CI without a GPU runs it too."""
@@ -19,6 +21,7 @@ import tempfile
 import numpy as np
 import torch
 
+from compare_persistent_kernels import build as build_peephole_driver
 from compare_tensorized_kernels import build_tensorized_driver
 from emulation import ROOT, run_outputs
 
@@ -26,7 +29,7 @@ BOUND = {"double": 1e-10, "float": 1e-5}
 # compare_tensorized_kernels.py's configuration tuples (dtype, T, B, M, depth, K, feedback,
 # channel_norm, memory_conv, lengths, flush, training, columns per block forward / backward,
 # staged chunk), in the dtypes the CPU op has.
-CONFIGS = [
+TENSORIZED_CONFIGS = [
     ("double", 4, 3, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),     # every flag, lengths (one 0)
     ("double", 3, 2, 6, 3, 7, 0, 1, 1, 1, 1, 1, 3, 5, 0),     # K=7 without feedback, odd units
     ("float", 5, 2, 5, 4, 5, 1, 1, 1, 1, 0, 1, 4, 4, 0),      # K=5 (P=7), streaming
@@ -35,13 +38,31 @@ CONFIGS = [
     ("double", 3, 3, 6, 1, 3, 1, 1, 1, 1, 1, 1, 8, 8, 0),     # depth 1 (P=1)
     ("double", 2, 2, 5, 2, 15, 1, 0, 1, 1, 1, 1, 5, 7, 0),    # K=15 (P=8)
 ]
-QUICK = CONFIGS[:2]
+# compare_persistent_kernels.py's (dtype, T, B, H, units per block, lengths, reverse, training,
+# staged chunk)
+PEEPHOLE_CONFIGS = [
+    ("double", 4, 5, 37, 8, 1, 0, 1, 0),    # blocks past H, B not a multiple of the tile
+    ("double", 4, 5, 37, 8, 1, 1, 1, 7),    # reverse, several chunks
+    ("float", 3, 9, 64, 16, 1, 0, 1, 0),
+    ("double", 5, 6, 33, 8, 1, 1, 0, 5),    # inference
+    ("double", 2, 40, 64, 32, 0, 0, 1, 0),  # more tiles than threads
+]
+TENSORIZED_QUICK = TENSORIZED_CONFIGS[:2]
+PEEPHOLE_QUICK = PEEPHOLE_CONFIGS[1:2]
 TORCH_DTYPE = {"double": torch.float64, "float": torch.float32}
+PEEPHOLE_KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 
 
 def lengths_of(T, B):
     # tensorized_driver.cpp's lengths; the kernels clamp them to [0, T], the CPU op requires it
     return torch.tensor([min(v, T) for v in [T, 1, T - 1, 0, 2] * B][:B], dtype=torch.int64)
+
+
+def active_steps(lengths, T, B):
+    """[T, B, 1]: 1 where step t of sequence b runs (t < lengths[b]), else 0."""
+    if lengths is None:
+        return torch.ones(T, B, 1, dtype=torch.float64)
+    return (torch.arange(T)[:, None] < lengths[None, :])[..., None].to(torch.float64)
 
 
 def rel_err(out, ref):
@@ -52,6 +73,12 @@ def rel_err(out, ref):
     return (out - ref).norm().item() / (scale if scale > 0 else 1.0)
 
 
+def uniform_inputs(shapes, generator):
+    """Uniform inputs in [-scale, scale], by name: {name: (shape, scale)}, in the driver's order."""
+    return {name: (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale
+            for name, (shape, scale) in shapes.items()}
+
+
 def tensorized_case(config, generator):
     """The inputs in the driver's order (float64, flat) and the CPU op's results, by name."""
     dtype, T, B, M, L, K, feedback, norm, memory_conv, use_lengths, flush, training = config[:12]
@@ -59,17 +86,11 @@ def tensorized_case(config, generator):
     P, taps, G = (L - 1) * c + 1, (K if feedback else c + 1), 4 * M + (K if memory_conv else 0)
     width = taps * M
 
-    def uniform(shape, scale):
-        return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale
-
-    inputs = {
-        "proj": uniform((T, B, M), 1.0), "bias_ih": uniform((M,), 0.5),
-        "bias_hh": uniform((G,), 0.5), "gamma": uniform((5, M), 1.0),
-        "beta": uniform((5, M), 0.5), "w_col": uniform((width, G), 1.5 / width ** 0.5),
-        "h0": uniform((B, P, M), 1.0), "c0": uniform((B, P, M), 1.0),
-        "grad_output": uniform((T, B, M), 1.0), "grad_h_n": uniform((B, P, M), 1.0),
-        "grad_c_n": uniform((B, P, M), 1.0),
-    }
+    inputs = uniform_inputs({
+        "proj": ((T, B, M), 1.0), "bias_ih": ((M,), 0.5), "bias_hh": ((G,), 0.5),
+        "gamma": ((5, M), 1.0), "beta": ((5, M), 0.5), "w_col": ((width, G), 1.5 / width ** 0.5),
+        "h0": ((B, P, M), 1.0), "c0": ((B, P, M), 1.0), "grad_output": ((T, B, M), 1.0),
+        "grad_h_n": ((B, P, M), 1.0), "grad_c_n": ((B, P, M), 1.0)}, generator)
     t = {k: v.to(TORCH_DTYPE[dtype]) for k, v in inputs.items()}
     lengths = lengths_of(T, B) if use_lengths else None
     weight_ih = torch.eye(M, dtype=t["proj"].dtype)
@@ -103,18 +124,28 @@ def tensorized_case(config, generator):
                            lengths=lengths)
 
 
+class reader:
+    """take(*shape): the next values of a driver's output file as a float64 tensor of that
+    shape; done() checks that nothing is left over."""
+
+    def __init__(self, values):
+        self.values, self.pos = values, 0
+
+    def __call__(self, *shape):
+        count = int(np.prod(shape))
+        part = torch.from_numpy(self.values[self.pos:self.pos + count].copy()).view(*shape)
+        self.pos += count
+        return part
+
+    def done(self):
+        assert self.pos == len(self.values), (self.pos, len(self.values))
+
+
 def tensorized_results(values, n):
     """The op's outputs and gradients from the driver's output file (its dump order)."""
     T, B, M, P, taps, G, S = (n[k] for k in ("T", "B", "M", "P", "taps", "G", "S"))
     rows, slots = B * P, S if n["training"] else 1
-    pos = 0
-
-    def take(*shape):
-        nonlocal pos
-        count = int(np.prod(shape))
-        part = torch.from_numpy(values[pos:pos + count].copy()).view(*shape)
-        pos += count
-        return part
+    take = reader(values)
 
     out = {"output": take(T, B, M)}
     out["h_n"] = take(2, B, P, M)[S % 2]
@@ -122,8 +153,7 @@ def tensorized_results(values, n):
     out["c_n"] = cells[S] if n["training"] else cells[S % 2]
     gates = take(slots, B, P, 4 * M)
     if not n["training"]:
-        take(len(values) - pos)  # the rest is inference scratch
-        return out
+        return out  # the rest is inference scratch
     out.update(gates=gates, cells=cells, x_col=take(S, B, P, taps, M))
     if n["memory_conv"]:
         out["q"] = take(S, B, P, n["G"] - 4 * M)
@@ -136,44 +166,99 @@ def tensorized_results(values, n):
     if n["norm"]:
         sums = take(B, P, 10, M).sum((0, 1))
         out.update(grad_norm_weight=sums[:5], grad_norm_bias=sums[5:])
-    assert pos == len(values), (pos, len(values))
+    take.done()
     # the parameter gradients as the driver forms them after the loop (tensorized_lstm.cpp)
     out["grad_weight_hh"] = (out["x_col"].reshape(S * rows, taps * M).t()
                              @ grad_pre.reshape(S * rows, G)).view(taps, M, G).permute(2, 1, 0)
     out["grad_bias_hh"] = grad_pre.reshape(-1, G).sum(0)
     out["grad_bias_ih"] = grad_input_row.sum((0, 1))
     grad_input = grad_input_row[:T]
-    if n["lengths"] is not None:
-        grad_input = grad_input * (torch.arange(T)[:, None] < n["lengths"][None, :])[..., None]
-    out["grad_input"] = grad_input
+    out["grad_input"] = grad_input * active_steps(n["lengths"], T, B)
     return out
 
 
-def compare(configs, exe, workdir, seed, out=None):
-    """Runs each configuration through both recurrences; prints a line per configuration and
-    recurrence and returns the number that failed."""
+def peephole_case(config, generator):
+    """As tensorized_case, for the persistent peephole driver."""
+    dtype, T, B, H, _, use_lengths, reverse, training = config[:8]
+    inputs = uniform_inputs({
+        "gates_in": ((T, B, 4 * H), 1.0), "bias": ((4 * H,), 0.5), "peephole": ((3, H), 0.5),
+        "weight_hh": ((4 * H, H), H ** -0.5), "h0": ((B, H), 1.0), "c0": ((B, H), 1.0),
+        "grad_output": ((T, B, H), 1.0), "grad_h_n": ((B, H), 1.0), "grad_c_n": ((B, H), 1.0)},
+        generator)
+    t = {k: v.to(TORCH_DTYPE[dtype]) for k, v in inputs.items()}
+    # persistent_peephole_driver.cpp's lengths, clamped to [0, T] as the kernels read them
+    lengths = (torch.tensor([min(v, T) for v in [T, 2, T - 1, 0, 1, T, 3] * B][:B])
+               if use_lengths else None)
+    weight_ih = torch.eye(4 * H, dtype=t["gates_in"].dtype)
+    output, h_n, c_n, gates, hidden_states, cell_states = torch.ops.tlstm.peephole_lstm_forward(
+        t["gates_in"], t["h0"], t["c0"], weight_ih, t["weight_hh"], t["bias"],
+        torch.zeros_like(t["bias"]), t["peephole"], None, lengths, bool(reverse), "tanh",
+        bool(training))
+    ref = {"output": output, "h_n": h_n, "c_n": c_n}
+    active = active_steps(lengths, T, B)
+    if training:
+        # the gates of steps past a sequence's end are never read; the backends leave different
+        # values there
+        ref.update(gates=gates * active, hidden_states=hidden_states, cell_states=cell_states)
+        (grad_input, grad_h0, grad_c0, _, grad_weight_hh, grad_bias, grad_weight_peephole,
+         _) = torch.ops.tlstm.peephole_lstm_backward(
+            t["grad_output"], t["grad_h_n"], t["grad_c_n"], t["gates_in"], weight_ih,
+            t["weight_hh"], t["peephole"], None, lengths, gates, hidden_states, cell_states,
+            bool(reverse), "tanh", True)
+        ref.update(grad_input=grad_input, grad_h0=grad_h0, grad_c0=grad_c0,
+                   grad_weight_hh=grad_weight_hh, grad_bias=grad_bias,
+                   grad_weight_peephole=grad_weight_peephole)
+    flat = torch.cat([v.reshape(-1) for v in inputs.values()]).numpy()
+    return flat, ref, dict(T=T, B=B, H=H, reverse=reverse, training=training, active=active)
+
+
+def peephole_results(values, n):
+    """The op's outputs and gradients from the peephole driver's output file."""
+    T, B, H = n["T"], n["B"], n["H"]
+    S = T + 1 if n["training"] else 2
+    take = reader(values)
+    gates, hidden, cells, output = take(T, B, 4 * H), take(S, B, H), take(S, B, H), take(T, B, H)
+    last = (0 if n["reverse"] else T) if n["training"] else T % 2
+    out = {"output": output, "h_n": hidden[last], "c_n": cells[last]}
+    if not n["training"]:
+        return out
+    out.update(gates=gates * n["active"], hidden_states=hidden, cell_states=cells)
+    grad_gates, grad_h0, grad_c0 = take(T, B, 4 * H), take(B, H), take(B, H)
+    out.update(grad_input=grad_gates, grad_h0=grad_h0, grad_c0=grad_c0,
+               grad_weight_peephole=take(B, 3, H).sum(0), grad_bias=grad_gates.sum((0, 1)))
+    take.done()
+    # dW_hh = sum over steps of dA_t^T h_prev(t), as the driver forms it after the loop
+    hidden_prev = hidden[1:] if n["reverse"] else hidden[:-1]
+    out["grad_weight_hh"] = torch.einsum("tbg,tbh->gh", grad_gates, hidden_prev)
+    return out
+
+
+def compare(cases, workdir, seed, out=None):
+    """cases: (name, configs, modes, make_case, results) per cell, modes as [(label, command)];
+    runs each configuration in each mode, prints a line for each and returns how many failed."""
     out = out or sys.stdout
     generator = torch.Generator().manual_seed(seed)
     failures = 0
-    for config in configs:
-        flat, ref, sizes = tensorized_case(config, generator)
-        inputs = workdir / "inputs.bin"
-        flat.astype(np.float64).tofile(inputs)
-        for mode in ("stepwise", "persistent"):
-            values = run_outputs([[exe, mode]], config, workdir, extra=[inputs])[0]
-            got = tensorized_results(values, sizes)
-            errors = {name: rel_err(got[name], value) for name, value in ref.items()}
-            worst = max(errors, key=errors.get)
-            ok = errors[worst] <= BOUND[config[0]]
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {mode:10s} {config}: {len(errors)} tensors, "
-                  f"worst {worst} {errors[worst]:.1e}", file=out, flush=True)
+    for name, configs, modes, make_case, results in cases:
+        for config in configs:
+            flat, ref, sizes = make_case(config, generator)
+            inputs = workdir / "inputs.bin"
+            flat.astype(np.float64).tofile(inputs)
+            for label, command in modes:
+                values = run_outputs([command], config, workdir, extra=[inputs])[0]
+                got = results(values, sizes)
+                errors = {k: rel_err(got[k], v) for k, v in ref.items()}
+                worst = max(errors, key=errors.get)
+                ok = errors[worst] <= BOUND[config[0]]
+                failures += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} {name} {label:10s} {config}: {len(errors)} "
+                      f"tensors, worst {worst} {errors[worst]:.1e}", file=out, flush=True)
     return failures
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="two configurations")
+    parser.add_argument("--quick", action="store_true", help="three configurations")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -183,8 +268,16 @@ def main(argv=None):
     print(f"seed {seed}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        exe = build_tensorized_driver(tmp)
-        failures = compare(QUICK if args.quick else CONFIGS, exe, tmp, seed)
+        tensorized = build_tensorized_driver(tmp)
+        peephole = build_peephole_driver(tmp, "current", (ROOT / PEEPHOLE_KERNEL).read_text(), [])
+        cases = [
+            ("tLSTM", TENSORIZED_QUICK if args.quick else TENSORIZED_CONFIGS,
+             [("stepwise", [tensorized, "stepwise"]), ("persistent", [tensorized, "persistent"])],
+             tensorized_case, tensorized_results),
+            ("peephole", PEEPHOLE_QUICK if args.quick else PEEPHOLE_CONFIGS,
+             [("persistent", [peephole])], peephole_case, peephole_results),
+        ]
+        failures = compare(cases, tmp, seed)
     return 1 if failures else 0
 
 

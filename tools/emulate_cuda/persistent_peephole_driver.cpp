@@ -1,9 +1,10 @@
 // Runs the persistent peephole kernels (the section of csrc/cuda/peephole_lstm_cuda.cu from
 // "---- persistent kernels" to the host code after them, pasted in as persistent_section.inc,
-// with block_matmul.cuh) on the CPU through cuda_host_shim.h, and writes every output buffer as
+// with block_matmul.cuh) on the CPU through cuda_host_shim.h, on random inputs or those of the
+// optional inputs file (in the order run() asks for them), and writes every output buffer as
 // float64 to a file.
 // Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
-// Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out
+// Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out [inputs]
 #include "cuda_host_shim.h"
 #include "driver_io.h"
 #include <cstdio>
@@ -23,25 +24,25 @@ using namespace tlstm;
 
 
 template <typename scalar_t>
-void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole, int chunk, FILE* out) {
+void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole, int chunk,
+         Inputs& in, FILE* out) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::mt19937 g(1234);
-  auto gates_in = randv<scalar_t>(g, size_t(T) * B * 4 * H, 1.0);
-  auto bias = randv<scalar_t>(g, 4 * H, 0.5);
-  auto peep = randv<scalar_t>(g, 3 * H, 0.5);
-  auto W = randv<scalar_t>(g, size_t(4) * H * H, 1.0 / std::sqrt(H));
+  auto gates_in = in.next<scalar_t>(size_t(T) * B * 4 * H, 1.0);  // x W_ih^T
+  auto bias = in.next<scalar_t>(4 * H, 0.5);
+  auto peep = in.next<scalar_t>(3 * H, 0.5);
+  auto W = in.next<scalar_t>(size_t(4) * H * H, 1.0 / std::sqrt(H));
   std::vector<scalar_t> Wt(size_t(H) * 4 * H);
   for (int r = 0; r < 4 * H; ++r) for (int k = 0; k < H; ++k) Wt[size_t(k) * 4 * H + r] = W[size_t(r) * H + k];
   const int S = whole ? T + 1 : 2;
-  auto h0 = randv<scalar_t>(g, size_t(B) * H, 1.0);
-  auto c0 = randv<acc_t>(g, size_t(B) * H, 1.0);
+  auto h0 = in.next<scalar_t>(size_t(B) * H, 1.0);
+  auto c0 = in.next<acc_t>(size_t(B) * H, 1.0);
   std::vector<scalar_t> hs(size_t(S) * B * H, scalar_t(-7));
   std::vector<acc_t> cs(size_t(S) * B * H, acc_t(-7));
   const int first = whole && reverse ? T : 0;
   std::copy(h0.begin(), h0.end(), hs.begin() + size_t(first) * B * H);
   std::copy(c0.begin(), c0.end(), cs.begin() + size_t(first) * B * H);
   std::vector<scalar_t> output(size_t(T) * B * H, scalar_t(-7));
-  std::vector<int64_t> lengths(B);
+  std::vector<int64_t> lengths(B);  // compare_with_cpu_op.py makes the same
   for (int b = 0; b < B; ++b) lengths[b] = std::vector<int64_t>{T, 2, T - 1, 0, 1, T, 3}[b % 7];
   const int64_t* len = use_lengths ? lengths.data() : nullptr;
   std::vector<scalar_t> gates = gates_in;
@@ -66,9 +67,9 @@ void run(int T, int B, int H, int w, bool use_lengths, bool reverse, bool whole,
 #endif
   dump(out, gates); dump(out, hs); dump(out, cs); dump(out, output);
   if (!whole) return;
-  auto grad_output = randv<scalar_t>(g, size_t(T) * B * H, 1.0);
-  auto grad_hn = randv<scalar_t>(g, size_t(B) * H, 1.0);
-  auto grad_cell = randv<acc_t>(g, size_t(B) * H, 1.0);
+  auto grad_output = in.next<scalar_t>(size_t(T) * B * H, 1.0);
+  auto grad_hn = in.next<scalar_t>(size_t(B) * H, 1.0);
+  auto grad_cell = in.next<acc_t>(size_t(B) * H, 1.0);
   std::vector<scalar_t> grad_h0(size_t(B) * H, scalar_t(-7));
   std::vector<scalar_t> grad_gates(size_t(T) * B * 4 * H, scalar_t(-7));
   std::vector<acc_t> gp(size_t(B) * 3 * H, acc_t(0));
@@ -90,9 +91,13 @@ int main(int argc, char** argv) {
   bool len = atoi(argv[6]), rev = atoi(argv[7]), whole = atoi(argv[8]);
   int chunk = atoi(argv[9]);
   FILE* f = fopen(argv[10], "wb");
-  if (dtype == "double") run<double>(T, B, H, w, len, rev, whole, chunk, f);
-  else if (dtype == "float") run<float>(T, B, H, w, len, rev, whole, chunk, f);
-  else if (dtype == "half") run<c10::Half>(T, B, H, w, len, rev, whole, chunk, f);
-  else run<c10::BFloat16>(T, B, H, w, len, rev, whole, chunk, f);
+  FILE* inputs_file = argc > 11 ? fopen(argv[11], "rb") : nullptr;
+  if (argc > 11 && inputs_file == nullptr) { fprintf(stderr, "cannot read %s\n", argv[11]); return 2; }
+  Inputs in(1234, inputs_file);
+  if (dtype == "double") run<double>(T, B, H, w, len, rev, whole, chunk, in, f);
+  else if (dtype == "float") run<float>(T, B, H, w, len, rev, whole, chunk, in, f);
+  else if (dtype == "half") run<c10::Half>(T, B, H, w, len, rev, whole, chunk, in, f);
+  else run<c10::BFloat16>(T, B, H, w, len, rev, whole, chunk, in, f);
   fclose(f);
+  if (inputs_file != nullptr) fclose(inputs_file);
 }
