@@ -23,15 +23,20 @@ REFERENCE = "46d7fc7"
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
-def run_check(module_name, *argv):
+def tools_module(name):
+    """A module of tools/emulate_cuda, imported with that folder on the path (its modules
+    import each other by name)."""
     sys.path.insert(0, str(TOOLS))
     try:
-        module = __import__(module_name)
-        out = io.StringIO()
-        with redirect_stdout(out):
-            code = module.main(["--quick", *argv])
+        return __import__(name)
     finally:
         sys.path.remove(str(TOOLS))
+
+
+def run_check(module_name, *argv):
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = tools_module(module_name).main(["--quick", *argv])
     return code, out.getvalue()
 
 
@@ -60,12 +65,7 @@ def test_cuda_kernels_match_the_cpu_op():
 def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):
     # sizing, an unknown TLSTM_CUDA_RECURRENCE, no co-residency, and a launch the driver refuses
     # at run time: false (the steps run) by default, a clear error where persistent is forced
-    sys.path.insert(0, str(TOOLS))
-    try:
-        from emulation import compile_driver
-    finally:
-        sys.path.remove(str(TOOLS))
-    exe = compile_driver("launch_driver.cpp", tmp_path / "launch_driver",
+    exe = tools_module("emulation").compile_driver("launch_driver.cpp", tmp_path / "launch_driver",
                          [TOOLS / "mock_cuda_runtime"], link_c10=True)
     env = {k: v for k, v in os.environ.items() if k != "TLSTM_CUDA_RECURRENCE"}
     result = subprocess.run([str(exe)], capture_output=True, text=True, env=env)

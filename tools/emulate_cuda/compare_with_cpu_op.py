@@ -53,9 +53,10 @@ TORCH_DTYPE = {"double": torch.float64, "float": torch.float32}
 PEEPHOLE_KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 
 
-def lengths_of(T, B):
-    # tensorized_driver.cpp's lengths; the kernels clamp them to [0, T], the CPU op requires it
-    return torch.tensor([min(v, T) for v in [T, 1, T - 1, 0, 2] * B][:B], dtype=torch.int64)
+def driver_lengths(pattern, T, B):
+    """A driver's lengths (pattern[b % len(pattern)]) clamped to [0, T]: the kernels clamp
+    them, the CPU op requires it."""
+    return torch.tensor([min(pattern[b % len(pattern)], T) for b in range(B)], dtype=torch.int64)
 
 
 def active_steps(lengths, T, B):
@@ -63,14 +64,6 @@ def active_steps(lengths, T, B):
     if lengths is None:
         return torch.ones(T, B, 1, dtype=torch.float64)
     return (torch.arange(T)[:, None] < lengths[None, :])[..., None].to(torch.float64)
-
-
-def rel_err(out, ref):
-    out, ref = torch.as_tensor(out, dtype=torch.float64), ref.to(torch.float64)
-    if out.shape != ref.shape or not torch.isfinite(out).all():
-        return float("inf")
-    scale = ref.norm().item()
-    return (out - ref).norm().item() / (scale if scale > 0 else 1.0)
 
 
 def uniform_inputs(shapes, generator):
@@ -92,7 +85,8 @@ def tensorized_case(config, generator):
         "h0": ((B, P, M), 1.0), "c0": ((B, P, M), 1.0), "grad_output": ((T, B, M), 1.0),
         "grad_h_n": ((B, P, M), 1.0), "grad_c_n": ((B, P, M), 1.0)}, generator)
     t = {k: v.to(TORCH_DTYPE[dtype]) for k, v in inputs.items()}
-    lengths = lengths_of(T, B) if use_lengths else None
+    # tensorized_driver.cpp's lengths
+    lengths = driver_lengths([T, 1, T - 1, 0, 2], T, B) if use_lengths else None
     weight_ih = torch.eye(M, dtype=t["proj"].dtype)
     weight_hh = t["w_col"].view(taps, M, G).permute(2, 1, 0).contiguous()  # [G, M, K']
     norm_weight, norm_bias = (t["gamma"], t["beta"]) if norm else (None, None)
@@ -156,7 +150,7 @@ def tensorized_results(values, n):
         return out  # the rest is inference scratch
     out.update(gates=gates, cells=cells, x_col=take(S, B, P, taps, M))
     if n["memory_conv"]:
-        out["q"] = take(S, B, P, n["G"] - 4 * M)
+        out["q"] = take(S, B, P, G - 4 * M)
     if n["norm"]:
         out.update(norm_hat=take(S, B, P, 5, M), norm_rstd=take(S, B, P, 5))
     grad_pre = take(S, B, P, G)
@@ -172,8 +166,7 @@ def tensorized_results(values, n):
                              @ grad_pre.reshape(S * rows, G)).view(taps, M, G).permute(2, 1, 0)
     out["grad_bias_hh"] = grad_pre.reshape(-1, G).sum(0)
     out["grad_bias_ih"] = grad_input_row.sum((0, 1))
-    grad_input = grad_input_row[:T]
-    out["grad_input"] = grad_input * active_steps(n["lengths"], T, B)
+    out["grad_input"] = grad_input_row[:T] * active_steps(n["lengths"], T, B)
     return out
 
 
@@ -186,9 +179,8 @@ def peephole_case(config, generator):
         "grad_output": ((T, B, H), 1.0), "grad_h_n": ((B, H), 1.0), "grad_c_n": ((B, H), 1.0)},
         generator)
     t = {k: v.to(TORCH_DTYPE[dtype]) for k, v in inputs.items()}
-    # persistent_peephole_driver.cpp's lengths, clamped to [0, T] as the kernels read them
-    lengths = (torch.tensor([min(v, T) for v in [T, 2, T - 1, 0, 1, T, 3] * B][:B])
-               if use_lengths else None)
+    # persistent_peephole_driver.cpp's lengths
+    lengths = driver_lengths([T, 2, T - 1, 0, 1, T, 3], T, B) if use_lengths else None
     weight_ih = torch.eye(4 * H, dtype=t["gates_in"].dtype)
     output, h_n, c_n, gates, hidden_states, cell_states = torch.ops.tlstm.peephole_lstm_forward(
         t["gates_in"], t["h0"], t["c0"], weight_ih, t["weight_hh"], t["bias"],
@@ -236,6 +228,8 @@ def peephole_results(values, n):
 def compare(cases, workdir, seed, out=None):
     """cases: (name, configs, modes, make_case, results) per cell, modes as [(label, command)];
     runs each configuration in each mode, prints a line for each and returns how many failed."""
+    from tlstm.bench import rel_err  # SPEC.md's measure, as the parity report takes it
+
     out = out or sys.stdout
     generator = torch.Generator().manual_seed(seed)
     failures = 0
@@ -247,9 +241,11 @@ def compare(cases, workdir, seed, out=None):
             for label, command in modes:
                 values = run_outputs([command], config, workdir, extra=[inputs])[0]
                 got = results(values, sizes)
-                errors = {k: rel_err(got[k], v) for k, v in ref.items()}
-                worst = max(errors, key=errors.get)
-                ok = errors[worst] <= BOUND[config[0]]
+                # a NaN or infinite error fails, as does a wrong shape
+                errors = {k: rel_err(got[k], v) if got[k].shape == v.shape else float("inf")
+                          for k, v in ref.items()}
+                ok = all(e <= BOUND[config[0]] for e in errors.values())
+                worst = max(errors, key=lambda k: (errors[k] != errors[k], errors[k]))
                 failures += not ok
                 print(f"{'ok  ' if ok else 'FAIL'} {name} {label:10s} {config}: {len(errors)} "
                       f"tensors, worst {worst} {errors[worst]:.1e}", file=out, flush=True)

@@ -15,11 +15,24 @@ template <typename T> void dump(FILE* f, const std::vector<T>& v) {
   for (auto x : v) { double d = x; fwrite(&d, 8, 1, f); }
 }
 
-// The drivers' inputs, in the order they ask for them: uniform random vectors, or, given a file
-// (float64 values, written by a comparison script), its next n values.
+// The drivers' inputs, in the order they ask for them: uniform random vectors, or, given the
+// path of a file (float64 values, written by a comparison script), its next n values.
 class Inputs {
  public:
-  explicit Inputs(unsigned seed, FILE* file = nullptr) : g_(seed), file_(file) {}
+  Inputs(unsigned seed, const char* path) : g_(seed) {
+    if (path == nullptr) return;
+    file_ = fopen(path, "rb");
+    if (file_ == nullptr) {
+      fprintf(stderr, "cannot read %s\n", path);
+      std::exit(2);
+    }
+  }
+  ~Inputs() {
+    if (file_ != nullptr) fclose(file_);
+  }
+  Inputs(const Inputs&) = delete;
+  Inputs& operator=(const Inputs&) = delete;
+
   template <typename T>
   std::vector<T> next(size_t n, double scale) {
     if (file_ == nullptr) return randv<T>(g_, n, scale);
@@ -30,7 +43,8 @@ class Inputs {
     }
     return std::vector<T>(d.begin(), d.end());
   }
+
  private:
   std::mt19937 g_;
-  FILE* file_;
+  FILE* file_ = nullptr;
 };
