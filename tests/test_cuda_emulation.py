@@ -3,10 +3,11 @@ of tools/emulate_cuda (the --quick set of each check), so that a machine without
 still runs their code: the persistent peephole kernels against those of 46d7fc7, which passed
 the CUDA tests on an H100; the tLSTM's persistent kernels against its step kernels; and both
 tLSTM recurrences and the persistent peephole kernels against the registered CPU ops in float64,
-within SPEC.md's bound. And the
-host decisions of the persistent launch (csrc/cuda/persistent_launch.cuh) against a scripted
-CUDA runtime, since a GPU cannot be made to refuse a launch on demand. Skipped where there is
-no g++ (or, for the peephole check, no git history back to 46d7fc7)."""
+within SPEC.md's bound; and the kernels serialized in two thread orders, which must agree
+bitwise (a race check). And the host decisions of the persistent launch
+(csrc/cuda/persistent_launch.cuh) against a scripted CUDA runtime, since a GPU cannot be made
+to refuse a launch on demand. Skipped where there is no g++ (or, for the peephole check, no
+git history back to 46d7fc7)."""
 import io
 import os
 import pathlib
@@ -60,6 +61,15 @@ def test_cuda_kernels_match_the_cpu_op():
     # this); the peephole's persistent kernels too, without the git history
     code, report = run_check("compare_with_cpu_op")
     assert code == 0 and report.count("ok  ") == 5, report
+
+
+def test_kernels_have_no_race_between_barriers():
+    # the kernels serialized, lowest thread index first and highest first, between barriers:
+    # a read or write of an element another thread writes, with no barrier between, gives
+    # different outputs (a barrier dropped from the block matmul, the row code or a grid-wide
+    # step fails it); compute-sanitizer's racecheck on a GPU is the real check
+    code, report = run_check("race_check")
+    assert code == 0 and report.count("ok  ") == 3, report
 
 
 def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):

@@ -44,12 +44,12 @@ def persistent_section(source):
                           ("// Which recurrence", "// The persistent kernels are chosen by default"))
 
 
-def build(workdir, name, source, defines):
+def build(workdir, name, source, defines, sanitize=False):
     inc = workdir / name
     inc.mkdir()
     (inc / "persistent_section.inc").write_text(persistent_section(source))
     return compile_driver("persistent_peephole_driver.cpp", workdir / f"emulate_{name}", [inc],
-                          defines, std="c++17")
+                          defines, std="c++17", sanitize=sanitize)
 
 
 def main(argv=None):

@@ -37,11 +37,13 @@ CONFIGS = [
 QUICK = [CONFIGS[0], CONFIGS[8]]  # every flag with lengths; K=7 without feedback, odd units
 
 
-def build_tensorized_driver(workdir):
-    """tensorized_driver.cpp with the working tree's kernels, built in workdir."""
+def build_tensorized_driver(workdir, sanitize=False):
+    """tensorized_driver.cpp with the working tree's kernels, built in workdir (sanitize: see
+    emulation.compile_driver)."""
     (workdir / "tensorized_section.inc").write_text(
         kernel_section(KERNEL.read_text(), "// ---- device code", ("// ---- launches",)))
-    return compile_driver("tensorized_driver.cpp", workdir / "emulate_tensorized", [workdir])
+    return compile_driver("tensorized_driver.cpp", workdir / "emulate_tensorized", [workdir],
+                          sanitize=sanitize)
 
 
 def main(argv=None):

@@ -1,13 +1,26 @@
 // Host emulation of the CUDA features the kernels use: one std::thread per CUDA thread,
 // barriers for __syncthreads / grid.sync / __syncwarp / warp shuffles. Validation only.
+//
+// By default the threads run concurrently. EMU_SCHEDULE=ascending or descending serializes
+// them instead: one CUDA thread runs at a time, from one barrier to the next, and the next to
+// run is always the waiting thread of lowest (highest) global index. Between two barriers
+// that order all threads of a block one way, then the other, so two threads touching the same
+// element without a barrier between them, one of them writing, see each other's value in one
+// schedule and not in the other: the outputs of the two schedules differ (race_check.py).
+// A barrier that not every thread reaches, which the concurrent emulation would wait on
+// forever, ends a serialized run with an error.
 #pragma once
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 #include <cmath>
@@ -22,18 +35,87 @@
 
 struct Dim3 { unsigned x = 1, y = 1, z = 1; };
 
+class Barrier;
+namespace emu {
+class Scheduler;
+inline Scheduler* scheduler = nullptr;  // set while a serialized launch runs
+inline thread_local int thread_index;    // blockIdx.x * blockDim.x + threadIdx.x
+}  // namespace emu
+
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const long gen = gen_;
-    if (++count_ == n_) { count_ = 0; ++gen_; cv_.notify_all(); return; }
-    cv_.wait(lock, [&] { return gen_ != gen; });
-  }
+  inline void wait();
+
  private:
+  friend class emu::Scheduler;
   std::mutex m_; std::condition_variable cv_; int n_; int count_ = 0; long gen_ = 0;
+  std::vector<int> waiting_;  // the serialized schedules' waiting threads
 };
+
+namespace emu {
+// One thread at a time: the running thread runs until it waits at a barrier or ends; then the
+// runnable thread of lowest (or highest) index runs. A barrier's threads become runnable when
+// its last thread arrives.
+class Scheduler {
+ public:
+  Scheduler(int threads, bool descending)
+      : descending_(descending), wake_(threads), unfinished_(threads) {
+    for (int i = 0; i < threads; ++i) runnable_.insert(i);
+    running_ = pick();
+  }
+  void start() {
+    std::unique_lock<std::mutex> lock(m_);
+    wake_[thread_index].wait(lock, [&] { return running_ == thread_index; });
+  }
+  void arrive(::Barrier& barrier) {
+    std::unique_lock<std::mutex> lock(m_);
+    runnable_.erase(thread_index);
+    barrier.waiting_.push_back(thread_index);
+    if (int(barrier.waiting_.size()) == barrier.n_) {
+      runnable_.insert(barrier.waiting_.begin(), barrier.waiting_.end());
+      barrier.waiting_.clear();
+    }
+    run_next();
+    wake_[thread_index].wait(lock, [&] { return running_ == thread_index; });
+  }
+  void finish() {
+    std::unique_lock<std::mutex> lock(m_);
+    runnable_.erase(thread_index);
+    --unfinished_;
+    run_next();
+  }
+
+ private:
+  int pick() const { return descending_ ? *runnable_.rbegin() : *runnable_.begin(); }
+  void run_next() {
+    if (runnable_.empty()) {
+      if (unfinished_ > 0) {
+        std::fprintf(stderr, "emulation: %d threads wait at barriers that not all their threads "
+                             "reach\n", unfinished_);
+        std::_Exit(4);
+      }
+      return;
+    }
+    running_ = pick();
+    wake_[running_].notify_one();
+  }
+  bool descending_;
+  std::mutex m_;
+  std::vector<std::condition_variable> wake_;
+  std::set<int> runnable_;
+  int running_ = -1;
+  int unfinished_;
+};
+}  // namespace emu
+
+inline void Barrier::wait() {
+  if (emu::scheduler != nullptr) return emu::scheduler->arrive(*this);
+  std::unique_lock<std::mutex> lock(m_);
+  const long gen = gen_;
+  if (++count_ == n_) { count_ = 0; ++gen_; cv_.notify_all(); return; }
+  cv_.wait(lock, [&] { return gen_ != gen; });
+}
 
 namespace emu {
 struct Warp { Barrier bar{32}; unsigned char vals[32][8]; };
@@ -44,6 +126,19 @@ inline thread_local Barrier* block_barrier;
 inline thread_local Warp* warp;
 inline Barrier* grid_barrier;
 
+// EMU_SCHEDULE: unset or "concurrent", "ascending" or "descending" (see the top).
+inline std::unique_ptr<Scheduler> schedule_from_environment(int threads) {
+  const char* value = std::getenv("EMU_SCHEDULE");
+  const std::string order = value == nullptr ? "concurrent" : value;
+  if (order == "concurrent") return nullptr;
+  if (order != "ascending" && order != "descending") {
+    std::fprintf(stderr, "EMU_SCHEDULE must be concurrent, ascending or descending, not %s\n",
+                 order.c_str());
+    std::exit(2);
+  }
+  return std::make_unique<Scheduler>(threads, order == "descending");
+}
+
 template <typename... KernelArgs, typename... Args>
 void launch(void (*kernel)(KernelArgs...), int blocks, int threads, int64_t smem, Args... args) {
   bdim.x = threads; gdim.x = blocks;
@@ -53,15 +148,21 @@ void launch(void (*kernel)(KernelArgs...), int blocks, int threads, int64_t smem
   std::vector<std::unique_ptr<Warp>> warps;
   for (int b = 0; b < blocks; ++b) bars.emplace_back(new Barrier(threads));
   for (int w = 0; w < blocks * threads / 32; ++w) warps.emplace_back(new Warp());
+  const auto serialized = schedule_from_environment(blocks * threads);
+  scheduler = serialized.get();
   std::vector<std::thread> ts;
   for (int b = 0; b < blocks; ++b)
     for (int t = 0; t < threads; ++t)
       ts.emplace_back([&, b, t] {
         tid.x = t; bid.x = b; shared = shm[b].data(); block_barrier = bars[b].get();
-        warp = warps[(b * threads + t) / 32].get();
+        thread_index = b * threads + t;
+        warp = warps[thread_index / 32].get();
+        if (scheduler != nullptr) scheduler->start();
         kernel(args...);
+        if (scheduler != nullptr) scheduler->finish();
       });
   for (auto& t : ts) t.join();
+  scheduler = nullptr;
 }
 }  // namespace emu
 
