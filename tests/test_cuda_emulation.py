@@ -66,8 +66,8 @@ def test_cuda_kernels_match_the_cpu_op():
 def test_kernels_have_no_race_between_barriers():
     # the kernels serialized, lowest thread index first and highest first, between barriers:
     # a read or write of an element another thread writes, with no barrier between, gives
-    # different outputs (a barrier dropped from the block matmul, the row code or a grid-wide
-    # step fails it); compute-sanitizer's racecheck on a GPU is the real check
+    # different outputs (a barrier dropped from the block matmul, or either cell's grid-wide
+    # barrier, fails it); compute-sanitizer's racecheck on a GPU is the real check
     code, report = run_check("race_check")
     assert code == 0 and report.count("ok  ") == 3, report
 

@@ -3,10 +3,11 @@
 //
 // By default the threads run concurrently. EMU_SCHEDULE=ascending or descending serializes
 // them instead: one CUDA thread runs at a time, from one barrier to the next, and the next to
-// run is always the waiting thread of lowest (highest) global index. Between two barriers
-// that order all threads of a block one way, then the other, so two threads touching the same
-// element without a barrier between them, one of them writing, see each other's value in one
-// schedule and not in the other: the outputs of the two schedules differ (race_check.py).
+// run is always the waiting thread of lowest (highest) global index. So between two barriers
+// any two threads run in one order in the first schedule and in the other in the second: two
+// threads touching the same element with no barrier between them, one of them writing, see
+// each other's value in one schedule and not in the other, and the outputs of the two
+// schedules differ (race_check.py).
 // A barrier that not every thread reaches, which the concurrent emulation would wait on
 // forever, ends a serialized run with an error.
 #pragma once
