@@ -52,6 +52,12 @@ def build(workdir, name, source, defines, sanitize=False):
                           defines, std="c++17", sanitize=sanitize)
 
 
+def build_current_peephole_driver(workdir, sanitize=False):
+    """persistent_peephole_driver.cpp with the working tree's kernels, built in workdir
+    (sanitize: see emulation.compile_driver)."""
+    return build(workdir, "current", (ROOT / KERNEL).read_text(), [], sanitize=sanitize)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reference", default="46d7fc7")
@@ -59,11 +65,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     reference = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.reference}:{KERNEL}"],
                                check=True, capture_output=True, text=True).stdout
-    current = (ROOT / KERNEL).read_text()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         exes = {"reference": build(tmp, "reference", reference, ["-DREFERENCE_KERNEL"]),
-                "current": build(tmp, "current", current, [])}
+                "current": build_current_peephole_driver(tmp)}
 
         def run(config):
             return run_outputs([[exes["reference"]], [exes["current"]]], config, tmp)

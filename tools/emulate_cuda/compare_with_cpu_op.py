@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import torch
 
-from compare_persistent_kernels import build as build_peephole_driver
+from compare_persistent_kernels import build_current_peephole_driver
 from compare_tensorized_kernels import build_tensorized_driver
 from emulation import ROOT, run_outputs
 
@@ -50,7 +50,6 @@ PEEPHOLE_CONFIGS = [
 TENSORIZED_QUICK = TENSORIZED_CONFIGS[:2]
 PEEPHOLE_QUICK = PEEPHOLE_CONFIGS[1:2]
 TORCH_DTYPE = {"double": torch.float64, "float": torch.float32}
-PEEPHOLE_KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 
 
 def driver_lengths(pattern, T, B):
@@ -265,7 +264,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         tensorized = build_tensorized_driver(tmp)
-        peephole = build_peephole_driver(tmp, "current", (ROOT / PEEPHOLE_KERNEL).read_text(), [])
+        peephole = build_current_peephole_driver(tmp)
         cases = [
             ("tLSTM", TENSORIZED_QUICK if args.quick else TENSORIZED_CONFIGS,
              [("stepwise", [tensorized, "stepwise"]), ("persistent", [tensorized, "persistent"])],

@@ -24,10 +24,10 @@ import sys
 import tempfile
 
 from compare_persistent_kernels import CONFIGS as PEEPHOLE_CONFIGS
-from compare_persistent_kernels import build as build_peephole_driver
+from compare_persistent_kernels import build_current_peephole_driver
 from compare_tensorized_kernels import CONFIGS as TENSORIZED_CONFIGS
 from compare_tensorized_kernels import build_tensorized_driver
-from emulation import ROOT, compare_configs, run_outputs
+from emulation import compare_configs, run_outputs
 
 SCHEDULES = [{"EMU_SCHEDULE": "ascending"}, {"EMU_SCHEDULE": "descending"}]
 EXACT = {"double": 0.0, "float": 0.0, "half": 0.0, "bfloat16": 0.0}
@@ -57,9 +57,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        peephole = build_peephole_driver(
-            tmp, "current", (ROOT / "csrc/cuda/peephole_lstm_cuda.cu").read_text(), [],
-            sanitize=True)
+        peephole = build_current_peephole_driver(tmp, sanitize=True)
         tensorized = build_tensorized_driver(tmp, sanitize=True)
         failures = 0
         for driver, recurrence, config in QUICK if args.quick else CASES:
