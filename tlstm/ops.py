@@ -27,6 +27,36 @@ def _needs_saving(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs nn.LSTM in on ``device_type``, or None outside autocast."""
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _to_kernel_dtype(tensors: tuple) -> tuple[tuple, torch.dtype | None]:
+    """What nn.LSTM does with dtypes around its kernels, for the ops' floating tensors (the
+    first is the input). Under autocast, float16, bfloat16 and float32 tensors are cast to the
+    autocast dtype, as autocast casts nn.LSTM's (float64 is left alone). The CPU kernels run the
+    half types in float32: the tensors are widened, and the results are to be narrowed back to
+    the returned dtype (None: leave them as they are). Autograd records every cast."""
+    input = tensors[0]
+    dtype = input.dtype
+    target = _autocast_dtype(input.device.type)
+    if target is not None and dtype != torch.float64:
+        dtype = target
+        tensors = tuple(t.to(target) if t is not None and t.is_floating_point()
+                        and t.dtype != torch.float64 else t for t in tensors)
+    if input.device.type != "cpu" or dtype not in _HALF_TYPES:
+        return tensors, None
+    return tuple(t.float() if t is not None and t.dtype in _HALF_TYPES else t
+                 for t in tensors), dtype
+
+
+def _narrow(results: tuple, dtype: torch.dtype | None) -> tuple:
+    return results if dtype is None else tuple(t.to(dtype) for t in results)
+
+
 # --------------------------------------------------------------------------------------------
 # Peephole LSTM: one layer, one direction.
 
@@ -50,16 +80,16 @@ def peephole_lstm_layer(
     Steps with ``t >= lengths[b]`` leave sequence b's state unchanged and output zeros. With
     ``reverse`` the sequence is walked from its last step (``lengths[b] - 1``) to its first.
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
-    synchronise) and act as the nearest bound.
+    synchronise) and act as the nearest bound. Under autocast the floating arguments are cast to
+    the autocast dtype, as for nn.LSTM; on the CPU float16 and bfloat16 run in float32.
     """
-    training = _needs_saving(
-        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj
+    floating, result_dtype = _to_kernel_dtype(
+        (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj)
     )
     output, h_n, c_n, _, _, _ = torch.ops.tlstm.peephole_lstm_forward(
-        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj,
-        lengths, reverse, activation, training,
+        *floating, lengths, reverse, activation, _needs_saving(*floating),
     )
-    return output, h_n, c_n
+    return _narrow((output, h_n, c_n), result_dtype)
 
 
 @torch.library.register_fake("tlstm::peephole_lstm_forward")
@@ -188,14 +218,15 @@ def tensorized_lstm_sequence(
     h_{t+delay, P}, zero past each length) and the final H, C [B, P, M].
 
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
-    synchronise) and act as the nearest bound."""
-    training = _needs_saving(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight,
-                             norm_bias)
-    output, h_n, c_n, *_ = torch.ops.tlstm.tensorized_lstm_forward(
-        input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias, lengths,
-        depth, kernel_size, feedback, memory_conv, flush, training,
+    synchronise) and act as the nearest bound. Dtypes as for peephole_lstm_layer."""
+    floating, result_dtype = _to_kernel_dtype(
+        (input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias)
     )
-    return output, h_n, c_n
+    output, h_n, c_n, *_ = torch.ops.tlstm.tensorized_lstm_forward(
+        *floating, lengths, depth, kernel_size, feedback, memory_conv, flush,
+        _needs_saving(*floating),
+    )
+    return _narrow((output, h_n, c_n), result_dtype)
 
 
 @torch.library.register_fake("tlstm::tensorized_lstm_forward")

@@ -1,0 +1,161 @@
+"""float16 / bfloat16 modules on the CPU, and autocast on the CPU and on CUDA, for both cells.
+
+nn.LSTM runs the half types on the CPU and, under autocast, runs in the autocast dtype; the
+fused modules do the same (on the CPU the kernels compute half types in float32). SPEC.md's
+bound for the half types: each result's error against the float64 reference is at most twice
+the error of the reference module run the same way, plus 1e-3."""
+import pytest
+import torch
+
+import tlstm
+import tensorized_helpers as th
+from conftest import fused_and_reference, forward_backward, make_inputs, rel_err
+
+HALF = [torch.float16, torch.bfloat16]
+CUDA = torch.cuda.is_available() and tlstm.ops.has_cuda_kernels()
+
+PEEPHOLE_CASES = {
+    "base": (dict(input_size=5, hidden_size=12), None),
+    "bidir_two_layers_proj_packed": (
+        dict(input_size=4, hidden_size=10, num_layers=2, bidirectional=True, proj_size=6),
+        [7, 3, 5],
+    ),
+}
+TENSORIZED_CASES = {
+    "base": (dict(input_size=4, hidden_size=12, depth=3), None, True),
+    "k5_proj_packed": (dict(input_size=3, hidden_size=10, depth=2, kernel_size=5, proj_size=4),
+                       [6, 2, 4], True),
+    "no_flush_flags_off": (dict(input_size=3, hidden_size=9, depth=3, feedback=False,
+                                memory_conv=False), None, False),
+}
+
+
+def _check_within_half_bound(got, base, want, context):
+    assert set(got) == set(want) == set(base)
+    failures = []
+    for key in sorted(want):
+        bound = 2 * rel_err(base[key], want[key]) + 1e-3
+        err = rel_err(got[key], want[key])
+        if not err <= bound:
+            failures.append(f"{key}: {err:.3e} > {bound:.3e}")
+    assert not failures, f"{context}: " + ", ".join(failures)
+
+
+def _leaves(x, hx, dtype, device="cpu"):
+    x = x.detach().to(device, dtype).requires_grad_()
+    hx = None if hx is None else tuple(h.detach().to(device, dtype).requires_grad_() for h in hx)
+    return x, hx
+
+
+# ---- the peephole LSTM -------------------------------------------------------------------------
+
+
+def _peephole_runs(case, dtype, device="cpu", autocast=False):
+    """Results of one case: the fused module in `dtype` (or in float32 under autocast to
+    `dtype`), the reference module in `dtype`, and the float64 reference. Autocast casts the
+    op's every floating argument, so the reference in `dtype` is also its baseline."""
+    kwargs, lengths = PEEPHOLE_CASES[case]
+    _, ref64 = fused_and_reference(torch.float64, seed=31, **kwargs)
+    fused_dtype = torch.float32 if autocast else dtype
+    fused = tlstm.PeepholeLSTM(**kwargs).to(device, fused_dtype)
+    ref_low = tlstm.reference.PeepholeLSTM(**kwargs).to(device, dtype)
+    for m in (fused, ref_low):
+        m.load_state_dict(ref64.state_dict())
+        m.train(False)
+    T, B = 7, 3
+    x64, hx64 = make_inputs(ref64, T, B, 32, torch.float64)
+    want = forward_backward(ref64, x64, hx64, lengths=lengths, seed=33)
+    x, hx = _leaves(x64, hx64, fused_dtype, device)
+    with torch.autocast(device, dtype=dtype, enabled=autocast):
+        got = forward_backward(fused, x, hx, lengths=lengths, seed=33)
+    x, hx = _leaves(x64, hx64, dtype, device)
+    base = forward_backward(ref_low, x, hx, lengths=lengths, seed=33)
+    return got, base, want
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
+def test_peephole_half_module_on_cpu(case, dtype):
+    got, base, want = _peephole_runs(case, dtype)
+    for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh_l0"):
+        assert got[key].dtype == dtype, (key, got[key].dtype)
+    _check_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+@pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
+def test_peephole_under_autocast(case, device):
+    """As nn.LSTM under autocast: outputs and states in the autocast dtype, parameter
+    gradients in the parameters' float32."""
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    got, base, want = _peephole_runs(case, dtype, device, autocast=True)
+    for key in ("output", "h_n", "c_n"):
+        assert got[key].dtype == dtype, (key, got[key].dtype)
+    assert got["grad_weight_ih_l0"].dtype == torch.float32
+    _check_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+def test_peephole_autocast_dtypes_match_nn_lstm(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    lstm = torch.nn.LSTM(4, 6, num_layers=2, device=device)
+    ours = tlstm.PeepholeLSTM.from_lstm(lstm)
+    x = torch.randn(5, 3, 4, device=device).to(dtype)  # nn.LSTM on the CPU wants it cast already
+    with torch.autocast(device, dtype=dtype):
+        want_out, (want_h, want_c) = lstm(x)
+        out, (h, c) = ours(x)
+    assert (out.dtype, h.dtype, c.dtype) == (want_out.dtype, want_h.dtype, want_c.dtype)
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    assert rel_err(out, want_out) < tol, rel_err(out, want_out)
+
+
+def test_float64_is_left_alone_under_autocast():
+    """Autocast casts float32 and the half types, never float64 (as for nn.LSTM)."""
+    fused, ref = fused_and_reference(torch.float64, seed=34, input_size=3, hidden_size=5)
+    x, hx = make_inputs(fused, 4, 2, 35, torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = fused(x, hx)
+    want, _ = ref(x, hx)
+    assert out.dtype == torch.float64 and rel_err(out, want) <= 1e-10
+
+
+# ---- the tensorized LSTM ----------------------------------------------------------------------
+
+
+def _tensorized_runs(case, dtype, device="cpu", autocast=False):
+    """As _peephole_runs, for the tensorized LSTM."""
+    kwargs, lengths, flush = TENSORIZED_CASES[case]
+    _, ref64 = th.fused_and_reference(torch.float64, seed=41, **kwargs)
+    fused_dtype = torch.float32 if autocast else dtype
+    fused = tlstm.TensorizedLSTM(**kwargs).to(device, fused_dtype)
+    ref_low = tlstm.reference.TensorizedLSTM(**kwargs).to(device, dtype)
+    for m in (fused, ref_low):
+        m.load_state_dict(ref64.state_dict())
+    x64, state64 = th.make_inputs(ref64, 6, 3, 42)
+    want = th.forward_backward(ref64, x64, state64, lengths=lengths, flush=flush, seed=43)
+    x, state = _leaves(x64, state64, fused_dtype, device)
+    with torch.autocast(device, dtype=dtype, enabled=autocast):
+        got = th.forward_backward(fused, x, state, lengths=lengths, flush=flush, seed=43)
+    x, state = _leaves(x64, state64, dtype, device)
+    base = th.forward_backward(ref_low, x, state, lengths=lengths, flush=flush, seed=43)
+    return got, base, want
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", list(TENSORIZED_CASES))
+def test_tensorized_half_module_on_cpu(case, dtype):
+    got, base, want = _tensorized_runs(case, dtype)
+    for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh"):
+        assert got[key].dtype == dtype, (key, got[key].dtype)
+    _check_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+@pytest.mark.parametrize("case", list(TENSORIZED_CASES))
+def test_tensorized_under_autocast(case, device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    got, base, want = _tensorized_runs(case, dtype, device, autocast=True)
+    for key in ("output", "h_n", "c_n"):
+        assert got[key].dtype == dtype, (key, got[key].dtype)
+    assert got["grad_weight_hh"].dtype == torch.float32
+    _check_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
