@@ -93,6 +93,9 @@ FORWARD_CASES = [
      "Input and hidden tensors are not at the same device, found input tensor at cpu and "
      "hidden tensor at meta"),
     ("hx_one_tensor", {}, lambda: torch.randn(2, 2, 4), lambda: (torch.randn(1, 2, 5),), None),
+    ("hx_three_tensors", {}, lambda: torch.randn(2, 2, 4),
+     lambda: (torch.randn(1, 2, 5), torch.randn(1, 2, 5), torch.randn(1, 2, 5)),
+     "lstm expects two hidden states"),
 ]
 
 
@@ -211,3 +214,18 @@ def test_bad_activation():
             cls(4, 5, activation="relu")
         msg = str(exc.value)
         assert "tanh" in msg and "identity" in msg and "relu" in msg, msg
+
+
+@pytest.mark.parametrize("hx", [torch.randn(2, 1, 2, 5), torch.randn(1, 2, 5)],
+                         ids=["stacked_4d", "only_h_0"])
+def test_hx_as_a_single_tensor_is_a_clear_type_error(hx):
+    """nn.LSTM raises a TypeError listing lstm()'s overloads (or, for a 4-D tensor it can
+    unpack, runs); ours names hx and the shape it got."""
+    x = torch.randn(3, 2, 4)
+    for kind in ("fused", "reference"):
+        with pytest.raises(TypeError) as exc:
+            _module(kind, 4, 5)(x, hx)
+        assert str(exc.value) == (
+            f"hx must be a tuple (h_0, c_0) of two tensors, got a single tensor of shape "
+            f"{list(hx.shape)}"
+        )

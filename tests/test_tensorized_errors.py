@@ -165,6 +165,14 @@ def test_empty_sequence_batch_first(cls):
         m(torch.randn(2, 0, 4))
 
 
-def test_state_must_be_a_pair(module):
-    with pytest.raises((TypeError, ValueError, RuntimeError)):
-        module(torch.randn(3, 2, 4), torch.zeros(2, 3, 5))
+@pytest.mark.parametrize("count", [1, 3])
+def test_state_must_be_a_pair(module, count):
+    P = module.rows
+    with pytest.raises(TypeError) as exc:
+        module(torch.randn(3, 2, 4), torch.zeros(2, P, 5))
+    assert str(exc.value) == (
+        f"state must be a tuple (H, C) of two tensors, got a single tensor of shape [2, {P}, 5]"
+    )
+    with pytest.raises(TypeError) as exc:
+        module(torch.randn(3, 2, 4), (torch.zeros(2, P, 5),) * count)
+    assert str(exc.value) == f"state must be a tuple (H, C) of two tensors, got {count}"

@@ -24,11 +24,31 @@ _ATEN_DTYPE_NAMES = {
     torch.float64: "Double",
     torch.float16: "Half",
     torch.bfloat16: "BFloat16",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
 }
 
 
 def _aten_dtype_name(dtype: torch.dtype) -> str:
     return _ATEN_DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def check_state_pair(state, what: str, names: str) -> None:
+    """A recurrent state is a tuple (or list) of tensors, as nn.LSTM's ``hx``: a single tensor
+    or another type is a TypeError that says so (the callers check the number of tensors)."""
+    if isinstance(state, torch.Tensor):
+        raise TypeError(
+            f"{what} must be a tuple {names} of two tensors, got a single tensor of shape "
+            f"{list(state.shape)}"
+        )
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"{what} must be a tuple {names} of two tensors, got {type(state).__name__}")
 
 
 def check_same_device(input: torch.Tensor, tensors, what: str) -> None:
@@ -170,6 +190,11 @@ class PeepholeLSTMBase(nn.Module):
     def all_weights(self) -> list[list[nn.Parameter]]:
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    def flatten_parameters(self) -> None:
+        """Does nothing, and is there so that code written for nn.LSTM runs unchanged: nn.LSTM
+        copies its weights into one cuDNN buffer here; the fused kernels read each weight where
+        it is, so there is nothing to flatten."""
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # An nn.LSTM state_dict has no peephole weights: they load as zeros, which makes the
         # cell exactly nn.LSTM's. A state_dict with only some of them is reported as usual.
@@ -231,7 +256,7 @@ class PeepholeLSTMBase(nn.Module):
                 raise RuntimeError(f"Expected hidden[{k}] size {expected}, got {list(state.size())}")
         check_same_device(input, hx, "hidden")
         for state in hx:
-            if state.dtype != input.dtype:
+            if state.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
                 raise RuntimeError(
                     "Input and hidden tensors are not the same dtype, found input tensor with "
                     f"{_aten_dtype_name(input.dtype)} and hidden tensor with "
@@ -255,6 +280,10 @@ class PeepholeLSTMBase(nn.Module):
     def forward(self, input, hx=None):
         """Same arguments and results as ``nn.LSTM.forward``: ``output, (h_n, c_n)``."""
         packed = isinstance(input, PackedSequence)
+        if hx is not None:
+            check_state_pair(hx, "hx", "(h_0, c_0)")
+            if len(hx) > 2:  # fewer fail where hx[1] is read, with nn.LSTM's IndexError
+                raise RuntimeError("lstm expects two hidden states")
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, packed=True)

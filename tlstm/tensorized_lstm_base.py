@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 
-from .peephole_lstm_base import check_same_device
+from .peephole_lstm_base import check_same_device, check_state_pair
 from .sequences import pack_padded, packed_layout, pad_packed
 
 
@@ -108,6 +108,9 @@ class TensorizedLSTMBase(nn.Module):
             else:
                 init.uniform_(p, -stdv, stdv)
 
+    def flatten_parameters(self) -> None:
+        """Does nothing: there so that code written for nn.LSTM, which calls it, runs unchanged."""
+
     @property
     def delay(self) -> int:
         """Steps from an input to its output: the top row sees x_t at step t + depth - 1."""
@@ -116,7 +119,7 @@ class TensorizedLSTMBase(nn.Module):
     # -- checks ---------------------------------------------------------------------------------
 
     def _check_input(self, input: torch.Tensor, packed: bool) -> None:
-        if input.dtype != self.weight_ih.dtype:
+        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"TensorizedLSTM input dtype ({input.dtype}) does not match weight dtype "
                 f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), or "
@@ -132,8 +135,8 @@ class TensorizedLSTMBase(nn.Module):
             )
 
     def _check_state(self, input: torch.Tensor, state, batch: int) -> None:
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError("state must be a tuple (H, C) of two tensors")
+        if len(state) != 2:
+            raise TypeError(f"state must be a tuple (H, C) of two tensors, got {len(state)}")
         expected = (batch, self.rows, self.hidden_size)
         for k, s in enumerate(state):
             if tuple(s.shape) != expected:
@@ -142,7 +145,7 @@ class TensorizedLSTMBase(nn.Module):
                 )
         check_same_device(input, state, "state")
         for s in state:
-            if s.dtype != input.dtype:
+            if s.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
                 raise RuntimeError(
                     f"Input and state tensors are not the same dtype, found input tensor with "
                     f"{input.dtype} and state tensor with {s.dtype}"
@@ -165,6 +168,8 @@ class TensorizedLSTMBase(nn.Module):
         output: [T, B, proj_size or hidden_size]; H, C: [B, P, M], the state after the last step.
         """
         packed = isinstance(input, PackedSequence)
+        if state is not None:
+            check_state_pair(state, "state", "(H, C)")
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, packed=True)
