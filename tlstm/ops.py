@@ -57,6 +57,23 @@ def _narrow(results: tuple, dtype: torch.dtype | None) -> tuple:
     return results if dtype is None else tuple(t.to(dtype) for t in results)
 
 
+def _double_backward_unsupported(cell: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"tlstm.{cell} does not support double backward: the gradients its kernels compute "
+            "are not themselves differentiable (a gradient penalty, or torch.autograd.grad(..., "
+            "create_graph=True) followed by another backward, needs that). cuDNN's nn.LSTM has "
+            f"the same limit; tlstm.reference.{cell}, the step-by-step PyTorch loop with the "
+            "same parameters, supports it."
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
 # --------------------------------------------------------------------------------------------
 # Peephole LSTM: one layer, one direction.
 
@@ -191,6 +208,13 @@ torch.library.register_autograd(
     _peephole_lstm_backward,
     setup_context=_peephole_lstm_setup_context,
 )
+# Differentiating the backward op (create_graph=True, then another backward) is an error that
+# says so, instead of autograd's silent zeros for an op without an autograd formula.
+torch.library.register_autograd(
+    "tlstm::peephole_lstm_backward",
+    _double_backward_unsupported("PeepholeLSTM"),
+    setup_context=_no_context,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,4 +340,9 @@ torch.library.register_autograd(
     "tlstm::tensorized_lstm_forward",
     _tensorized_lstm_backward,
     setup_context=_tensorized_lstm_setup_context,
+)
+torch.library.register_autograd(
+    "tlstm::tensorized_lstm_backward",
+    _double_backward_unsupported("TensorizedLSTM"),
+    setup_context=_no_context,
 )
