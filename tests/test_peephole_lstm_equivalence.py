@@ -260,3 +260,16 @@ def test_packed_enforce_sorted_equals_nn_lstm():
                                                                     m.weight_hh_l1])])
     for a, b in zip(*results):
         assert rel_err(a, b) <= TOL[torch.float64]
+
+
+@pytest.mark.parametrize("cls", [tlstm.PeepholeLSTM, tlstm.TensorizedLSTM])
+def test_flatten_parameters_is_there_and_changes_nothing(cls):
+    """Training scripts written for nn.LSTM call flatten_parameters() before every forward."""
+    args = (3, 4, 2)
+    module = cls(*args)
+    x = torch.randn(5, 2, 3)
+    before = module(x)[0]
+    params = [p.clone() for p in module.parameters()]
+    assert module.flatten_parameters() is None
+    assert all(torch.equal(p, q) for p, q in zip(module.parameters(), params))
+    assert torch.equal(module(x)[0], before)
