@@ -58,6 +58,20 @@ def assert_rel_close(a, b, tol, what=""):
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
+def assert_within_half_bound(got: dict, base: dict, want: dict, context: str = ""):
+    """SPEC.md's bound for float16 / bfloat16: each result's error against the float64
+    reference `want` is at most twice the error of `base` (the reference module run in that
+    dtype), plus 1e-3. Every entry is checked and all failures are reported together."""
+    assert set(got) == set(want) == set(base)
+    failures = []
+    for key in sorted(want):
+        bound = 2 * rel_err(base[key], want[key]) + 1e-3
+        err = rel_err(got[key], want[key])
+        if not err <= bound:
+            failures.append(f"{key}: {err:.3e} > {bound:.3e}")
+    assert not failures, f"{context}: " + ", ".join(failures)
+
+
 def assert_results_close(got: dict, ref: dict, tol: float, context: str = ""):
     """Compares every entry of two result dicts (see forward_backward); keys must match."""
     assert set(got) == set(ref), f"{context}: keys differ: {sorted(set(got) ^ set(ref))}"

@@ -9,7 +9,8 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import fused_and_reference, forward_backward, make_inputs, rel_err
+from conftest import (assert_within_half_bound, forward_backward, fused_and_reference,
+                      make_inputs, rel_err)
 
 HALF = [torch.float16, torch.bfloat16]
 CUDA = torch.cuda.is_available() and tlstm.ops.has_cuda_kernels()
@@ -28,17 +29,6 @@ TENSORIZED_CASES = {
     "no_flush_flags_off": (dict(input_size=3, hidden_size=9, depth=3, feedback=False,
                                 memory_conv=False), None, False),
 }
-
-
-def _check_within_half_bound(got, base, want, context):
-    assert set(got) == set(want) == set(base)
-    failures = []
-    for key in sorted(want):
-        bound = 2 * rel_err(base[key], want[key]) + 1e-3
-        err = rel_err(got[key], want[key])
-        if not err <= bound:
-            failures.append(f"{key}: {err:.3e} > {bound:.3e}")
-    assert not failures, f"{context}: " + ", ".join(failures)
 
 
 def _leaves(x, hx, dtype, device="cpu"):
@@ -79,7 +69,7 @@ def test_peephole_half_module_on_cpu(case, dtype):
     got, base, want = _peephole_runs(case, dtype)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh_l0"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    _check_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
@@ -92,7 +82,7 @@ def test_peephole_under_autocast(case, device):
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
     assert got["grad_weight_ih_l0"].dtype == torch.float32
-    _check_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
+    assert_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
@@ -147,7 +137,7 @@ def test_tensorized_half_module_on_cpu(case, dtype):
     got, base, want = _tensorized_runs(case, dtype)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    _check_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
@@ -158,4 +148,4 @@ def test_tensorized_under_autocast(case, device):
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
     assert got["grad_weight_hh"].dtype == torch.float32
-    _check_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
+    assert_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")

@@ -12,6 +12,7 @@ import tlstm  # noqa: E402
 from conftest import (  # noqa: E402
     TOL,
     assert_results_close,
+    assert_within_half_bound,
     forward_backward,
     fused_and_reference,
     make_inputs,
@@ -92,10 +93,7 @@ def test_half_types_within_twice_the_reference_error(case, dtype, recurrence):
     x_low = x64.detach().to("cuda", dtype).requires_grad_()
     hx_low = tuple(h.detach().to("cuda", dtype).requires_grad_() for h in hx64)
     low = forward_backward(ref_low, x_low, hx_low, lengths=lengths, seed=3)
-    for key in want:
-        bound = 2 * rel_err(low[key], want[key]) + 1e-3
-        err = rel_err(got[key], want[key])
-        assert err <= bound, f"{recurrence} {dtype} {case} {key}: {err:.3e} > {bound:.3e}"
+    assert_within_half_bound(got, low, want, context=f"{recurrence} {dtype} {case}")
 
 
 def test_cuda_float64_matches_cpu_kernels(recurrence):

@@ -16,7 +16,9 @@ if not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch
                 allow_module_level=True)
 
 import tlstm  # noqa: E402
-from conftest import TOL, assert_results_close, assert_results_equal, rel_err  # noqa: E402
+from conftest import (  # noqa: E402
+    TOL, assert_results_close, assert_results_equal, assert_within_half_bound,
+)
 from tensorized_helpers import (  # noqa: E402
     F32,
     F64,
@@ -122,14 +124,7 @@ def test_half_precision_within_the_reference_in_that_dtype(case, dtype, recurren
     x_h = x.detach().requires_grad_()
     state_h = tuple(s.detach().requires_grad_() for s in state)
     base = forward_backward(ref_half, x_h, state_h, lengths=lengths, flush=flush, seed=9)
-    assert set(got) == set(want) == set(base)
-    failures = []
-    for key in sorted(want):
-        bound = 2 * rel_err(base[key], want[key]) + 1e-3
-        err = rel_err(got[key], want[key])
-        if not err <= bound:
-            failures.append(f"{key}: {err:.3e} > {bound:.3e}")
-    assert not failures, f"{dtype} {case}: " + ", ".join(failures)
+    assert_within_half_bound(got, base, want, context=f"{dtype} {case}")
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
