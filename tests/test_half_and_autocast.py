@@ -37,13 +37,24 @@ def _leaves(x, hx, dtype, device="cpu"):
     return x, hx
 
 
+def _compare_runs(run, ref64, fused, ref_low, x64, state64, dtype, device, autocast):
+    """run(module, x, state) -> results, for the float64 reference on (x64, state64), the fused
+    module (under autocast to `dtype` if `autocast`, in its own dtype) and the reference module
+    in `dtype`, each on its own copy of the inputs. Autocast casts the op's every floating
+    argument, so the reference in `dtype` is also its baseline. Returns got, base, want."""
+    want = run(ref64, x64, state64)
+    with torch.autocast(device, dtype=dtype, enabled=autocast):
+        got = run(fused, *_leaves(x64, state64, next(fused.parameters()).dtype, device))
+    base = run(ref_low, *_leaves(x64, state64, dtype, device))
+    return got, base, want
+
+
 # ---- the peephole LSTM -------------------------------------------------------------------------
 
 
 def _peephole_runs(case, dtype, device="cpu", autocast=False):
-    """Results of one case: the fused module in `dtype` (or in float32 under autocast to
-    `dtype`), the reference module in `dtype`, and the float64 reference. Autocast casts the
-    op's every floating argument, so the reference in `dtype` is also its baseline."""
+    """got, base, want (see _compare_runs) of one case, the fused module in `dtype`, or in
+    float32 under autocast to `dtype`."""
     kwargs, lengths = PEEPHOLE_CASES[case]
     _, ref64 = fused_and_reference(torch.float64, seed=31, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
@@ -52,15 +63,12 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
         m.train(False)
-    T, B = 7, 3
-    x64, hx64 = make_inputs(ref64, T, B, 32, torch.float64)
-    want = forward_backward(ref64, x64, hx64, lengths=lengths, seed=33)
-    x, hx = _leaves(x64, hx64, fused_dtype, device)
-    with torch.autocast(device, dtype=dtype, enabled=autocast):
-        got = forward_backward(fused, x, hx, lengths=lengths, seed=33)
-    x, hx = _leaves(x64, hx64, dtype, device)
-    base = forward_backward(ref_low, x, hx, lengths=lengths, seed=33)
-    return got, base, want
+    x64, hx64 = make_inputs(ref64, 7, 3, 32, torch.float64)
+
+    def run(module, x, hx):
+        return forward_backward(module, x, hx, lengths=lengths, seed=33)
+
+    return _compare_runs(run, ref64, fused, ref_low, x64, hx64, dtype, device, autocast)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
@@ -122,13 +130,11 @@ def _tensorized_runs(case, dtype, device="cpu", autocast=False):
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
     x64, state64 = th.make_inputs(ref64, 6, 3, 42)
-    want = th.forward_backward(ref64, x64, state64, lengths=lengths, flush=flush, seed=43)
-    x, state = _leaves(x64, state64, fused_dtype, device)
-    with torch.autocast(device, dtype=dtype, enabled=autocast):
-        got = th.forward_backward(fused, x, state, lengths=lengths, flush=flush, seed=43)
-    x, state = _leaves(x64, state64, dtype, device)
-    base = th.forward_backward(ref_low, x, state, lengths=lengths, flush=flush, seed=43)
-    return got, base, want
+
+    def run(module, x, state):
+        return th.forward_backward(module, x, state, lengths=lengths, flush=flush, seed=43)
+
+    return _compare_runs(run, ref64, fused, ref_low, x64, state64, dtype, device, autocast)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
