@@ -123,6 +123,10 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.output = at::empty({n.T, n.B, n.M}, options);
   buf.hidden.select(0, 0).copy_(h0);
   buf.cells.select(0, 0).copy_(c0);
+  // The rows overwrite these at each sequence's last input step (never, where it is 0).
+  buf.state_hidden = h0.clone(at::MemoryFormat::Contiguous);
+  buf.state_cell = c0.to(op_math, /*non_blocking=*/false, /*copy=*/true,
+                         at::MemoryFormat::Contiguous);
 
   if (kernels.forward_sequence == nullptr || !kernels.forward_sequence(buf, weight_col)) {
     const auto step_weight = repeated_right_operand(kernels.prepare_right_operand, weight_col);
@@ -135,9 +139,8 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
     }
   }
 
-  Tensor h_n = buf.hidden.select(0, n.S % 2).clone();
-  Tensor c_n = buf.cells.select(0, training ? n.S : n.S % 2)
-                   .to(input.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  Tensor h_n = buf.state_hidden;
+  Tensor c_n = buf.state_cell.to(input.scalar_type());
   if (!training) {
     buf.x_col = at::empty({0}, options);
     buf.gates = at::empty({0}, options);
@@ -201,10 +204,11 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.norm_bias = contiguous_or_undefined(norm_bias);
   buf.lengths = contiguous_or_undefined(lengths);
   buf.grad_output = grad_output.contiguous();
-  buf.grad_hidden = at::empty({2, n.B, n.P, n.M}, op_math);
-  buf.grad_cell = at::empty({2, n.B, n.P, n.M}, op_math);
-  buf.grad_hidden.select(0, 0).copy_(grad_h_n);
-  buf.grad_cell.select(0, 0).copy_(grad_c_n);
+  // dL/dH_n and dL/dC_n enter at each sequence's last input step, not after the last step.
+  buf.grad_state_hidden = grad_h_n.to(op_math).contiguous();
+  buf.grad_state_cell = grad_c_n.to(op_math).contiguous();
+  buf.grad_hidden = at::zeros({2, n.B, n.P, n.M}, op_math);
+  buf.grad_cell = at::zeros({2, n.B, n.P, n.M}, op_math);
   buf.grad_pre = at::empty({n.S, n.B, n.P, n.G}, options);
   buf.grad_cconv = at::empty({n.B, n.P, n.M}, op_math);
   buf.grad_col = at::empty({n.B, n.P, n.taps, n.M}, options);
@@ -254,8 +258,15 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     grad_norm_weight = sums.narrow(0, 0, 5).clone();  // clones: outputs must not share storage
     grad_norm_bias = sums.narrow(0, 5, 5).clone();
   }
-  Tensor grad_h0 = buf.grad_hidden.select(0, cur).to(input.scalar_type(), false, true);
-  Tensor grad_c0 = buf.grad_cell.select(0, cur).to(input.scalar_type(), false, true);
+  Tensor grad_h0 = buf.grad_hidden.select(0, cur);
+  Tensor grad_c0 = buf.grad_cell.select(0, cur);
+  if (buf.lengths.defined()) {  // a sequence of length 0 returns its initial state as it is
+    const auto unread = buf.lengths.eq(0).view({n.B, 1, 1}).to(grad_h0.scalar_type());
+    grad_h0 = grad_h0 + buf.grad_state_hidden * unread;
+    grad_c0 = grad_c0 + buf.grad_state_cell * unread;
+  }
+  grad_h0 = grad_h0.to(input.scalar_type(), false, true);
+  grad_c0 = grad_c0.to(input.scalar_type(), false, true);
   return {grad_input,     grad_h0,      grad_c0,          grad_weight_ih, grad_bias_ih,
           grad_weight_hh, grad_bias_hh, grad_norm_weight, grad_norm_bias};
 }

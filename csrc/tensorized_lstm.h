@@ -57,6 +57,8 @@ struct TensorizedForwardBuffers {
   Tensor norm_hat;     // [slots, B, P, 5, M] normalized z of the five CNs, op math (CN only)
   Tensor norm_rstd;    // [slots, B, P, 5]   1/sqrt(var + eps) of the five CNs, op math (CN only)
   Tensor output;       // [T, B, M]          top row h_{t+delay, P}, zero past each length
+  Tensor state_hidden; // [B, P, M]          the returned H: after step T_b, the last step that
+  Tensor state_cell;   // [B, P, M] op math  reads an input of sequence b (h0, c0 when T_b = 0)
   bool training;
 };
 
@@ -67,6 +69,8 @@ struct TensorizedBackwardBuffers {
   Tensor norm_weight, norm_bias;  // [5, M] (undefined without CN)
   Tensor lengths;                 // [B] int64 or undefined
   Tensor grad_output;             // [T, B, M]
+  Tensor grad_state_hidden;       // [B, P, M] op math: dL/dH_n, entering at step T_b
+  Tensor grad_state_cell;         // [B, P, M] op math: dL/dC_n, entering at step T_b
   Tensor grad_hidden;             // [2, B, P, M] op math: dL/dH_s (slot cur) -> dL/dH_{s-1}
   Tensor grad_cell;               // [2, B, P, M] op math: dL/dC_s (slot cur) -> dL/dC_{s-1}
   Tensor grad_pre;                // [S, B, P, G] dL/dA of every step
@@ -85,11 +89,13 @@ struct TensorizedStepKernels {
   PrepareRightOperand prepare_right_operand;
   // x_col[slot] from hidden[s % 2] and the input row of step s.
   void (*im2col)(const TensorizedForwardBuffers&, int64_t s);
-  // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row.
+  // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row, and
+  // state_hidden, state_cell for the sequences whose last input step s is.
   void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
   // Optional, once before the backward steps: per-call set-up kept in buf.workspace.
   void (*prepare_backward)(TensorizedBackwardBuffers&);
-  // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output.
+  // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output
+  // (and grad_state_* for the sequences whose last input step s is).
   void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
   // From grad_col (= grad_pre[s] W_col^T) and grad_cconv: grad_input_row[s], grad_hidden[1-cur],
   // grad_cell[1-cur]; sequences past their end pass their gradients through.

@@ -174,7 +174,8 @@ def spec_tlstm(module, x, h0, c0, lengths=None, flush=True):
     """SPEC.md section 2, one sequence, one step, one row and one tap at a time.
 
     x [T, B, I] (time-major), h0, c0 [B, P, M], lengths a list or None. Returns the top-row
-    outputs [T, B, M or proj_size] (zero past each length), H_n, C_n [B, P, M]. Differentiable.
+    outputs [T, B, M or proj_size] (zero past each length), H_n, C_n [B, P, M] (after step
+    T_b, whether or not the sequence is flushed). Differentiable.
     Rows are numbered as in the SPEC: row 0 is the input row, rows 1..P the hidden rows."""
     p = param_dict(module)
     w_ih, b_ih = p["weight_ih"], p.get("bias_ih")
@@ -204,6 +205,7 @@ def spec_tlstm(module, x, h0, c0, lengths=None, flush=True):
         H = {r: h0[b, r - 1] for r in range(1, P + 1)}
         C = {r: c0[b, r - 1] for r in range(1, P + 1)}
         tops = []
+        H_n, C_n = H, C  # the returned state: after step Tb, the last that reads an input
         for s in range(Tb + delay):
             x_s = x[s, b] if s < Tb else torch.zeros_like(x[0, b])  # zero input past the end
             x_tilde = w_ih @ x_s
@@ -231,14 +233,16 @@ def spec_tlstm(module, x, h0, c0, lengths=None, flush=True):
                 C_new[r] = g_g * i_g + c_conv * f_g
                 H_new[r] = torch.tanh(cn(C_new[r], 4)) * o_g
             H, C = H_new, C_new
+            if s + 1 == Tb:
+                H_n, C_n = H, C
             tops.append(H[P])
         for t in range(T):
             y = tops[t + delay] if t < Tb else x.new_zeros(M)
             if w_proj is not None:
                 y = w_proj @ y
             out_rows[t][b] = y
-        h_n.append(torch.stack([H[r] for r in range(1, P + 1)]))
-        c_n.append(torch.stack([C[r] for r in range(1, P + 1)]))
+        h_n.append(torch.stack([H_n[r] for r in range(1, P + 1)]))
+        c_n.append(torch.stack([C_n[r] for r in range(1, P + 1)]))
     out = torch.stack([torch.stack(row) for row in out_rows])
     return out, torch.stack(h_n), torch.stack(c_n)
 

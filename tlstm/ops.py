@@ -239,7 +239,8 @@ def tensorized_lstm_sequence(
     flush: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the tensorized LSTM over a sequence; returns the top-row outputs [T, B, M] (y_t =
-    h_{t+delay, P}, zero past each length) and the final H, C [B, P, M].
+    h_{t+delay, P}, zero past each length) and H, C [B, P, M] after step T (after step
+    lengths[b] for sequence b), the last step that reads an input, with or without flush.
 
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
     synchronise) and act as the nearest bound. Dtypes as for peephole_lstm_layer."""

@@ -79,6 +79,10 @@ class TensorizedLSTM(TensorizedLSTMBase):
         neighbour = (p_rows - c + taps).clamp(1, P) - 1  # [P, K]
 
         H, C = h0, c0
+        # The returned state is the one after step T (T_b per sequence), the last step that
+        # reads an input; the flush steps after it only produce the last outputs.
+        last_input_step = torch.full((B,), T, device=x.device) if lengths is None else lengths
+        H_n, C_n = h0, c0
         tops = []
         for s in range(T + delay):
             if lengths is None:
@@ -112,9 +116,11 @@ class TensorizedLSTM(TensorizedLSTMBase):
             else:  # sequence b runs lengths[b] + delay steps; then its state stays
                 running = (s < lengths + delay).view(B, 1, 1)
                 H, C = torch.where(running, H_new, H), torch.where(running, C_new, C)
+            reads_input = (s < last_input_step).view(B, 1, 1)
+            H_n, C_n = torch.where(reads_input, H, H_n), torch.where(reads_input, C, C_n)
             tops.append(H[:, P - 1])
         top = torch.stack(tops[delay:])  # y_t = h_{t + delay, P}
         if lengths is not None:
             real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
             top = top * real.unsqueeze(2).to(top.dtype)
-        return top, H, C
+        return top, H_n, C_n

@@ -154,19 +154,30 @@ class TensorizedLSTMBase(nn.Module):
     # -- forward --------------------------------------------------------------------------------
 
     def _run_sequence(self, x, h0, c0, lengths, flush):
-        """x [T, B, I] -> top-row outputs [T, B, M] (zero past each length), H_n, C_n [B, P, M]."""
+        """x [T, B, I] -> top-row outputs [T, B, M] (zero past each length), H_n, C_n [B, P, M]
+        (the state after step T_b of each sequence, with or without flush)."""
         raise NotImplementedError
 
-    def forward(self, input, state=None, flush: bool = True):
+    def forward(self, input, state=None, flush: bool = True, *, hx=None):
         """Returns ``output, (H, C)``.
 
         input: [T, B, I] ([B, T, I] with batch_first), an unbatched [T, I], or a PackedSequence.
-        state: ``(H_0, C_0)`` of shape [B, P, M] ([P, M] for unbatched input), zeros if None.
+        state: ``(H_0, C_0)`` of shape [B, P, M] ([P, M] for unbatched input), zeros if None;
+            ``hx=`` is accepted for it, as nn.LSTM names it.
         flush: True runs T + depth - 1 steps and returns y_t = h_{t+depth-1, P} for t = 1..T;
             False runs T steps and returns the raw top row (lagging the input by depth - 1), so
             that a sequence fed in chunks gives the same numbers as fed whole.
-        output: [T, B, proj_size or hidden_size]; H, C: [B, P, M], the state after the last step.
+        output: [T, B, proj_size or hidden_size]; H, C: [B, P, M], the state after step T (per
+            sequence, after its last input), with or without flush: pass it to the next chunk
+            as nn.LSTM's (h_n, c_n).
         """
+        if hx is not None:
+            if state is not None:
+                raise TypeError("TensorizedLSTM.forward got the initial state twice: pass "
+                                "either state or hx, not both")
+            state = hx
+        if not isinstance(flush, bool):
+            raise TypeError(f"flush should be of type bool, got: {type(flush).__name__}")
         packed = isinstance(input, PackedSequence)
         if state is not None:
             check_state_pair(state, "state", "(H, C)")

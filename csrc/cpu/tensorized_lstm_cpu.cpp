@@ -31,6 +31,11 @@ inline int64_t sequence_length(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : std::min(lengths[b], T);
 }
 
+// Step s is the last that reads an input of sequence b: the returned state is the one after it.
+inline bool last_input_step(const int64_t* lengths, int64_t b, int64_t T, int64_t s) {
+  return s + 1 == sequence_length(lengths, b, T);
+}
+
 // z [M] -> zh = (z - mean) / sqrt(var + eps) (biased variance); returns 1/sqrt(var + eps).
 template <typename T>
 T normalize(const T* z, T* zh, int64_t M) {
@@ -131,6 +136,8 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
   scalar_t* norm_hat = kNorm ? buf.norm_hat.data_ptr<scalar_t>() + slot * rows * 5 * M : nullptr;
   scalar_t* norm_rstd = kNorm ? buf.norm_rstd.data_ptr<scalar_t>() + slot * rows * 5 : nullptr;
   scalar_t* output = buf.output.data_ptr<scalar_t>();                                   // [T, B, M]
+  scalar_t* state_hidden = buf.state_hidden.data_ptr<scalar_t>();                       // [B*P, M]
+  scalar_t* state_cell = buf.state_cell.data_ptr<scalar_t>();                           // [B*P, M]
   const int64_t* lengths = buf.lengths.defined() ? buf.lengths.data_ptr<int64_t>() : nullptr;
 
   at::parallel_for(0, rows, rows_per_task(G), [&](int64_t begin, int64_t end) {
@@ -194,6 +201,10 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
       }
       for (int64_t m = 0; m < M; ++m) h_out[m] = tanh_(u[m]) * o_g[m];
       if (top) std::copy_n(h_out, M, y);
+      if (last_input_step(lengths, b, n.T, s)) {
+        std::copy_n(h_out, M, state_hidden + row * M);
+        std::copy_n(c_out, M, state_cell + row * M);
+      }
     }
   });
 }
@@ -215,6 +226,8 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
   const scalar_t* grad_hidden = buf.grad_hidden.data_ptr<scalar_t>() + cur * rows * M;
   const scalar_t* grad_cell = buf.grad_cell.data_ptr<scalar_t>() + cur * rows * M;
   const scalar_t* grad_output = buf.grad_output.data_ptr<scalar_t>();
+  const scalar_t* grad_state_hidden = buf.grad_state_hidden.data_ptr<scalar_t>();  // [B*P, M]
+  const scalar_t* grad_state_cell = buf.grad_state_cell.data_ptr<scalar_t>();      // [B*P, M]
   scalar_t* grad_pre = buf.grad_pre.data_ptr<scalar_t>() + s * rows * G;
   scalar_t* grad_cconv = buf.grad_cconv.data_ptr<scalar_t>();
   scalar_t* grad_norm = kNorm ? buf.grad_norm_rows.data_ptr<scalar_t>() : nullptr;  // [B*P, 10, M]
@@ -229,7 +242,10 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
         std::fill_n(da, G, scalar_t(0));
         continue;
       }
-      for (int64_t m = 0; m < M; ++m) dh[m] = grad_hidden[row * M + m];
+      const bool returned = last_input_step(lengths, b, n.T, s);  // dL/dH_n, dL/dC_n enter
+      for (int64_t m = 0; m < M; ++m) {
+        dh[m] = grad_hidden[row * M + m] + (returned ? grad_state_hidden[row * M + m] : 0);
+      }
       if (p == P && s >= n.delay) {  // the top row is the output of step s - delay
         const scalar_t* go = grad_output + ((s - n.delay) * n.B + b) * M;
         for (int64_t m = 0; m < M; ++m) dh[m] += go[m];
@@ -254,9 +270,11 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
           du[m] *= gamma[4 * M + m];
         }
         normalize_backward(du.data(), zh_c, norm_rstd[row * 5 + 4], dz.data(), M);
-        for (int64_t m = 0; m < M; ++m) dc[m] = grad_cell[row * M + m] + dz[m];
       } else {
-        for (int64_t m = 0; m < M; ++m) dc[m] = grad_cell[row * M + m] + du[m];
+        std::copy_n(du.data(), M, dz.data());
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        dc[m] = grad_cell[row * M + m] + (returned ? grad_state_cell[row * M + m] : 0) + dz[m];
       }
       const scalar_t* c_prev = cells_prev + (b * P) * M;
       const scalar_t* qr = kMemoryConv ? q + row * n.K : nullptr;

@@ -58,6 +58,11 @@ __device__ inline int64_t sequence_length(const int64_t* lengths, int64_t b, int
   return lengths == nullptr ? T : max(int64_t{0}, min(lengths[b], T));
 }
 
+// Step s is the last that reads an input of sequence b: the returned state is the one after it.
+__device__ inline bool last_input_step(const int64_t* lengths, int64_t b, int64_t T, int64_t s) {
+  return s + 1 == sequence_length(lengths, b, T);
+}
+
 __device__ inline int64_t clamp_row(int64_t r, int64_t P) { return r < 1 ? 1 : (r > P ? P : r); }
 
 // Calls fn(row, lane) for each of the rows [0, rows) that fall to this warp: a warp per row,
@@ -126,6 +131,8 @@ struct ForwardRowsParams {
   acc_t* norm_hat;            // [B*P, 5, M]
   acc_t* norm_rstd;           // [B*P, 5]
   scalar_t* output;           // [T, B, M]
+  scalar_t* state_hidden;     // [B*P, M] the returned H (after each sequence's last input step)
+  acc_t* state_cell;          // [B*P, M] the returned C
   const int64_t* lengths;
   Sizes n;
   int64_t s;
@@ -149,6 +156,8 @@ struct ForwardSequence {
   acc_t* norm_hat;             // [slots, B*P, 5, M] or null
   acc_t* norm_rstd;            // [slots, B*P, 5] or null
   scalar_t* output;            // [T, B, M]
+  scalar_t* state_hidden;      // [B*P, M]
+  acc_t* state_cell;           // [B*P, M]
   const int64_t* lengths;      // [B] or null
   Sizes n;
   bool training;
@@ -177,6 +186,8 @@ struct ForwardSequence {
             norm_hat == nullptr ? nullptr : norm_hat + slot * rows * 5 * n.M,
             norm_rstd == nullptr ? nullptr : norm_rstd + slot * rows * 5,
             output,
+            state_hidden,
+            state_cell,
             lengths,
             n,
             s};
@@ -285,6 +296,10 @@ __device__ void tensorized_forward_row(const ForwardRowsParams<scalar_t, acc_t>&
     const scalar_t h = scalar_t(tanh_(u) * acc_t(g_out[3 * M + m]));
     h_out[m] = h;
     if (top) y[m] = h;
+    if (last_input_step(p.lengths, b, n.T, p.s)) {
+      p.state_hidden[row * M + m] = h;
+      p.state_cell[row * M + m] = c_out[m];
+    }
   }
 }
 
@@ -311,6 +326,8 @@ struct BackwardRowsParams {
   const acc_t* grad_hidden;    // [B*P, M] dL/dH_s from later steps
   const acc_t* grad_cell;      // [B*P, M] dL/dC_s from later steps
   const scalar_t* grad_output; // [T, B, M]
+  const acc_t* grad_state_hidden;  // [B*P, M] dL/dH_n, entering at the last input step
+  const acc_t* grad_state_cell;    // [B*P, M] dL/dC_n
   scalar_t* grad_pre;          // [B*P, G] out
   acc_t* grad_cconv;           // [B*P, M] out
   acc_t* grad_norm;            // [B*P, 10, M] accumulated
@@ -350,6 +367,8 @@ struct BackwardSequence {
   acc_t* grad_hidden;          // [2, B*P, M]
   acc_t* grad_cell;            // [2, B*P, M]
   const scalar_t* grad_output; // [T, B, M]
+  const acc_t* grad_state_hidden;  // [B*P, M]
+  const acc_t* grad_state_cell;    // [B*P, M]
   scalar_t* grad_pre;          // [S, B*P, G]
   acc_t* grad_cconv;           // [1 or 2, B*P, M]
   int64_t cconv_stride;        // 0, or B*P*M
@@ -377,6 +396,8 @@ struct BackwardSequence {
             grad_hidden + cur * rows * n.M,
             grad_cell + cur * rows * n.M,
             grad_output,
+            grad_state_hidden,
+            grad_state_cell,
             grad_pre + s * rows * n.G,
             grad_cconv_of(s),
             grad_norm,
@@ -422,10 +443,13 @@ __device__ void tensorized_backward_row(const BackwardRowsParams<scalar_t, acc_t
   acc_t* cconv = p.scratch + (row * 3 + 1) * M;
   acc_t* d_o = p.scratch + (row * 3 + 2) * M;
   const acc_t* zh_c = kNorm ? p.norm_hat + (row * 5 + 4) * M : nullptr;
+  const bool returned = last_input_step(p.lengths, b, n.T, p.s);  // dL/dH_n, dL/dC_n enter
   // H = tanh(u) O with u = CN_c(C): dL/dO, and dL/du into d_c for now.
   acc_t s1 = 0, s2 = 0;
   for (int64_t m = lane; m < M; m += 32) {
-    const acc_t dh = p.grad_hidden[row * M + m] + (go ? acc_t(go[m]) : acc_t(0));
+    const acc_t dh = p.grad_hidden[row * M + m] +
+                     (returned ? p.grad_state_hidden[row * M + m] : acc_t(0)) +
+                     (go ? acc_t(go[m]) : acc_t(0));
     const acc_t u = kNorm ? acc_t(p.gamma[4 * M + m]) * zh_c[m] + acc_t(p.beta[4 * M + m])
                           : p.cells[row * M + m];
     const acc_t tu = tanh_(u);
@@ -450,7 +474,7 @@ __device__ void tensorized_backward_row(const BackwardRowsParams<scalar_t, acc_t
   acc_t dq[kMaxKernelSize];  // dL/dQ_k, summed per lane, then over the warp
   for (int64_t k = 0; k < n.K; ++k) dq[k] = 0;
   for (int64_t m = lane; m < M; m += 32) {
-    acc_t dc = p.grad_cell[row * M + m];
+    acc_t dc = p.grad_cell[row * M + m] + (returned ? p.grad_state_cell[row * M + m] : acc_t(0));
     if (kNorm) {
       const acc_t rstd = p.norm_rstd[row * 5 + 4];
       dc += rstd * (d_c[m] * acc_t(p.gamma[4 * M + m]) - s1 - zh_c[m] * s2);
@@ -780,6 +804,8 @@ ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers
           buf.n.channel_norm ? buf.norm_hat.data_ptr<acc_t>() : nullptr,
           buf.n.channel_norm ? buf.norm_rstd.data_ptr<acc_t>() : nullptr,
           buf.output.data_ptr<scalar_t>(),
+          buf.state_hidden.data_ptr<scalar_t>(),
+          buf.state_cell.data_ptr<acc_t>(),
           ptr_or_null<int64_t>(buf.lengths),
           device_sizes(buf.n),
           buf.training};
@@ -800,6 +826,8 @@ BackwardSequence<scalar_t, acc_t> backward_sequence(const TensorizedBackwardBuff
           buf.grad_hidden.data_ptr<acc_t>(),
           buf.grad_cell.data_ptr<acc_t>(),
           buf.grad_output.data_ptr<scalar_t>(),
+          buf.grad_state_hidden.data_ptr<acc_t>(),
+          buf.grad_state_cell.data_ptr<acc_t>(),
           buf.grad_pre.data_ptr<scalar_t>(),
           grad_cconv.data_ptr<acc_t>(),
           grad_cconv.dim() == 4 ? n.B * n.P * n.M : 0,

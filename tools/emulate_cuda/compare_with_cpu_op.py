@@ -114,7 +114,8 @@ def tensorized_case(config, generator):
     flat = torch.cat([v.reshape(-1) for v in inputs.values()]).numpy()
     return flat, ref, dict(T=T, B=B, M=M, P=P, taps=taps, G=G, S=T + (L - 1 if flush else 0),
                            training=training, norm=norm, memory_conv=memory_conv,
-                           lengths=lengths)
+                           lengths=lengths, grad_h_n=inputs["grad_h_n"],
+                           grad_c_n=inputs["grad_c_n"])
 
 
 class reader:
@@ -140,10 +141,9 @@ def tensorized_results(values, n):
     rows, slots = B * P, S if n["training"] else 1
     take = reader(values)
 
-    out = {"output": take(T, B, M)}
-    out["h_n"] = take(2, B, P, M)[S % 2]
+    out = {"output": take(T, B, M), "h_n": take(B, P, M), "c_n": take(B, P, M)}
+    take(2, B, P, M)  # the running H of the last two steps: scratch
     cells = take(S + 1 if n["training"] else 2, B, P, M)
-    out["c_n"] = cells[S] if n["training"] else cells[S % 2]
     gates = take(slots, B, P, 4 * M)
     if not n["training"]:
         return out  # the rest is inference scratch
@@ -156,6 +156,10 @@ def tensorized_results(values, n):
     take(rows * taps * M)  # dX_col of the last step: scratch
     grad_input_row = take(S, B, M)
     out.update(grad_h0=take(B, P, M), grad_c0=take(B, P, M))
+    if n["lengths"] is not None:  # as the driver adds after the loop: length 0 returns H_0, C_0
+        unread = (n["lengths"] == 0).view(B, 1, 1).to(torch.float64)
+        out["grad_h0"] = out["grad_h0"] + n["grad_h_n"] * unread
+        out["grad_c0"] = out["grad_c0"] + n["grad_c_n"] * unread
     if n["norm"]:
         sums = take(B, P, 10, M).sum((0, 1))
         out.update(grad_norm_weight=sums[:5], grad_norm_bias=sums[5:])

@@ -82,11 +82,13 @@ void run(const Config& c, Inputs& in, FILE* out) {
       norm_rstd(kNorm ? size_t(slots) * rows * 5 : 1, acc_t(-7));
   std::copy(h0.begin(), h0.end(), hidden.begin());
   std::copy(c0.begin(), c0.end(), cells.begin());
+  std::vector<scalar_t> state_hidden(h0);  // the returned state, h0 and c0 until overwritten
+  std::vector<acc_t> state_cell(c0);
   ForwardSequence<scalar_t, acc_t> fs{proj.data(), bias_ih.data(), bias_hh.data(),
       kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, x_col.data(), pre.data(),
       hidden.data(), cells.data(), gates.data(), kMemoryConv ? q.data() : nullptr,
       kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr, output.data(),
-      c.lengths ? lengths.data() : nullptr, n, c.training};
+      state_hidden.data(), state_cell.data(), c.lengths ? lengths.data() : nullptr, n, c.training};
   if (c.persistent) {
     const int64_t w = c.units_fwd, blocks = (n.G + w - 1) / w;
     const auto shape = launch_shape<scalar_t, acc_t>("forward", rows, w, width, c.chunk, blocks);
@@ -103,7 +105,8 @@ void run(const Config& c, Inputs& in, FILE* out) {
                   fs.rows(s));
     }
   }
-  dump(out, output); dump(out, hidden); dump(out, cells); dump(out, gates);
+  dump(out, output); dump(out, state_hidden); dump(out, state_cell); dump(out, hidden);
+  dump(out, cells); dump(out, gates);
   if (c.training) dump(out, x_col);  // slot 0 is scratch in inference
   if (kMemoryConv) dump(out, q);
   if (kNorm) { dump(out, norm_hat); dump(out, norm_rstd); }
@@ -111,10 +114,11 @@ void run(const Config& c, Inputs& in, FILE* out) {
 
   // backward, from the same saved tensors in both modes: run the step forward's inputs again
   auto grad_output = in.next<scalar_t>(size_t(n.T) * n.B * n.M, 1.0);
+  // dL/dH_n, dL/dC_n enter at each sequence's last input step; slot 0 starts at zero
   std::vector<acc_t> grad_hidden(2 * size_t(rows) * n.M, acc_t(-7)), grad_cell(2 * size_t(rows) * n.M, acc_t(-7));
   auto ghn = in.next<acc_t>(size_t(rows) * n.M, 1.0), gcn = in.next<acc_t>(size_t(rows) * n.M, 1.0);
-  std::copy(ghn.begin(), ghn.end(), grad_hidden.begin());
-  std::copy(gcn.begin(), gcn.end(), grad_cell.begin());
+  std::fill_n(grad_hidden.begin(), rows * n.M, acc_t(0));
+  std::fill_n(grad_cell.begin(), rows * n.M, acc_t(0));
   std::vector<scalar_t> grad_pre(size_t(n.S) * rows * n.G, scalar_t(-7)), grad_col(size_t(rows) * width, scalar_t(-7)),
       grad_input_row(size_t(n.S) * n.B * n.M, scalar_t(-7));
   std::vector<acc_t> grad_cconv(2 * size_t(rows) * n.M, acc_t(-7)), scratch(size_t(rows) * 3 * n.M, acc_t(-7)),
@@ -122,7 +126,8 @@ void run(const Config& c, Inputs& in, FILE* out) {
   BackwardSequence<scalar_t, acc_t> bs{gates.data(), kMemoryConv ? q.data() : nullptr,
       kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr,
       kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, cells.data(),
-      grad_hidden.data(), grad_cell.data(), grad_output.data(), grad_pre.data(), grad_cconv.data(),
+      grad_hidden.data(), grad_cell.data(), grad_output.data(), ghn.data(), gcn.data(),
+      grad_pre.data(), grad_cconv.data(),
       c.persistent ? rows * n.M : 0, kNorm ? grad_norm.data() : nullptr, scratch.data(),
       grad_col.data(), grad_input_row.data(), c.lengths ? lengths.data() : nullptr, n};
   if (c.persistent) {
