@@ -15,7 +15,9 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.14.1}"
 fi
-.venv/bin/pip install -q numpy pytest ninja setuptools wheel
-# --no-build-isolation: the extension builds against the torch just installed.
+# matplotlib: the bench's --plot
+.venv/bin/pip install -q numpy pytest ninja setuptools wheel matplotlib
+# --no-build-isolation: the extension builds against the torch just installed. The objects stay
+# in build/objects, so that running this again recompiles only the sources that changed.
 .venv/bin/pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import tlstm, torch; print('tlstm', tlstm.__version__, 'built for torch', torch.__version__, '(CUDA kernels: %s)' % tlstm.ops.has_cuda_kernels())"

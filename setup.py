@@ -125,8 +125,18 @@ def _extension():
     )
 
 
+class _BuildExtension(BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)):
+    """Compiles in build/ of the source tree, kept between builds: pip's editable install would
+    otherwise compile in a new temporary directory every time, rebuilding every source (about
+    ten minutes with the CUDA files) where ninja recompiles only what changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(HERE, "build", "objects")
+
+
 setup(
     packages=find_packages(include=["tlstm", "tlstm.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": _BuildExtension},
 )
