@@ -72,7 +72,8 @@ const cudaDeviceProp kH100{132, 1, 227 * 1024};
 int main() {
   // the environment's choice
   set_recurrence(nullptr);
-  expect(persistent_wanted(true) && !persistent_wanted(false), "auto follows the size rule");
+  expect(persistent_wanted(true) == kPersistentByDefault && !persistent_wanted(false),
+         "auto follows the size rule, once the persistent kernels may be a default");
   set_recurrence("stepwise");
   expect(!persistent_wanted(true), "stepwise never wants the persistent kernel");
   set_recurrence("persistent");
