@@ -1,5 +1,5 @@
 """Turn the printed tables of a GPU session's logs into the result schema of
-../shared/BENCHMARKS.md, for runs whose JSON did not come back (a lease that ended first).
+benchmarks/README.md ("Result files"), for runs whose JSON did not come back (a lease that ended first).
 
     python benchmarks/log_to_json.py bench LOG --commit SHA --date YYYY-MM-DD --cudnn N -o OUT.json
     python benchmarks/log_to_json.py crossover LOG --commit SHA ... -o OUT.json

@@ -1,4 +1,4 @@
-// The peephole LSTM over one layer and one direction of a whole sequence (SPEC.md section 1).
+// The peephole LSTM over one layer and one direction of a whole sequence (docs/cells.md, section 1).
 //
 // The sequence driver (peephole_lstm.cpp) is the same for every device: it runs the input
 // projection for all steps as one GEMM, walks the steps, applies the optional projection, and

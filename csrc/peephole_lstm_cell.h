@@ -1,4 +1,4 @@
-// Element-wise math of one peephole LSTM cell (SPEC.md section 1), shared by the CPU and the
+// Element-wise math of one peephole LSTM cell (docs/cells.md, section 1), shared by the CPU and the
 // CUDA kernels so that both backends compute exactly the same formulas.
 #pragma once
 

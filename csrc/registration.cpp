@@ -38,7 +38,7 @@ TORCH_LIBRARY(tlstm, m) {
       "Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_peephole, "
       "Tensor grad_weight_proj)");
 
-  // The tensorized LSTM over a whole sequence (SPEC.md section 2; csrc/tensorized_lstm.h):
+  // The tensorized LSTM over a whole sequence (docs/cells.md; csrc/tensorized_lstm.h):
   //   input [T, B, I], h0, c0 [B, P, M], weight_ih [M, I], bias_ih [M], weight_hh [G, M, K'],
   //   bias_hh [G], norm_weight, norm_bias [5, M] (channel norm iff given), lengths [B] int64.
   // Runs T + depth - 1 steps with flush, else T. Returns output [T, B, M] (the top row

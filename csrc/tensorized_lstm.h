@@ -1,6 +1,6 @@
-// The tensorized LSTM over a whole sequence (SPEC.md section 2).
+// The tensorized LSTM over a whole sequence (docs/cells.md, section 2).
 //
-// Rows are numbered as in the SPEC: row 0 of Hcat is the input x~_t, rows 1..P the hidden
+// Rows are numbered as in docs/cells.md: row 0 of Hcat is the input x~_t, rows 1..P the hidden
 // rows; the state tensors [B, P, M] hold row p at index p-1. A step is
 //   im2col:  X_col[b, p, k] = Hcat_{t-1}[b, p-c+k]  (zero outside rows 0..P)   [B*P, K'*M]
 //   GEMM:    A = X_col W_col,  W_col[k*M + m, o] = weight_hh[o, m, k]           [B*P, G]

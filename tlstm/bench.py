@@ -1,13 +1,13 @@
 """``python -m tlstm bench``: the parity report and the wall-clock benchmark.
 
 1. Parity: the fused modules against the float64 reference on fresh random data, for outputs,
-   final states and every gradient, with the bounds of SPEC.md section 3.
+   final states and every gradient, with the bounds of docs/parity.md.
 2. Speed: each configuration and direction times every implementation in the same process,
    interleaved round after round, after a warm-up; it reports medians and the ratio to the
    baseline (nn.LSTM / cuDNN). CPU times come from time.perf_counter around synchronous calls,
    GPU times from CUDA events.
 
-The result file follows ../shared/BENCHMARKS.md (see ``--json``).
+The result file follows benchmarks/README.md ("Result files") (see ``--json``).
 """
 from __future__ import annotations
 
@@ -499,7 +499,7 @@ def result_path(path: str, device: str, commit: str) -> str:
 
 def write_results(path: str, device: str, commit: str, parity: list[dict],
                   records: list[Record]) -> None:
-    """The result file of ../shared/BENCHMARKS.md, plus the parity rows and the thread count."""
+    """The result file of benchmarks/README.md, plus the parity rows and the thread count."""
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -524,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     print(f"tlstm {tlstm.__version__}, torch {torch.__version__}, device {device_name(device)}")
 
-    print("\n== parity against the float64 reference (SPEC.md section 3) ==")
+    print("\n== parity against the float64 reference (docs/parity.md) ==")
     parity = parity_report(device)
     for row in parity:
         status = "ok" if row["ok"] else "FAIL"

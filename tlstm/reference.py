@@ -1,4 +1,4 @@
-"""Pure-PyTorch references: one step at a time, written to be read against SPEC.md.
+"""Pure-PyTorch references: one step at a time, written to be read against docs/cells.md.
 
 They are the ground truth for every backend; tests run them in float64. They share with the
 fused modules only what nn.LSTM does around the cell (tlstm/peephole_lstm_base.py), and that
@@ -51,8 +51,8 @@ class PeepholeLSTM(PeepholeLSTMBase):
 
 
 class TensorizedLSTM(TensorizedLSTMBase):
-    """Reference tensorized LSTM (SPEC.md section 2); same constructor, parameters and forward
-    as tlstm.TensorizedLSTM. Rows are numbered as in the SPEC: row 0 of Hcat is the input,
+    """Reference tensorized LSTM (docs/cells.md, section 2); same constructor, parameters and forward
+    as tlstm.TensorizedLSTM. Rows are numbered as in docs/cells.md: row 0 of Hcat is the input,
     rows 1..P the hidden rows (index p-1 of the [B, P, M] state tensors)."""
 
     def _channel_norm(self, z, use):

@@ -1,5 +1,5 @@
 """What the fused and the reference tensorized LSTM share: the constructor and its checks, the
-parameters (names and shapes of SPEC.md section 2), input and state handling (padded, packed,
+parameters (names and shapes of docs/cells.md, section 5), input and state handling (padded, packed,
 unbatched, batch_first), the delay and flush rules and the output projection. Subclasses supply
 the recurrence over a padded time-major sequence.
 """

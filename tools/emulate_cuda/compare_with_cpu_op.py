@@ -2,8 +2,8 @@
 and the peephole LSTM's persistent kernels, of the working tree, run on the CPU through the
 thread-per-CUDA-thread emulation (tensorized_driver.cpp, persistent_peephole_driver.cpp) on
 inputs drawn here, and every output, saved tensor and gradient must match the registered CPU op
-(torch.ops.tlstm.*), itself held to the float64 reference by the parity tests, within SPEC.md
-section 3 (||out - ref|| / ||ref||: 1e-10 in float64, 1e-5 in float32).
+(torch.ops.tlstm.*), itself held to the float64 reference by the parity tests, within
+docs/parity.md (||out - ref|| / ||ref||: 1e-10 in float64, 1e-5 in float32).
 
 compare_tensorized_kernels.py holds the tLSTM's two recurrences to each other; they share the
 row code, so a mistake in it would pass there. compare_persistent_kernels.py holds the peephole
@@ -231,7 +231,7 @@ def peephole_results(values, n):
 def compare(cases, workdir, seed, out=None):
     """cases: (name, configs, modes, make_case, results) per cell, modes as [(label, command)];
     runs each configuration in each mode, prints a line for each and returns how many failed."""
-    from tlstm.bench import rel_err  # SPEC.md's measure, as the parity report takes it
+    from tlstm.bench import rel_err  # docs/parity.md's measure, as the parity report takes it
 
     out = out or sys.stdout
     generator = torch.Generator().manual_seed(seed)
