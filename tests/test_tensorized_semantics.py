@@ -448,8 +448,8 @@ def test_initialisation(cls, dtype):
     bound = 1 / math.sqrt(M)
     for name, p in m.named_parameters():
         assert p.dtype == dtype
-        if name == "norm_weight":
-            assert torch.equal(p, torch.ones_like(p))
+        if name == "norm_weight":  # the gains start at 0.5: see test_tensorized_conditioning
+            assert torch.equal(p, torch.full_like(p, 0.5))
         elif name == "norm_bias":
             assert torch.equal(p, torch.zeros_like(p))
         else:
