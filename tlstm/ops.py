@@ -70,6 +70,22 @@ def _double_backward_unsupported(cell: str):
     return backward
 
 
+def _refuse_forward_mode_ad(cell: str) -> None:
+    """torch.func.jvp and jacfwd run the ops without a forward-mode formula and, instead of
+    failing, return a zero tangent: refuse them here, as forward AD itself refuses the ops."""
+    if torch.compiler.is_compiling():
+        return
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
+        raise NotImplementedError(
+            f"tlstm.{cell} has no forward-mode AD formula, so torch.func.jvp and jacfwd cannot "
+            f"run it (they would see a zero tangent); tlstm.reference.{cell}, the step-by-step "
+            "PyTorch loop with the same parameters, supports them"
+        )
+
+
 def _no_context(ctx, inputs, output):
     pass
 
@@ -100,6 +116,7 @@ def peephole_lstm_layer(
     synchronise) and act as the nearest bound. Under autocast the floating arguments are cast to
     the autocast dtype, as for nn.LSTM; on the CPU float16 and bfloat16 run in float32.
     """
+    _refuse_forward_mode_ad("PeepholeLSTM")
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj)
     )
@@ -244,6 +261,7 @@ def tensorized_lstm_sequence(
 
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
     synchronise) and act as the nearest bound. Dtypes as for peephole_lstm_layer."""
+    _refuse_forward_mode_ad("TensorizedLSTM")
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias)
     )
