@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
-from torch.nn.utils.rnn import PackedSequence
 
-from .sequences import pack_padded, packed_layout, pad_packed
+from .sequences import SequenceBatch, check_same_device, check_state_pair
 
 ACTIVATIONS = ("tanh", "identity")
 
@@ -37,28 +36,6 @@ _ATEN_DTYPE_NAMES = {
 
 def _aten_dtype_name(dtype: torch.dtype) -> str:
     return _ATEN_DTYPE_NAMES.get(dtype, str(dtype))
-
-
-def check_state_pair(state, what: str, names: str) -> None:
-    """A recurrent state is a tuple (or list) of tensors, as nn.LSTM's ``hx``: a single tensor
-    or another type is a TypeError that says so (the callers check the number of tensors)."""
-    if isinstance(state, torch.Tensor):
-        raise TypeError(
-            f"{what} must be a tuple {names} of two tensors, got a single tensor of shape "
-            f"{list(state.shape)}"
-        )
-    if not isinstance(state, (tuple, list)):
-        raise TypeError(f"{what} must be a tuple {names} of two tensors, got {type(state).__name__}")
-
-
-def check_same_device(input: torch.Tensor, tensors, what: str) -> None:
-    """nn.LSTM's (ATen's) check that hidden states and parameters sit on the input's device."""
-    for t in tensors:
-        if t.device != input.device:
-            raise RuntimeError(
-                f"Input and {what} tensors are not at the same device, found input tensor at "
-                f"{input.device} and {what} tensor at {t.device}"
-            )
 
 
 class PeepholeLSTMBase(nn.Module):
@@ -279,71 +256,35 @@ class PeepholeLSTMBase(nn.Module):
 
     def forward(self, input, hx=None):
         """Same arguments and results as ``nn.LSTM.forward``: ``output, (h_n, c_n)``."""
-        packed = isinstance(input, PackedSequence)
         if hx is not None:
             check_state_pair(hx, "hx", "(h_0, c_0)")
             if len(hx) > 2:  # fewer fail where hx[1] is read, with nn.LSTM's IndexError
                 raise RuntimeError("lstm expects two hidden states")
-        if packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, packed=True)
-            layout = packed_layout(batch_sizes, data.device)
-            batch = layout.B
-            x = pad_packed(data, layout)  # [T, B, I], sorted order
-            lengths = layout.lengths
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
+        seq = SequenceBatch(input, self.batch_first, self._check_input, "LSTM")
+        if not seq.packed:
             if hx is not None:
-                want = 3 if is_batched else 2
+                want = 3 if seq.is_batched else 2
                 if hx[0].dim() != want or hx[1].dim() != want:
-                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    kind = "batched 3-D" if seq.is_batched else "unbatched 2-D"
                     raise RuntimeError(
                         f"For {kind} input, hx and cx should also be {want}-D but got "
                         f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
                     )
-                if not is_batched:
+                if not seq.is_batched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self._check_input(input, packed=False)
-            batch = input.size(batch_dim)
-            x = input.transpose(0, 1) if self.batch_first else input
-            lengths = None
-            sorted_indices = unsorted_indices = None
+            self._check_input(seq.input, packed=False)
+        x = seq.x  # [T, B, I]
 
         if hx is None:
-            expected_h, expected_c = self._expected_state_sizes(batch)
-            hx = (
-                x.new_zeros(expected_h),
-                x.new_zeros(expected_c),
-            )
+            expected_h, expected_c = self._expected_state_sizes(seq.batch)
+            hx = (x.new_zeros(expected_h), x.new_zeros(expected_c))
         else:
-            self._check_state(x, hx, batch)
-            if sorted_indices is not None:
-                hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
-        if x.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        check_same_device(x, self.parameters(), "parameter")
+            self._check_state(x, hx, seq.batch)
+            hx = seq.sorted_state(hx, dim=1)
+        seq.check_runnable(self.parameters())
 
-        output, h_n, c_n = self._run_layers(x, hx, lengths)
-
-        if packed:
-            output = PackedSequence(
-                pack_padded(output, layout), batch_sizes, sorted_indices, unsorted_indices
-            )
-            if unsorted_indices is not None:
-                h_n = h_n.index_select(1, unsorted_indices)
-                c_n = c_n.index_select(1, unsorted_indices)
-            return output, (h_n, c_n)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
+        output, h_n, c_n = self._run_layers(x, hx, seq.lengths)
+        return seq.results(output, (h_n, c_n), dim=1)
 
     def _run_layers(self, x, hx, lengths):
         num_directions = 2 if self.bidirectional else 1

@@ -1,4 +1,6 @@
-"""Conversions between ``PackedSequence`` data and padded time-major tensors.
+"""What nn.LSTM does around its recurrence, for both modules: the state and device checks, and
+conversions between ``PackedSequence`` data and padded time-major tensors (SequenceBatch puts
+the two together).
 
 A packed sequence stores, step after step, the rows of the sequences still running at that step
 (``batch_sizes[t]`` of them, sorted longest first). The running (t, b) pairs, taken in row-major
@@ -10,6 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
+
+
+def check_state_pair(state, what: str, names: str) -> None:
+    """A recurrent state is a tuple (or list) of tensors, as nn.LSTM's ``hx``: a single tensor
+    or another type is a TypeError that says so (the callers check the number of tensors)."""
+    if isinstance(state, torch.Tensor):
+        raise TypeError(
+            f"{what} must be a tuple {names} of two tensors, got a single tensor of shape "
+            f"{list(state.shape)}"
+        )
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"{what} must be a tuple {names} of two tensors, got {type(state).__name__}")
+
+
+def check_same_device(input: torch.Tensor, tensors, what: str) -> None:
+    """nn.LSTM's (ATen's) check that hidden states and parameters sit on the input's device."""
+    for t in tensors:
+        if t.device != input.device:
+            raise RuntimeError(
+                f"Input and {what} tensors are not at the same device, found input tensor at "
+                f"{input.device} and {what} tensor at {t.device}"
+            )
 
 
 @dataclass
@@ -47,3 +72,61 @@ def pad_packed(data: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
 def pack_padded(padded: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """padded [T, B, *] -> data [N, *] in packed order."""
     return padded[layout.steps, layout.rows]
+
+
+class SequenceBatch:
+    """What nn.LSTM does around its recurrence, for both modules: a padded, packed or unbatched
+    input, batch-first or not, made into a time-major batch, and the results put back in the
+    caller's form. The state's batch dimension is the module's (1 for nn.LSTM's (h, c), 0 for
+    the tLSTM's (H, C))."""
+
+    def __init__(self, input, batch_first: bool, check_input, name: str) -> None:
+        """check_input(tensor, packed) checks a packed input's data here; an unpacked input is
+        checked by the caller (check_input(self.input, packed=False)), where nn.LSTM checks it:
+        after the state's dimensions."""
+        self.packed = isinstance(input, PackedSequence)
+        self.batch_first = batch_first
+        self.sorted_indices = self.unsorted_indices = None
+        if self.packed:
+            data, self.batch_sizes, self.sorted_indices, self.unsorted_indices = input
+            check_input(data, packed=True)
+            self.layout = packed_layout(self.batch_sizes, data.device)
+            self.x = pad_packed(data, self.layout)  # [T, B, I], sorted order
+            self.lengths, self.batch, self.is_batched = self.layout.lengths, self.layout.B, True
+            return
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        self.is_batched = input.dim() == 3
+        batch_dim = 0 if batch_first else 1
+        # [T, B, I], or [B, T, I] with batch_first
+        self.input = input if self.is_batched else input.unsqueeze(batch_dim)
+        self.x = self.input.transpose(0, 1) if batch_first else self.input  # [T, B, I]
+        self.lengths, self.batch = None, self.input.size(batch_dim)
+
+    def sorted_state(self, state, dim: int):
+        """A state given in the caller's batch order, in the order of the packed batch."""
+        if self.sorted_indices is None:
+            return state
+        return tuple(s.index_select(dim, self.sorted_indices) for s in state)
+
+    def check_runnable(self, parameters) -> None:
+        """nn.LSTM's checks of a non-empty sequence and of the parameters' device."""
+        if self.x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        check_same_device(self.x, parameters, "parameter")
+
+    def results(self, output, state, dim: int):
+        """output [T, B, *] (time-major, the batch's order) and the final state, in the form and
+        order of the input: packed, batch-first or unbatched."""
+        if self.packed:
+            output = PackedSequence(pack_padded(output, self.layout), self.batch_sizes,
+                                    self.sorted_indices, self.unsorted_indices)
+            if self.unsorted_indices is not None:
+                state = tuple(s.index_select(dim, self.unsorted_indices) for s in state)
+            return output, state
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not self.is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            state = tuple(s.squeeze(dim) for s in state)
+        return output, state

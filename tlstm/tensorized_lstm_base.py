@@ -10,10 +10,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import init
-from torch.nn.utils.rnn import PackedSequence
-
-from .peephole_lstm_base import check_same_device, check_state_pair
-from .sequences import pack_padded, packed_layout, pad_packed
+from .sequences import SequenceBatch, check_same_device, check_state_pair
 
 
 # The channel norms' initial gain gamma. Each norm makes its input unit-variance whatever the
@@ -188,55 +185,25 @@ class TensorizedLSTMBase(nn.Module):
             state = hx
         if not isinstance(flush, bool):
             raise TypeError(f"flush should be of type bool, got: {type(flush).__name__}")
-        packed = isinstance(input, PackedSequence)
         if state is not None:
             check_state_pair(state, "state", "(H, C)")
-        if packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, packed=True)
-            layout = packed_layout(batch_sizes, data.device)
-            x, lengths, batch = pad_packed(data, layout), layout.lengths, layout.B
-            is_batched = True
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"TensorizedLSTM: Expected input to be 2D or 3D, got {input.dim()}D instead"
-                )
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(0 if self.batch_first else 1)
-                if state is not None:
-                    state = tuple(s.unsqueeze(0) for s in state)
-            self._check_input(input, packed=False)
-            x = input.transpose(0, 1) if self.batch_first else input
-            lengths, batch = None, x.size(1)
-            sorted_indices = unsorted_indices = None
+        seq = SequenceBatch(input, self.batch_first, self._check_input, "TensorizedLSTM")
+        if not seq.packed:
+            if state is not None and not seq.is_batched:
+                state = tuple(s.unsqueeze(0) for s in state)
+            self._check_input(seq.input, packed=False)
+        x = seq.x  # [T, B, I]
         if state is None:
-            shape = (batch, self.rows, self.hidden_size)
+            shape = (seq.batch, self.rows, self.hidden_size)
             state = (x.new_zeros(shape), x.new_zeros(shape))
         else:
-            self._check_state(x, state, batch)
-            if sorted_indices is not None:
-                state = tuple(s.index_select(0, sorted_indices) for s in state)
-        if x.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        check_same_device(x, self.parameters(), "parameter")
+            self._check_state(x, state, seq.batch)
+            state = seq.sorted_state(state, dim=0)
+        seq.check_runnable(self.parameters())
 
-        top, h_n, c_n = self._run_sequence(x, state[0], state[1], lengths, flush)
+        top, h_n, c_n = self._run_sequence(x, state[0], state[1], seq.lengths, flush)
         output = top if self.weight_proj is None else top @ self.weight_proj.T
-
-        if packed:
-            output = PackedSequence(pack_padded(output, layout), batch_sizes, sorted_indices,
-                                    unsorted_indices)
-            if unsorted_indices is not None:
-                h_n, c_n = h_n.index_select(0, unsorted_indices), c_n.index_select(0, unsorted_indices)
-            return output, (h_n, c_n)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            h_n, c_n = h_n.squeeze(0), c_n.squeeze(0)
-        return output, (h_n, c_n)
+        return seq.results(output, (h_n, c_n), dim=0)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, depth={self.depth}"
