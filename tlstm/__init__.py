@@ -4,9 +4,12 @@
     tlstm.TensorizedLSTM    the tensorized LSTM: depth merged into time
     tlstm.reference         pure-PyTorch references of the same modules
     tlstm.ops               the registered ops (torch.ops.tlstm.*) behind them
+    tlstm.onnx              their export to ONNX (PeepholeLSTM as ONNX's LSTM with peepholes)
 """
-from . import ops, reference  # noqa: F401
+from . import onnx, ops, reference  # noqa: F401
 from .modules import PeepholeLSTM, TensorizedLSTM
+
+onnx.register()  # torch.onnx.export of PeepholeLSTM, where onnxscript is installed
 
 __all__ = ["PeepholeLSTM", "TensorizedLSTM", "ops", "reference"]
 __version__ = "0.1.0"
