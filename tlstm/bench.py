@@ -488,8 +488,33 @@ def plot_depth(records: list[Record], baseline: str, path: str, device: str) -> 
     print(f"wrote {path}")
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, before any work, what would fail or be ignored later (parser.error: the bench's
+    usage and one line); makes the --json directory."""
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device on this machine "
+                         "(torch.cuda.is_available() is False)")
+        if not tlstm.ops.has_cuda_kernels():
+            parser.error("--device cuda: this build of tlstm has no CUDA kernels (it was built "
+                         "without nvcc or with TLSTM_CPU_ONLY=1)")
+    for name, least in (("threads", 1), ("repeats", 1), ("warmup", 0)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name} must be at least {least}, got {value}")
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, got {args.budget_s}")
+    if args.json and (args.json.endswith(("/", os.sep)) or os.path.isdir(args.json)):
+        try:
+            os.makedirs(args.json, exist_ok=True)
+        except OSError as e:
+            parser.error(f"--json {args.json}: cannot make the directory ({e.strerror})")
+
+
 def result_path(path: str, device: str, commit: str) -> str:
-    if not os.path.isdir(path):
+    """The result file: `path` itself, or <device>-<date>-<commit>.json in the directory
+    `path` (one that exists, or a path ending in a separator)."""
+    if not (os.path.isdir(path) or path.endswith(("/", os.sep))):
         return path
     slug = "".join(ch if ch.isalnum() else "-" for ch in device_name(device).lower())
     slug = "-".join(part for part in slug.split("-") if part)
@@ -520,7 +545,7 @@ def write_results(path: str, device: str, commit: str, parity: list[dict],
 
 def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"tlstm {tlstm.__version__}, torch {torch.__version__}, device {device_name(device)}")
 
@@ -541,7 +566,7 @@ def run(args: argparse.Namespace) -> int:
     if "tensorized" in args.cells:
         configs += tensorized_configs(device, args.quick)
     directions = ["fwd", "fwdbwd"]
-    repeats = args.repeats or (5 if args.quick else 15)
+    repeats = args.repeats if args.repeats is not None else (5 if args.quick else 15)
     print(f"\n== wall clock: median of {repeats} interleaved repeats after {args.warmup} warm-up "
           f"runs, {'CUDA events' if device == 'cuda' else 'perf_counter'}, "
           f"{torch.get_num_threads()} CPU threads ==")
