@@ -73,7 +73,7 @@ def assert_within_half_bound(got: dict, base: dict, want: dict, context: str = "
 
 
 def assert_results_close(got: dict, ref: dict, tol: float, context: str = ""):
-    """Compares every entry of two result dicts (see forward_backward); keys must match."""
+    """Compares every entry of two result dicts (see peephole_forward_backward); keys must match."""
     assert set(got) == set(ref), f"{context}: keys differ: {sorted(set(got) ^ set(ref))}"
     failures = []
     for key in sorted(ref):
@@ -123,7 +123,7 @@ def state_sizes(module, batch):
     return (module.num_layers * d, batch, real), (module.num_layers * d, batch, module.hidden_size)
 
 
-def make_inputs(module, T, B, seed, dtype, batch_first=None, lengths=None, with_hx=True):
+def make_peephole_inputs(module, T, B, seed, dtype, batch_first=None, lengths=None, with_hx=True):
     """Leaf tensors x [T, B, I] (or [B, T, I]), h0, c0 (requires_grad) and the lengths.
 
     The values are drawn in float64 from `seed` and cast to `dtype`, so the same seed gives the
@@ -152,7 +152,7 @@ def pack(x, lengths, batch_first):
 # ---- running a module -------------------------------------------------------------------------
 
 
-def forward_backward(module, x, hx=None, lengths=None, seed=1234, grads=True):
+def peephole_forward_backward(module, x, hx=None, lengths=None, seed=1234, grads=True):
     """Runs `module` (packing x with `lengths` when given), then back-propagates a random
     upstream gradient (drawn from `seed` in float64, cast to the output dtype) through the
     output and both final states.
@@ -196,7 +196,7 @@ def gradients_of(loss, module, x, state=None):
     return dict(zip(leaves, computed))
 
 
-def fused_and_reference(dtype, seed=0, **kwargs):
+def peephole_fused_and_reference(dtype, seed=0, **kwargs):
     """A fused module of `dtype` with fresh random weights and a float64 reference with the
     very same weights (upcast exactly)."""
     fused = tlstm.PeepholeLSTM(dtype=dtype, **kwargs)
@@ -210,19 +210,59 @@ def fused_and_reference(dtype, seed=0, **kwargs):
     return fused, ref
 
 
-def compare_fused_to_reference(dtype, T, B, seed=0, lengths=None, with_hx=True, **kwargs):
+def compare_peephole_to_reference(dtype, T, B, seed=0, lengths=None, with_hx=True, **kwargs):
     """Fused module in `dtype` against the float64 reference: outputs, states, all gradients."""
-    fused, ref = fused_and_reference(dtype, seed=seed, **kwargs)
-    x, hx = make_inputs(fused, T, B, seed + 10, dtype, with_hx=with_hx)
+    fused, ref = peephole_fused_and_reference(dtype, seed=seed, **kwargs)
+    x, hx = make_peephole_inputs(fused, T, B, seed + 10, dtype, with_hx=with_hx)
     # the reference sees exactly the same (float32-representable when dtype is float32) data
     x64 = x.detach().double().requires_grad_()
     hx64 = None if hx is None else tuple(h.detach().double().requires_grad_() for h in hx)
-    got = forward_backward(fused, x, hx, lengths=lengths, seed=seed + 20)
-    want = forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 20)
+    got = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=seed + 20)
+    want = peephole_forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 20)
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
     assert_results_close(got, want, TOL[dtype], context=f"{dtype} {kwargs} lengths={lengths}")
     return got, want
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous layout, detached: dims 0 and 1 transposed in memory
+    for >= 2-D tensors (as the modules hand the ops a transposed input with batch_first), a
+    stride of 2 for vectors (or where the transposed layout still counts as contiguous)."""
+    t = t.detach()
+    v = t.transpose(0, 1).contiguous().transpose(0, 1) if t.dim() >= 2 else t
+    if v.is_contiguous():
+        v = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2]
+        v.copy_(t)
+    assert not v.is_contiguous() and torch.equal(v, t)
+    return v
+
+
+def fail_without_cuda_kernels(op: str = "tlstm::peephole_lstm_forward") -> None:
+    """For the CUDA test files, once they know a GPU is there: a build of tlstm without its
+    CUDA kernels on a GPU machine is a failure, not a reason to skip."""
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"):
+        pytest.fail(f"a GPU is available but this build of tlstm has no CUDA kernel for {op} "
+                    "(rebuild with nvcc)")
+
+
+@pytest.fixture
+def no_tf32():
+    """float32 GEMMs in full float32 (TF32 would miss the 1e-5 contract); restores the
+    previous settings."""
+    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """A bare number as a test id says nothing (test_opcheck_forward[0]): name it after its
+    argument (case0, threads2, depth3)."""
+    if isinstance(val, int) and not isinstance(val, bool):
+        return f"{argname}{val}"
+    return None
 
 
 @contextlib.contextmanager

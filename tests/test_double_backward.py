@@ -9,15 +9,15 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import TOL, fused_and_reference, make_inputs, rel_err
+from conftest import TOL, peephole_fused_and_reference, make_peephole_inputs, rel_err
 
 F64 = torch.float64
 
 
 def _peephole():
-    fused, ref = fused_and_reference(F64, seed=51, input_size=3, hidden_size=4, num_layers=2,
-                                     bidirectional=True, proj_size=2)
-    x, hx = make_inputs(fused, 5, 2, 52, F64)
+    fused, ref = peephole_fused_and_reference(F64, seed=51, input_size=3, hidden_size=4,
+                                              num_layers=2, bidirectional=True, proj_size=2)
+    x, hx = make_peephole_inputs(fused, 5, 2, 52, F64)
     return fused, ref, x, hx, "PeepholeLSTM"
 
 

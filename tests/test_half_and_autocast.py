@@ -9,11 +9,16 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import (assert_within_half_bound, forward_backward, fused_and_reference,
-                      make_inputs, rel_err)
+from conftest import (assert_within_half_bound, make_peephole_inputs, peephole_forward_backward,
+                      peephole_fused_and_reference, rel_err)
 
 HALF = [torch.float16, torch.bfloat16]
-CUDA = torch.cuda.is_available() and tlstm.ops.has_cuda_kernels()
+# On a GPU machine the CUDA cases run, kernels or not: a build without them fails there.
+CUDA = torch.cuda.is_available()
+# (device, autocast dtype): the CPU under both half types, CUDA under float16
+AUTOCAST = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + (
+    [("cuda", torch.float16)] if CUDA else [])
+AUTOCAST_IDS = [f"{d}-{'bf16' if t == torch.bfloat16 else 'f16'}" for d, t in AUTOCAST]
 
 PEEPHOLE_CASES = {
     "base": (dict(input_size=5, hidden_size=12), None),
@@ -56,17 +61,17 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
     """got, base, want (see _compare_runs) of one case, the fused module in `dtype`, or in
     float32 under autocast to `dtype`."""
     kwargs, lengths = PEEPHOLE_CASES[case]
-    _, ref64 = fused_and_reference(torch.float64, seed=31, **kwargs)
+    _, ref64 = peephole_fused_and_reference(torch.float64, seed=31, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
     fused = tlstm.PeepholeLSTM(**kwargs).to(device, fused_dtype)
     ref_low = tlstm.reference.PeepholeLSTM(**kwargs).to(device, dtype)
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
         m.train(False)
-    x64, hx64 = make_inputs(ref64, 7, 3, 32, torch.float64)
+    x64, hx64 = make_peephole_inputs(ref64, 7, 3, 32, torch.float64)
 
     def run(module, x, hx):
-        return forward_backward(module, x, hx, lengths=lengths, seed=33)
+        return peephole_forward_backward(module, x, hx, lengths=lengths, seed=33)
 
     return _compare_runs(run, ref64, fused, ref_low, x64, hx64, dtype, device, autocast)
 
@@ -80,12 +85,11 @@ def test_peephole_half_module_on_cpu(case, dtype):
     assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
 @pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
-def test_peephole_under_autocast(case, device):
+def test_peephole_under_autocast(case, device, dtype):
     """As nn.LSTM under autocast: outputs and states in the autocast dtype, parameter
     gradients in the parameters' float32."""
-    dtype = torch.bfloat16 if device == "cpu" else torch.float16
     got, base, want = _peephole_runs(case, dtype, device, autocast=True)
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
@@ -93,9 +97,8 @@ def test_peephole_under_autocast(case, device):
     assert_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
-def test_peephole_autocast_dtypes_match_nn_lstm(device):
-    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+def test_peephole_autocast_dtypes_match_nn_lstm(device, dtype):
     lstm = torch.nn.LSTM(4, 6, num_layers=2, device=device)
     ours = tlstm.PeepholeLSTM.from_lstm(lstm)
     x = torch.randn(5, 3, 4, device=device).to(dtype)  # nn.LSTM on the CPU wants it cast already
@@ -109,8 +112,8 @@ def test_peephole_autocast_dtypes_match_nn_lstm(device):
 
 def test_float64_is_left_alone_under_autocast():
     """Autocast casts float32 and the half types, never float64 (as for nn.LSTM)."""
-    fused, ref = fused_and_reference(torch.float64, seed=34, input_size=3, hidden_size=5)
-    x, hx = make_inputs(fused, 4, 2, 35, torch.float64)
+    fused, ref = peephole_fused_and_reference(torch.float64, seed=34, input_size=3, hidden_size=5)
+    x, hx = make_peephole_inputs(fused, 4, 2, 35, torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, (h, c) = fused(x, hx)
     want, _ = ref(x, hx)
@@ -146,10 +149,9 @@ def test_tensorized_half_module_on_cpu(case, dtype):
     assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
 @pytest.mark.parametrize("case", list(TENSORIZED_CASES))
-def test_tensorized_under_autocast(case, device):
-    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+def test_tensorized_under_autocast(case, device, dtype):
     got, base, want = _tensorized_runs(case, dtype, device, autocast=True)
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 import tlstm
-from conftest import TOL, assert_results_close, forward_backward, make_inputs, randomize_
+from conftest import (
+    TOL,
+    assert_results_close,
+    peephole_forward_backward,
+    make_peephole_inputs,
+    randomize_,
+)
 
 
 # batch_first=True hands the op a transposed (non-contiguous) input view, which exercises the
@@ -18,16 +24,16 @@ def test_compile_fullgraph_matches_eager(batch_first):
     randomize_(model, 1)
     model.eval()
     compiled = torch.compile(model, fullgraph=True)
-    x, hx = make_inputs(model, 6, 4, 2, torch.float64)
-    want = forward_backward(model, x, hx, seed=3)
-    got = forward_backward(compiled, x, hx, seed=3)
+    x, hx = make_peephole_inputs(model, 6, 4, 2, torch.float64)
+    want = peephole_forward_backward(model, x, hx, seed=3)
+    got = peephole_forward_backward(compiled, x, hx, seed=3)
     # compiled parameters are the module's own: the names carry the _orig_mod. prefix
     got = {k.replace("_orig_mod.", ""): v for k, v in got.items()}
     assert_results_close(got, want, TOL[torch.float64], context="compiled vs eager")
     # a second call with new data reuses the graph and is still right
-    x2, hx2 = make_inputs(model, 6, 4, 5, torch.float64)
-    want2 = forward_backward(model, x2, hx2, seed=6)
+    x2, hx2 = make_peephole_inputs(model, 6, 4, 5, torch.float64)
+    want2 = peephole_forward_backward(model, x2, hx2, seed=6)
     got2 = {k.replace("_orig_mod.", ""): v
-            for k, v in forward_backward(compiled, x2, hx2, seed=6).items()}
+            for k, v in peephole_forward_backward(compiled, x2, hx2, seed=6).items()}
     assert_results_close(got2, want2, TOL[torch.float64], context="compiled vs eager, 2nd call")
     torch._dynamo.reset()

@@ -13,14 +13,20 @@ from conftest import (  # noqa: E402
     TOL,
     assert_results_close,
     assert_within_half_bound,
-    forward_backward,
-    fused_and_reference,
-    make_inputs,
+    fail_without_cuda_kernels,
+    peephole_forward_backward,
+    peephole_fused_and_reference,
+    make_peephole_inputs,
     rel_err,
 )
 
-pytestmark = pytest.mark.skipif(not tlstm.ops.has_cuda_kernels(),
-                                reason="tlstm was built without its CUDA kernels")
+
+
+@pytest.fixture(autouse=True)
+def cuda_kernels_and_no_tf32(no_tf32):
+    """A GPU is there: the CUDA kernels must be too (fail, not skip); float32 GEMMs without
+    TF32, restored after each test."""
+    fail_without_cuda_kernels("tlstm::peephole_lstm_forward")
 
 RECURRENCES = ["stepwise", "persistent"]
 
@@ -55,21 +61,20 @@ def _cuda_copy(x, hx):
 def _results(dtype, case, seed=1, device="cuda"):
     """The fused module in `dtype` on `device` and the float64 reference on the CPU."""
     kwargs, T, B, lengths = CASES[case]
-    fused, ref = fused_and_reference(dtype, seed=seed, **kwargs)
+    fused, ref = peephole_fused_and_reference(dtype, seed=seed, **kwargs)
     fused = fused.to(device)
-    x, hx = make_inputs(fused, T, B, seed + 1, dtype)
+    x, hx = make_peephole_inputs(fused, T, B, seed + 1, dtype)
     x64 = x.detach().double().requires_grad_()
     hx64 = tuple(h.detach().double().requires_grad_() for h in hx)
     if device == "cuda":
         x, hx = _cuda_copy(x, hx)
-    got = forward_backward(fused, x, hx, lengths=lengths, seed=seed + 2)
-    want = forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 2)
+    got = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=seed + 2)
+    want = peephole_forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 2)
     return got, want, (kwargs, x64, hx64, lengths)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_float32_matches_float64_reference(case, recurrence):
-    torch.backends.cuda.matmul.allow_tf32 = False
     got, want, _ = _results(torch.float32, case)
     assert got["output"].device.type == "cuda"
     assert_results_close(got, want, TOL[torch.float32], context=f"{recurrence} float32 {case}")
@@ -88,11 +93,11 @@ def test_half_types_within_twice_the_reference_error(case, dtype, recurrence):
     """SPEC: error <= 2 x the error of the reference module run in that dtype, + 1e-3."""
     got, want, (kwargs, x64, hx64, lengths) = _results(dtype, case)
     ref_low = tlstm.reference.PeepholeLSTM(**kwargs).to("cuda", dtype)
-    fused64, _ = fused_and_reference(torch.float64, seed=1, **kwargs)  # the same weights
+    fused64, _ = peephole_fused_and_reference(torch.float64, seed=1, **kwargs)  # the same weights
     ref_low.load_state_dict(fused64.state_dict())
     x_low = x64.detach().to("cuda", dtype).requires_grad_()
     hx_low = tuple(h.detach().to("cuda", dtype).requires_grad_() for h in hx64)
-    low = forward_backward(ref_low, x_low, hx_low, lengths=lengths, seed=3)
+    low = peephole_forward_backward(ref_low, x_low, hx_low, lengths=lengths, seed=3)
     assert_within_half_bound(got, low, want, context=f"{recurrence} {dtype} {case}")
 
 
@@ -107,14 +112,14 @@ def test_hidden_sizes_not_multiples_of_32(hidden_size, recurrence):
     if recurrence == "persistent" and hidden_size > 1024:
         pytest.skip("the persistent kernel keeps W_hh in shared memory: H=2048 does not fit")
     kwargs = dict(input_size=5, hidden_size=hidden_size)
-    fused, ref = fused_and_reference(torch.float64, seed=5, **kwargs)
+    fused, ref = peephole_fused_and_reference(torch.float64, seed=5, **kwargs)
     fused = fused.cuda()
     T, B = (3, 2) if hidden_size == 2048 else (6, 3)
-    x, hx = make_inputs(fused, T, B, 6, torch.float64)
+    x, hx = make_peephole_inputs(fused, T, B, 6, torch.float64)
     x64 = x.detach().requires_grad_()
     hx64 = tuple(h.detach().requires_grad_() for h in hx)
-    got = forward_backward(fused, *_cuda_copy(x, hx), seed=7)
-    want = forward_backward(ref, x64, hx64, seed=7)
+    got = peephole_forward_backward(fused, *_cuda_copy(x, hx), seed=7)
+    want = peephole_forward_backward(ref, x64, hx64, seed=7)
     assert_results_close(got, want, TOL[torch.float64], context=f"H={hidden_size}")
 
 
@@ -132,15 +137,15 @@ def test_empty_batch(recurrence):
 def test_non_default_stream(recurrence):
     """The kernels run on the current stream: results on a side stream equal the default's."""
     kwargs, T, B, _ = CASES["large"]
-    fused, _ = fused_and_reference(torch.float32, seed=8, **kwargs)
+    fused, _ = peephole_fused_and_reference(torch.float32, seed=8, **kwargs)
     fused = fused.cuda()
-    x, hx = make_inputs(fused, T, B, 9, torch.float32)
+    x, hx = make_peephole_inputs(fused, T, B, 9, torch.float32)
     x, hx = _cuda_copy(x, hx)
-    first = forward_backward(fused, x, hx, seed=10)
+    first = peephole_forward_backward(fused, x, hx, seed=10)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        again = forward_backward(fused, x, hx, seed=10)
+        again = peephole_forward_backward(fused, x, hx, seed=10)
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     for k in first:
@@ -149,13 +154,13 @@ def test_non_default_stream(recurrence):
 
 def test_repeat_100_times_bitwise_identical(recurrence):
     kwargs, T, B, lengths = CASES["packed_bidir"]
-    fused, _ = fused_and_reference(torch.float32, seed=4, **kwargs)
+    fused, _ = peephole_fused_and_reference(torch.float32, seed=4, **kwargs)
     fused = fused.cuda()
-    x, hx = make_inputs(fused, T, B, 5, torch.float32)
+    x, hx = make_peephole_inputs(fused, T, B, 5, torch.float32)
     x, hx = _cuda_copy(x, hx)
-    first = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+    first = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=6)
     for _ in range(100):
-        again = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+        again = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=6)
         for k in first:
             assert torch.equal(first[k], again[k]), k
 
@@ -164,7 +169,6 @@ def test_more_than_2_31_gate_elements(monkeypatch):
     """T*B*4H > 2^31: 64-bit offsets. Rows are independent, so the last rows of a big batch
     equal a small batch holding only them (up to GEMM summation order)."""
     monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", "stepwise")
-    torch.backends.cuda.matmul.allow_tf32 = False
     T, B, I, H = 2100, 260, 4, 1024  # T*B*4H = 2.24e9 gate elements, 9 GB in float32
     free, _ = torch.cuda.mem_get_info()
     if free < 24 * 2**30:

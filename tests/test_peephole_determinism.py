@@ -3,7 +3,12 @@ CPU kernels split every step over several threads."""
 import pytest
 import torch
 
-from conftest import assert_results_equal, forward_backward, fused_and_reference, make_inputs
+from conftest import (
+    assert_results_equal,
+    peephole_forward_backward,
+    peephole_fused_and_reference,
+    make_peephole_inputs,
+)
 
 CASES = {
     "threaded_bidir_proj_packed": (
@@ -22,11 +27,11 @@ CASES = {
 def test_repeat_is_bitwise_identical(case, dtype, threads, restore_threads):
     torch.set_num_threads(threads)
     kwargs, T, B, lengths = CASES[case]
-    fused, _ = fused_and_reference(dtype, seed=4, **kwargs)
-    x, hx = make_inputs(fused, T, B, 5, dtype)
-    first = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+    fused, _ = peephole_fused_and_reference(dtype, seed=4, **kwargs)
+    x, hx = make_peephole_inputs(fused, T, B, 5, dtype)
+    first = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=6)
     for _ in range(3):
-        again = forward_backward(fused, x, hx, lengths=lengths, seed=6)
+        again = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=6)
         assert_results_equal(again, first, context=f"{case} threads={threads}")
 
 
@@ -34,8 +39,8 @@ def test_fresh_module_same_weights_is_bitwise_identical(restore_threads):
     """A second module with the same weights (new packed-weight buffers) gives the same bits."""
     torch.set_num_threads(2)
     kwargs, T, B, lengths = CASES["threaded_bidir_proj_packed"]
-    a, _ = fused_and_reference(torch.float32, seed=7, **kwargs)
-    b, _ = fused_and_reference(torch.float32, seed=7, **kwargs)
-    x, hx = make_inputs(a, T, B, 8, torch.float32)
-    assert_results_equal(forward_backward(a, x, hx, lengths=lengths, seed=9),
-                         forward_backward(b, x, hx, lengths=lengths, seed=9))
+    a, _ = peephole_fused_and_reference(torch.float32, seed=7, **kwargs)
+    b, _ = peephole_fused_and_reference(torch.float32, seed=7, **kwargs)
+    x, hx = make_peephole_inputs(a, T, B, 8, torch.float32)
+    assert_results_equal(peephole_forward_backward(a, x, hx, lengths=lengths, seed=9),
+                         peephole_forward_backward(b, x, hx, lengths=lengths, seed=9))

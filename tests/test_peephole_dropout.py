@@ -7,8 +7,8 @@ import tlstm
 from conftest import (
     TOL,
     assert_results_close,
-    forward_backward,
-    make_inputs,
+    peephole_forward_backward,
+    make_peephole_inputs,
     randomize_,
     rel_err,
 )
@@ -29,23 +29,24 @@ def test_eval_mode_equals_no_dropout(lengths):
     m, plain = _pair(0.5)
     m.eval()
     plain.train()  # dropout 0: mode does not matter
-    x, hx = make_inputs(m, 5, 4, 1, torch.float64)
-    assert_results_close(forward_backward(m, x, hx, lengths=lengths, seed=2),
-                         forward_backward(plain, x, hx, lengths=lengths, seed=2), TOL[torch.float64])
+    x, hx = make_peephole_inputs(m, 5, 4, 1, torch.float64)
+    assert_results_close(peephole_forward_backward(m, x, hx, lengths=lengths, seed=2),
+                         peephole_forward_backward(plain, x, hx, lengths=lengths, seed=2),
+                         TOL[torch.float64])
 
 
 def test_train_mode_differs_from_eval():
     m, _ = _pair(0.5)
-    x, hx = make_inputs(m, 5, 4, 1, torch.float64)
+    x, hx = make_peephole_inputs(m, 5, 4, 1, torch.float64)
     m.eval()
-    eval_out = forward_backward(m, x, hx, seed=2)
+    eval_out = peephole_forward_backward(m, x, hx, seed=2)
     m.train()
     torch.manual_seed(0)
-    train_out = forward_backward(m, x, hx, seed=2)
+    train_out = peephole_forward_backward(m, x, hx, seed=2)
     assert rel_err(train_out["output"], eval_out["output"]) > 1e-3
     # and two training runs draw different masks
     torch.manual_seed(1)
-    other = forward_backward(m, x, hx, seed=2)
+    other = peephole_forward_backward(m, x, hx, seed=2)
     assert rel_err(other["output"], train_out["output"]) > 1e-3
 
 
@@ -57,22 +58,22 @@ def test_train_mode_matches_reference_with_same_rng(lengths):
     ref.load_state_dict(m.state_dict())
     m.train()
     ref.train()
-    x, hx = make_inputs(m, 5, 4, 1, torch.float64)
+    x, hx = make_peephole_inputs(m, 5, 4, 1, torch.float64)
     torch.manual_seed(5)
-    got = forward_backward(m, x, hx, lengths=lengths, seed=2)
+    got = peephole_forward_backward(m, x, hx, lengths=lengths, seed=2)
     torch.manual_seed(5)
-    want = forward_backward(ref, x, hx, lengths=lengths, seed=2)
+    want = peephole_forward_backward(ref, x, hx, lengths=lengths, seed=2)
     assert_results_close(got, want, TOL[torch.float64])
 
 
 def test_no_dropout_after_last_layer():
     with pytest.warns(UserWarning):
         m = tlstm.PeepholeLSTM(3, 5, dropout=0.9, dtype=torch.float64)
-    x, hx = make_inputs(m, 4, 3, 1, torch.float64)
+    x, hx = make_peephole_inputs(m, 4, 3, 1, torch.float64)
     m.train()
-    a = forward_backward(m, x, hx, seed=2)
+    a = peephole_forward_backward(m, x, hx, seed=2)
     m.eval()
-    b = forward_backward(m, x, hx, seed=2)
+    b = peephole_forward_backward(m, x, hx, seed=2)
     assert_results_close(a, b, TOL[torch.float64])
 
 
@@ -80,7 +81,7 @@ def test_dropout_one_zeroes_inter_layer_input():
     """dropout=1 in training: layers 2.. see a zero input, as in nn.LSTM."""
     m, _ = _pair(1.0)
     m.train()
-    x, hx = make_inputs(m, 4, 3, 1, torch.float64)
+    x, hx = make_peephole_inputs(m, 4, 3, 1, torch.float64)
     out, (h, c) = m(x, hx)
     # layer 1 sees zero input for any x: the output does not depend on x
     out2, _ = m(torch.randn_like(x), hx)

@@ -9,9 +9,10 @@ import tlstm
 from conftest import (
     TOL,
     assert_results_close,
-    forward_backward,
-    fused_and_reference,
-    make_inputs,
+    peephole_forward_backward,
+    peephole_fused_and_reference,
+    make_peephole_inputs,
+    noncontiguous,
     randn,
     rel_err,
 )
@@ -39,39 +40,39 @@ def _grads(module, x, hx=None, seed=0):
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
 def test_hx_none_equals_zeros(cfg, dtype):
     kwargs = CONFIGS[cfg]
-    fused, _ = fused_and_reference(dtype, seed=cfg, **kwargs)
-    x, hx = make_inputs(fused, 5, 3, 1, dtype)
+    fused, _ = peephole_fused_and_reference(dtype, seed=cfg, **kwargs)
+    x, hx = make_peephole_inputs(fused, 5, 3, 1, dtype)
     zeros = tuple(torch.zeros_like(h).requires_grad_() for h in hx)
-    a = forward_backward(fused, x, None, seed=2)
-    b = forward_backward(fused, x, zeros, seed=2)
+    a = peephole_forward_backward(fused, x, None, seed=2)
+    b = peephole_forward_backward(fused, x, zeros, seed=2)
     b = {k: v for k, v in b.items() if k not in ("grad_h0", "grad_c0")}
     assert_results_close(a, b, TOL[dtype])
     # the zero state matters: a random one gives something else
-    c = forward_backward(fused, x, hx, seed=2)
+    c = peephole_forward_backward(fused, x, hx, seed=2)
     assert rel_err(c["output"], a["output"]) > 1e-3
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
 def test_batch_of_one(cfg, dtype):
-    from conftest import compare_fused_to_reference
+    from conftest import compare_peephole_to_reference
 
-    compare_fused_to_reference(dtype, 6, 1, seed=cfg, **CONFIGS[cfg])
-    compare_fused_to_reference(dtype, 4, 1, seed=cfg, lengths=[3], **CONFIGS[cfg])
+    compare_peephole_to_reference(dtype, 6, 1, seed=cfg, **CONFIGS[cfg])
+    compare_peephole_to_reference(dtype, 4, 1, seed=cfg, lengths=[3], **CONFIGS[cfg])
 
 
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
 def test_unbatched_equals_batched_squeezed(cfg, with_hx):
     kwargs = CONFIGS[cfg]
-    fused, ref = fused_and_reference(F64, seed=10 + cfg, **kwargs)
+    fused, ref = peephole_fused_and_reference(F64, seed=10 + cfg, **kwargs)
     T = 5
     x2 = randn((T, kwargs["input_size"]), 3, F64).requires_grad_()
     batch_dim = 0 if fused.batch_first else 1
     x3 = x2.detach().unsqueeze(batch_dim).requires_grad_()
     hx2 = hx3 = None
     if with_hx:
-        _, hx = make_inputs(fused, T, 1, 4, F64)
+        _, hx = make_peephole_inputs(fused, T, 1, 4, F64)
         hx2 = tuple(h.detach().squeeze(1).requires_grad_() for h in hx)
         hx3 = tuple(h.detach().requires_grad_() for h in hx)
     out2, (h2, c2) = fused(x2, hx2)
@@ -128,60 +129,48 @@ def test_empty_batch_like_nn_lstm(kwargs, with_hx):
 # ---- non-contiguous tensors -------------------------------------------------------------------
 
 
-def _noncontig(t: torch.Tensor) -> torch.Tensor:
-    """The same values in a non-contiguous layout (transposed for matrices, strided for
-    vectors)."""
-    if t.dim() >= 2:
-        v = t.detach().transpose(-1, -2).contiguous().transpose(-1, -2)
-    else:
-        v = torch.empty(t.shape[0] * 2, dtype=t.dtype)[::2]
-        v.copy_(t.detach())
-    assert not v.is_contiguous() and torch.equal(v, t)
-    return v
-
-
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("size", ["small", "threaded"])
 def test_noncontiguous_input_and_states(size, dtype):
     kwargs = dict(input_size=4, hidden_size=72 if size == "threaded" else 5,
                   bidirectional=True, proj_size=24 if size == "threaded" else 3)
     B = 40 if size == "threaded" else 3
-    fused, _ = fused_and_reference(dtype, seed=6, **kwargs)
-    x, hx = make_inputs(fused, 5, B, 7, dtype)
-    want = forward_backward(fused, x, hx, seed=8)
+    fused, _ = peephole_fused_and_reference(dtype, seed=6, **kwargs)
+    x, hx = make_peephole_inputs(fused, 5, B, 7, dtype)
+    want = peephole_forward_backward(fused, x, hx, seed=8)
     # input: a [B, T, 2I] buffer, transposed and sliced to [T, B, I] with stride 2
     big = torch.zeros(B, 5, 2 * kwargs["input_size"], dtype=dtype)
     big[:, :, ::2] = x.detach().transpose(0, 1)
     x_nc = big.transpose(0, 1)[:, :, ::2].requires_grad_()
     assert not x_nc.is_contiguous() and torch.equal(x_nc, x)
-    hx_nc = tuple(_noncontig(h).requires_grad_() for h in hx)
-    got = forward_backward(fused, x_nc, hx_nc, seed=8)
+    hx_nc = tuple(noncontiguous(h).requires_grad_() for h in hx)
+    got = peephole_forward_backward(fused, x_nc, hx_nc, seed=8)
     assert_results_close(got, want, TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_noncontiguous_weights_set_(dtype):
     kwargs = dict(input_size=4, hidden_size=72, proj_size=20, num_layers=2)
-    fused, ref = fused_and_reference(dtype, seed=9, **kwargs)
-    x, hx = make_inputs(fused, 4, 40, 10, dtype)
-    want = forward_backward(fused, x, hx, seed=11)
+    fused, ref = peephole_fused_and_reference(dtype, seed=9, **kwargs)
+    x, hx = make_peephole_inputs(fused, 4, 40, 10, dtype)
+    want = peephole_forward_backward(fused, x, hx, seed=11)
     with torch.no_grad():
         for _, p in fused.named_parameters():
-            v = _noncontig(p)
+            v = noncontiguous(p)
             p.set_(v.untyped_storage(), v.storage_offset(), v.shape, v.stride())
     assert all(not p.is_contiguous() for p in fused.parameters())
-    got = forward_backward(fused, x, hx, seed=11)
+    got = peephole_forward_backward(fused, x, hx, seed=11)
     assert_results_close(got, want, TOL[dtype])
     x64 = x.detach().double().requires_grad_()
     hx64 = tuple(h.detach().double().requires_grad_() for h in hx)
-    assert_results_close(got, forward_backward(ref, x64, hx64, seed=11), TOL[dtype])
+    assert_results_close(got, peephole_forward_backward(ref, x64, hx64, seed=11), TOL[dtype])
 
 
 def test_noncontiguous_weights_functional_call():
     kwargs = dict(input_size=3, hidden_size=6, bidirectional=True, proj_size=2, num_layers=2)
-    fused, ref = fused_and_reference(F64, seed=12, **kwargs)
-    x, hx = make_inputs(fused, 5, 3, 13, F64)
-    params = {n: _noncontig(p).requires_grad_() for n, p in fused.named_parameters()}
+    fused, ref = peephole_fused_and_reference(F64, seed=12, **kwargs)
+    x, hx = make_peephole_inputs(fused, 5, 3, 13, F64)
+    params = {n: noncontiguous(p).requires_grad_() for n, p in fused.named_parameters()}
     out, (h, c) = functional_call(fused, params, (x, hx))
     g = [randn(t.shape, 14 + k, F64) for k, t in enumerate((out, h, c))]
     loss = (out * g[0]).sum() + (h * g[1]).sum() + (c * g[2]).sum()
@@ -195,14 +184,14 @@ def test_noncontiguous_weights_functional_call():
 
 def test_expanded_initial_state():
     """hx given as a stride-0 broadcast view (one state for the whole batch)."""
-    fused, ref = fused_and_reference(F64, seed=14, input_size=3, hidden_size=5,
+    fused, ref = peephole_fused_and_reference(F64, seed=14, input_size=3, hidden_size=5,
                                      bidirectional=True)
-    x, _ = make_inputs(fused, 4, 3, 15, F64)
+    x, _ = make_peephole_inputs(fused, 4, 3, 15, F64)
     h = randn((1, 1, 5), 16, F64).requires_grad_()
     c = randn((1, 1, 5), 17, F64).requires_grad_()
     hx = (h.expand(2, 3, 5), c.expand(2, 3, 5))
-    got = forward_backward(fused, x, hx, seed=18)
-    want = forward_backward(ref, x, hx, seed=18)
+    got = peephole_forward_backward(fused, x, hx, seed=18)
+    want = peephole_forward_backward(ref, x, hx, seed=18)
     assert_results_close(got, want, TOL[F64])
     g = [torch.autograd.grad(m(x, hx)[1][0].sum(), [h, c]) for m in (fused, ref)]
     for a, b in zip(*g):
@@ -211,11 +200,11 @@ def test_expanded_initial_state():
 
 def test_frozen_parameters():
     """Only the input requires grad (frozen weights): its gradient is still right."""
-    fused, ref = fused_and_reference(F64, seed=19, input_size=3, hidden_size=5, proj_size=2,
-                                     num_layers=2)
+    fused, ref = peephole_fused_and_reference(F64, seed=19, input_size=3, hidden_size=5,
+                                              proj_size=2, num_layers=2)
     for m in (fused, ref):
         m.requires_grad_(False)
-    x, _ = make_inputs(fused, 5, 3, 20, F64)
+    x, _ = make_peephole_inputs(fused, 5, 3, 20, F64)
     grads = []
     for m in (fused, ref):
         out, (h, c) = m(x)
@@ -225,9 +214,9 @@ def test_frozen_parameters():
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_inference_without_autograd(mode):
-    fused, ref = fused_and_reference(F64, seed=22, input_size=3, hidden_size=72,
+    fused, ref = peephole_fused_and_reference(F64, seed=22, input_size=3, hidden_size=72,
                                      bidirectional=True)
-    x, hx = make_inputs(fused, 4, 40, 23, F64)
+    x, hx = make_peephole_inputs(fused, 4, 40, 23, F64)
     x, hx = x.detach(), tuple(h.detach() for h in hx)
     ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with ctx:

@@ -8,8 +8,8 @@ import tlstm
 from conftest import (
     TOL,
     assert_results_close,
-    forward_backward,
-    make_inputs,
+    peephole_forward_backward,
+    make_peephole_inputs,
     randomize_,
     rel_err,
 )
@@ -37,11 +37,11 @@ def _lstm(seed, dtype=torch.float64, **kwargs):
 
 
 def _compare_with_lstm(module, lstm, T, B, lengths, dtype, seed):
-    x, hx = make_inputs(module, T, B, seed, dtype)
-    got = forward_backward(module, x, hx, lengths=lengths, seed=seed + 1)
+    x, hx = make_peephole_inputs(module, T, B, seed, dtype)
+    got = peephole_forward_backward(module, x, hx, lengths=lengths, seed=seed + 1)
     x64 = x.detach().double().requires_grad_()
     hx64 = tuple(h.detach().double().requires_grad_() for h in hx)
-    want = forward_backward(lstm, x64, hx64, lengths=lengths, seed=seed + 1)
+    want = peephole_forward_backward(lstm, x64, hx64, lengths=lengths, seed=seed + 1)
     # the peephole module has three more parameters per layer-direction; their gradients are
     # checked against the reference elsewhere: here compare what nn.LSTM has
     extra = {k for k in got if k.startswith(("grad_weight_ci", "grad_weight_cf", "grad_weight_co"))}
@@ -82,7 +82,7 @@ def test_output_structure_matches_nn_lstm():
     for kwargs, T, B, lengths in LSTM_CONFIGS.values():
         lstm = _lstm(3, **kwargs)
         module = tlstm.PeepholeLSTM(dtype=torch.float64, **kwargs)
-        x, hx = make_inputs(module, T, B, 4, torch.float64)
+        x, hx = make_peephole_inputs(module, T, B, 4, torch.float64)
         for hx_arg in (None, hx):
             if lengths is not None:
                 from conftest import pack
@@ -246,7 +246,7 @@ def test_packed_enforce_sorted_equals_nn_lstm():
     kwargs = dict(input_size=3, hidden_size=5, bidirectional=True, num_layers=2)
     lstm = _lstm(7, **kwargs)
     module = tlstm.PeepholeLSTM.from_lstm(lstm)
-    x, hx = make_inputs(module, 6, 4, 8, torch.float64)
+    x, hx = make_peephole_inputs(module, 6, 4, 8, torch.float64)
     lengths = torch.tensor([6, 5, 3, 1])
     results = []
     for m in (module, lstm):

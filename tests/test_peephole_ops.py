@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 import tlstm
-from conftest import TOL, assert_results_close, make_gen, randn, rel_err
+from conftest import TOL, assert_results_close, noncontiguous, randn, rel_err
 
 OPS = torch.ops.tlstm
 F64 = torch.float64
@@ -273,17 +273,6 @@ def test_opcheck_backward(case, need_grad_input):
     assert grads[0].shape == ((5, 4, 3) if need_grad_input else (0,))
 
 
-def _noncontig(t):
-    """Same values, non-contiguous layout (transposed for >= 2-D, strided for 1-D)."""
-    if t.dim() >= 2:
-        v = t.transpose(0, 1).contiguous().transpose(0, 1)
-    else:
-        v = torch.empty(2 * t.shape[0], dtype=t.dtype)[::2]
-        v.copy_(t)
-    assert not v.is_contiguous() and torch.equal(v, t)
-    return v
-
-
 NONCONTIG_FORWARD = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih",
                      "weight_peephole", "weight_proj"]
 
@@ -293,7 +282,7 @@ def test_opcheck_forward_noncontiguous(name):
     """The ops take non-contiguous arguments (the module passes transposed views with
     batch_first=True): opcheck, including the fake (shape/stride) function, still passes."""
     args = make_layer_args(proj=2, seed=21, requires_grad=False)
-    args[name] = _noncontig(args[name])
+    args[name] = noncontiguous(args[name])
     lens = torch.tensor([3, 5, 1, 4])
     op = OPS.peephole_lstm_forward.default
     torch.library.opcheck(op, _forward_args(args, lens, False, "tanh", False))
@@ -320,7 +309,7 @@ def test_opcheck_backward_noncontiguous(name):
          "weight_peephole": args["weight_peephole"], "weight_proj": args["weight_proj"]}
     reference = OPS.peephole_lstm_backward(
         *b.values(), lens, gates, hs, cs, False, "tanh", True)
-    b[name] = _noncontig(b[name])
+    b[name] = noncontiguous(b[name])
     bargs = (*b.values(), lens, gates, hs, cs, False, "tanh", True)
     # same values whatever the layout
     for g, r in zip(OPS.peephole_lstm_backward(*bargs), reference):
@@ -412,7 +401,3 @@ def test_op_lengths_checks():
     # the bounds themselves are valid lengths
     OPS.peephole_lstm_forward(*_forward_args(args, torch.tensor([0, T, 1, T]), False, "tanh",
                                              False))
-
-
-def test_gen_helper_is_deterministic():
-    assert torch.equal(torch.rand(3, generator=make_gen(1)), torch.rand(3, generator=make_gen(1)))

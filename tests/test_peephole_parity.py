@@ -11,10 +11,10 @@ import torch
 from conftest import (
     TOL,
     assert_results_close,
-    compare_fused_to_reference,
-    forward_backward,
-    fused_and_reference,
-    make_inputs,
+    compare_peephole_to_reference,
+    peephole_forward_backward,
+    peephole_fused_and_reference,
+    make_peephole_inputs,
     num_threads,
     rel_err,
 )
@@ -58,7 +58,8 @@ SMALL_CASES = {
 @pytest.mark.parametrize("case", list(SMALL_CASES))
 def test_small_configs(case, dtype):
     kwargs, T, B, lengths = SMALL_CASES[case]
-    compare_fused_to_reference(dtype, T, B, seed=zlib.crc32(case.encode()) % 1000, lengths=lengths, **kwargs)
+    compare_peephole_to_reference(dtype, T, B, seed=zlib.crc32(case.encode()) % 1000,
+                                  lengths=lengths, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -66,7 +67,7 @@ def test_small_configs(case, dtype):
 def test_without_hx(case, dtype):
     """hx=None: no h0/c0 gradients, everything else still matches."""
     kwargs, T, B, lengths = SMALL_CASES[case]
-    compare_fused_to_reference(dtype, T, B, seed=7, lengths=lengths, with_hx=False, **kwargs)
+    compare_peephole_to_reference(dtype, T, B, seed=7, lengths=lengths, with_hx=False, **kwargs)
 
 
 # Sizes big enough for the CPU kernels to split each step over threads
@@ -99,7 +100,7 @@ def test_threaded_sizes(case, dtype, threads, restore_threads):
     kwargs, T, B, lengths = THREADED_CASES[case]
     torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
-    compare_fused_to_reference(dtype, T, B, seed=3, lengths=lengths, **kwargs)
+    compare_peephole_to_reference(dtype, T, B, seed=3, lengths=lengths, **kwargs)
 
 
 @pytest.mark.parametrize("threads", [3, 4])
@@ -109,7 +110,7 @@ def test_more_threads(case, dtype, threads, restore_threads):
     """Other thread counts give other partitions (3 or 4 column slices of 72 or 200 units)."""
     kwargs, T, B, lengths = THREADED_CASES[case]
     torch.set_num_threads(threads)
-    compare_fused_to_reference(dtype, T, B, seed=4, lengths=lengths, **kwargs)
+    compare_peephole_to_reference(dtype, T, B, seed=4, lengths=lengths, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -117,12 +118,12 @@ def test_more_threads(case, dtype, threads, restore_threads):
 def test_one_and_two_threads_agree(case, dtype):
     """The thread count changes only the partition of the work, so results agree to rounding."""
     kwargs, T, B, lengths = THREADED_CASES[case]
-    fused, _ = fused_and_reference(dtype, seed=5, **kwargs)
-    x, hx = make_inputs(fused, T, B, 50, dtype)
+    fused, _ = peephole_fused_and_reference(dtype, seed=5, **kwargs)
+    x, hx = make_peephole_inputs(fused, T, B, 50, dtype)
     results = []
     for n in (1, 2):
         with num_threads(n):
-            results.append(forward_backward(fused, x, hx, lengths=lengths, seed=9))
+            results.append(peephole_forward_backward(fused, x, hx, lengths=lengths, seed=9))
     assert_results_close(results[0], results[1], TOL[dtype], context=case)
 
 
@@ -131,26 +132,26 @@ def test_odd_hidden_sizes_threaded(H, restore_threads):
     """Hidden sizes around the panel widths, with a large batch so that the work is split."""
     torch.set_num_threads(2)
     for dtype in DTYPES:
-        compare_fused_to_reference(dtype, 3, 300, seed=H, input_size=4, hidden_size=H,
+        compare_peephole_to_reference(dtype, 3, 300, seed=H, input_size=4, hidden_size=H,
                                    lengths=[(b % 3) + 1 for b in range(300)])
 
 
 def test_float32_long_sequence_T1000():
     """float32 stays within 1e-5 of the float64 reference over T = 1000 steps."""
-    compare_fused_to_reference(torch.float32, 1000, 3, seed=11, input_size=3, hidden_size=6,
+    compare_peephole_to_reference(torch.float32, 1000, 3, seed=11, input_size=3, hidden_size=6,
                                bidirectional=True)
 
 
 def test_peephole_weights_matter():
     """Sanity of the comparison itself: changing one peephole vector changes the output by far
     more than the tolerance (so the parity tests would see a wrong peephole term)."""
-    fused, ref = fused_and_reference(torch.float64, seed=1, input_size=3, hidden_size=5)
-    x, hx = make_inputs(fused, 6, 4, 2, torch.float64)
-    base = forward_backward(fused, x, hx, seed=3)
+    fused, ref = peephole_fused_and_reference(torch.float64, seed=1, input_size=3, hidden_size=5)
+    x, hx = make_peephole_inputs(fused, 6, 4, 2, torch.float64)
+    base = peephole_forward_backward(fused, x, hx, seed=3)
     for name in ("weight_ci_l0", "weight_cf_l0", "weight_co_l0"):
         with torch.no_grad():
             getattr(ref, name).mul_(-1.0)
-        want = forward_backward(ref, x, hx, seed=3)
+        want = peephole_forward_backward(ref, x, hx, seed=3)
         with torch.no_grad():
             getattr(ref, name).mul_(-1.0)
         assert rel_err(base["output"], want["output"]) > 1e-4, name
@@ -166,8 +167,8 @@ def test_loss_on_some_results_only(used, size):
     H, B = (5, 3) if size == "small" else (72, 40)
     kwargs = dict(input_size=4, hidden_size=H, num_layers=2, bidirectional=True,
                   proj_size=3 if size == "small" else 24)
-    fused, ref = fused_and_reference(torch.float64, seed=8, **kwargs)
-    x, hx = make_inputs(fused, 5, B, 9, torch.float64)
+    fused, ref = peephole_fused_and_reference(torch.float64, seed=8, **kwargs)
+    x, hx = make_peephole_inputs(fused, 5, B, 9, torch.float64)
     lengths = [(b % 5) + 1 for b in range(B)]
     results = []
     for module in (fused, ref):

@@ -10,14 +10,13 @@ import torch
 
 DEVICE = "cuda"
 
-if not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "tlstm::tensorized_lstm_forward", "CUDA")):
-    pytest.skip("no GPU, or tlstm has no CUDA kernels for the tensorized LSTM",
-                allow_module_level=True)
+if not torch.cuda.is_available():
+    pytest.skip("CUDA is not available", allow_module_level=True)
 
 import tlstm  # noqa: E402
 from conftest import (  # noqa: E402
     TOL, assert_results_close, assert_results_equal, assert_within_half_bound,
+    fail_without_cuda_kernels,
 )
 from tensorized_helpers import (  # noqa: E402
     F32,
@@ -41,13 +40,10 @@ def recurrence(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def no_tf32():
-    """float32 GEMMs in full float32 (TF32 would miss the 1e-5 contract)."""
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+def cuda_kernels_and_no_tf32(no_tf32):
+    """A GPU is there: the CUDA kernels must be too (fail, not skip); float32 GEMMs without
+    TF32 (conftest's no_tf32 restores the settings after each test)."""
+    fail_without_cuda_kernels("tlstm::tensorized_lstm_forward")
 
 
 # kwargs, T, B, lengths, flush

@@ -40,10 +40,3 @@ def test_fresh_module_same_weights_is_bitwise_identical():
         assert_results_equal(
             forward_backward(a, x, state, lengths=lengths, flush=flush, seed=9),
             forward_backward(b, x, state, lengths=lengths, flush=flush, seed=9))
-
-
-def test_num_threads_restored():
-    before = torch.get_num_threads()
-    with num_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before

@@ -8,7 +8,7 @@ from torch.autograd import gradcheck
 from torch.func import functional_call
 
 import tlstm
-from conftest import TOL, assert_results_close, num_threads, pack, randn, rel_err
+from conftest import TOL, assert_results_close, noncontiguous, num_threads, pack, randn, rel_err
 from tensorized_helpers import (
     F64,
     backward_op_args,
@@ -186,17 +186,6 @@ def test_backward_op_argument_checks(name, bad, message):
         OPS.tensorized_lstm_backward(*_backward_args(**{name: bad}))
 
 
-def _noncontig(t):
-    """Same values, non-contiguous layout."""
-    if t.dim() >= 2:
-        v = t.detach().transpose(0, 1).contiguous().transpose(0, 1)
-    else:
-        v = torch.empty(2 * t.shape[0], dtype=t.dtype)[::2]
-        v.copy_(t.detach())
-    assert not v.is_contiguous() and torch.equal(v, t)
-    return v.requires_grad_(t.requires_grad)
-
-
 # positions in the forward's arguments: input, h0, weight_hh, norm_weight
 @pytest.mark.parametrize("position", [0, 1, 5, 7])
 def test_opcheck_noncontiguous_arguments(position):
@@ -205,7 +194,7 @@ def test_opcheck_noncontiguous_arguments(position):
     args, _ = raw_args(dict(depth=3), lengths=[4, 2, 3], seed=19)
     want = OPS.tensorized_lstm_forward(*args, True)
     a = list(args)
-    a[position] = _noncontig(a[position])
+    a[position] = noncontiguous(a[position]).requires_grad_(a[position].requires_grad)
     got = OPS.tensorized_lstm_forward(*a, True)
     for g, w in zip(got[:3], want[:3]):
         assert rel_err(g, w) <= TOL[F64]
@@ -214,7 +203,7 @@ def test_opcheck_noncontiguous_arguments(position):
               t.is_floating_point() else t for t in a]
     torch.library.opcheck(OPS.tensorized_lstm_forward.default, (*a_grad, True))
     out, h_n, c_n, *saved = got
-    go = _noncontig(randn(out.shape, 1, F64))
+    go = noncontiguous(randn(out.shape, 1, F64))
     bargs = (go, randn(h_n.shape, 2, F64), randn(c_n.shape, 3, F64), a[0], a[3], a[5], a[7],
              a[8], a[9], *saved, *a[10:15], True)
     torch.library.opcheck(OPS.tensorized_lstm_backward.default, bargs)
@@ -275,28 +264,33 @@ def test_wrapper_without_grad_uses_inference_path():
     assert_results_close({"o": out, "h": h, "c": c}, {"o": y, "h": hs, "c": cs}, TOL[F64])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
-def test_unsupported_dtype_on_cpu_op(dtype):
+@pytest.mark.parametrize("dtype,name", [(torch.float16, "Half"), (torch.bfloat16, "BFloat16"),
+                                        (torch.int64, "Long")], ids=["f16", "bf16", "i64"])
+def test_unsupported_dtype_on_cpu_op(dtype, name):
+    """The CPU op itself runs float32 and float64 (the module widens the half types first) and
+    says so, naming the dtype it got."""
     args, _ = raw_args(dict(depth=2), seed=17)
     args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                  for a in args)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=rf"tensorized_lstm_forward on CPU supports dtypes "
+                                           rf"Float, Double, got {name}$"):
         OPS.tensorized_lstm_forward(*args, False)
 
 
 def test_op_argument_checks():
     """The op refuses arguments of the wrong shape (SPEC layouts)."""
     args, _ = raw_args(dict(depth=3), seed=18)
-    bad = {
-        2: args[2][:, :2],  # c0 with the wrong P
-        3: args[3][:, :2],  # weight_ih [M, I-1]
-        5: args[5][:, :, :2],  # weight_hh with too few taps
-        9: torch.tensor([1, 2]),  # lengths of the wrong size
+    bad = {  # position: (argument, the message naming it with expected and actual shapes)
+        2: (args[2][:, :2], r"expected c0 of shape \[B, P, M\] = \[3, 3, 4\], got \[3, 2, 4\]"),
+        3: (args[3][:, :2], r"expected weight_ih of shape \[M, I\] = \[4, 3\], got \[4, 2\]"),
+        5: (args[5][:, :, :2],  # too few taps
+            r"expected weight_hh of shape \[G, M, K'\] = \[19, 4, 3\], got \[19, 4, 2\]"),
+        9: (torch.tensor([1, 2]), r"expected lengths of shape \[B\] = \[3\], got \[2\]"),
     }
-    for k, v in bad.items():
+    for k, (v, message) in bad.items():
         a = list(args)
         a[k] = v
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=message):
             OPS.tensorized_lstm_forward(*a, False)
     T = args[0].shape[0]
     for values, got in (([-2, 1, 2], "-2 to 2"), ([1, T + 3, 2], f"1 to {T + 3}")):
