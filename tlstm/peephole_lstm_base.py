@@ -226,11 +226,12 @@ class PeepholeLSTMBase(nn.Module):
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         return (layers, batch, real_hidden_size), (layers, batch, self.hidden_size)
 
-    def _check_state(self, input: torch.Tensor, hx, batch: int) -> None:
-        expected_h, expected_c = self._expected_state_sizes(batch)
+    def _check_state(self, input: torch.Tensor, hx, seq: SequenceBatch) -> None:
+        expected_h, expected_c = self._expected_state_sizes(seq.batch)
         for k, (state, expected) in enumerate(zip(hx, (expected_h, expected_c))):
-            if state.size() != expected:
-                raise RuntimeError(f"Expected hidden[{k}] size {expected}, got {list(state.size())}")
+            seq.check_state_shape(
+                state, expected, 1, f"Expected hidden[{k}] size {expected}, got {list(state.size())}"
+            )
         check_same_device(input, hx, "hidden")
         for state in hx:
             if state.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
@@ -279,7 +280,7 @@ class PeepholeLSTMBase(nn.Module):
             expected_h, expected_c = self._expected_state_sizes(seq.batch)
             hx = (x.new_zeros(expected_h), x.new_zeros(expected_c))
         else:
-            self._check_state(x, hx, seq.batch)
+            self._check_state(x, hx, seq)
             hx = seq.sorted_state(hx, dim=1)
         seq.check_runnable(self.parameters())
 

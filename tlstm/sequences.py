@@ -103,8 +103,21 @@ class SequenceBatch:
         self.x = self.input.transpose(0, 1) if batch_first else self.input  # [T, B, I]
         self.lengths, self.batch = None, self.input.size(batch_dim)
 
+    def check_state_shape(self, state: torch.Tensor, expected: tuple, dim: int,
+                          message: str) -> None:
+        """RuntimeError(message) unless state's shape is `expected`, whose size `dim` is the
+        batch's. Under torch.compile a packed batch's size is data (batch_sizes[0]), on which a
+        graph cannot branch: sorted_state checks that size when the graph runs instead."""
+        expected = list(expected)
+        if self.packed and torch.compiler.is_compiling():
+            expected[dim] = state.size(dim)
+        if list(state.shape) != expected:
+            raise RuntimeError(message)
+
     def sorted_state(self, state, dim: int):
         """A state given in the caller's batch order, in the order of the packed batch."""
+        if self.packed and torch.compiler.is_compiling():
+            state = tuple(_state_of_packed_batch(self.batch_sizes, *state, dim))
         if self.sorted_indices is None:
             return state
         return tuple(s.index_select(dim, self.sorted_indices) for s in state)
@@ -130,3 +143,30 @@ class SequenceBatch:
             output = output.squeeze(0 if self.batch_first else 1)
             state = tuple(s.squeeze(dim) for s in state)
         return output, state
+
+
+@torch.library.custom_op("tlstm::state_of_packed_batch", mutates_args=())
+def _state_of_packed_batch(batch_sizes: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                           dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """h, c (copies), after checking that their size `dim` is the packed batch's. A compiled
+    graph runs this where eager code checks the state's shape: there the batch size is data,
+    and the state's later uses depend on this op, so the check comes first."""
+    batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+    for k, s in enumerate((h, c)):
+        if s.size(dim) != batch:
+            raise RuntimeError(
+                f"Expected the initial state[{k}] to hold the packed batch's {batch} sequences "
+                f"in dimension {dim}, got shape {list(s.shape)}")
+    return h.clone(), c.clone()
+
+
+@_state_of_packed_batch.register_fake
+def _(batch_sizes, h, c, dim):
+    return torch.empty_like(h), torch.empty_like(c)
+
+
+def _state_of_packed_batch_backward(ctx, grad_h, grad_c):
+    return None, grad_h, grad_c, None
+
+
+_state_of_packed_batch.register_autograd(_state_of_packed_batch_backward)

@@ -141,15 +141,14 @@ class TensorizedLSTMBase(nn.Module):
                 f"got {input.size(-1)}"
             )
 
-    def _check_state(self, input: torch.Tensor, state, batch: int) -> None:
+    def _check_state(self, input: torch.Tensor, state, seq: SequenceBatch) -> None:
         if len(state) != 2:
             raise TypeError(f"state must be a tuple (H, C) of two tensors, got {len(state)}")
-        expected = (batch, self.rows, self.hidden_size)
+        expected = (seq.batch, self.rows, self.hidden_size)
         for k, s in enumerate(state):
-            if tuple(s.shape) != expected:
-                raise RuntimeError(
-                    f"Expected state[{k}] size {expected} = (B, P, M), got {list(s.shape)}"
-                )
+            seq.check_state_shape(
+                s, expected, 0, f"Expected state[{k}] size {expected} = (B, P, M), got {list(s.shape)}"
+            )
         check_same_device(input, state, "state")
         for s in state:
             if s.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
@@ -197,7 +196,7 @@ class TensorizedLSTMBase(nn.Module):
             shape = (seq.batch, self.rows, self.hidden_size)
             state = (x.new_zeros(shape), x.new_zeros(shape))
         else:
-            self._check_state(x, state, seq.batch)
+            self._check_state(x, state, seq)
             state = seq.sorted_state(state, dim=0)
         seq.check_runnable(self.parameters())
 
