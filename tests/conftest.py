@@ -1,6 +1,6 @@
 """Shared helpers of the peephole LSTM tests.
 
-Accuracy is measured as in SPEC.md: error = ||out - ref|| / ||ref|| against the float64
+Accuracy is measured as in docs/parity.md: error = ||out - ref|| / ||ref|| against the float64
 reference (tlstm.reference.PeepholeLSTM), for outputs, final states and every gradient.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def assert_rel_close(a, b, tol, what=""):
 
 
 def assert_within_half_bound(got: dict, base: dict, want: dict, context: str = ""):
-    """SPEC.md's bound for float16 / bfloat16: each result's error against the float64
+    """docs/parity.md's bound for float16 / bfloat16: each result's error against the float64
     reference `want` is at most twice the error of `base` (the reference module run in that
     dtype), plus 1e-3. Every entry is checked and all failures are reported together."""
     assert set(got) == set(want) == set(base)

@@ -1,9 +1,10 @@
 """Shared helpers of the tensorized LSTM (tLSTM) tests (tests/test_tensorized_*.py).
 
-Accuracy is measured as in SPEC.md: error = ||out - ref|| / ||ref|| against the float64 reference
-(tlstm.reference.TensorizedLSTM), for outputs, final states and every gradient. This file also
-holds `spec_tlstm`, an implementation of SPEC.md section 2 written independently of the library
-(one sequence, one row and one tap at a time), used to check the reference itself.
+Accuracy is measured as in docs/parity.md: error = ||out - ref|| / ||ref|| against the float64
+reference (tlstm.reference.TensorizedLSTM), for outputs, final states and every gradient. This
+file also holds `spec_tlstm`, an implementation of docs/cells.md (section 2) written
+independently of the library (one sequence, one row and one tap at a time), used to check the
+reference itself.
 """
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def backward_op_args(forward_args, forward_outputs, upstream_grads, need_grad_in
 
 def expected_param_count(I, M, K, channel_norm=True, memory_conv=True, feedback=True, bias=True,
                          proj_size=0):
-    """SPEC.md: I*M + M + K*M*(4M+K) + (4M+K) (+ 10M for CN), adjusted for the flags."""
+    """docs/cells.md: I*M + M + K*M*(4M+K) + (4M+K) (+ 10M for CN), adjusted for the flags."""
     G = 4 * M + (K if memory_conv else 0)
     taps = K if feedback else (K - 1) // 2 + 1
     n = I * M + taps * M * G
@@ -167,16 +168,16 @@ def expected_param_count(I, M, K, channel_norm=True, memory_conv=True, feedback=
     return n + proj_size * M
 
 
-# ---- an independent implementation of SPEC.md section 2 -------------------------------------
+# ---- an independent implementation of docs/cells.md, section 2 -------------------------------
 
 
 def spec_tlstm(module, x, h0, c0, lengths=None, flush=True):
-    """SPEC.md section 2, one sequence, one step, one row and one tap at a time.
+    """docs/cells.md section 2, one sequence, one step, one row and one tap at a time.
 
     x [T, B, I] (time-major), h0, c0 [B, P, M], lengths a list or None. Returns the top-row
     outputs [T, B, M or proj_size] (zero past each length), H_n, C_n [B, P, M] (after step
     T_b, whether or not the sequence is flushed). Differentiable.
-    Rows are numbered as in the SPEC: row 0 is the input row, rows 1..P the hidden rows."""
+    Rows are numbered as in docs/cells.md: row 0 is the input row, rows 1..P the hidden rows."""
     p = param_dict(module)
     w_ih, b_ih = p["weight_ih"], p.get("bias_ih")
     w_hh, b_hh = p["weight_hh"], p.get("bias_hh")

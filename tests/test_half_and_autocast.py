@@ -1,7 +1,7 @@
 """float16 / bfloat16 modules on the CPU, and autocast on the CPU and on CUDA, for both cells.
 
 nn.LSTM runs the half types on the CPU and, under autocast, runs in the autocast dtype; the
-fused modules do the same (on the CPU the kernels compute half types in float32). SPEC.md's
+fused modules do the same (on the CPU the kernels compute half types in float32). docs/parity.md's
 bound for the half types: each result's error against the float64 reference is at most twice
 the error of the reference module run the same way, plus 1e-3."""
 import pytest

@@ -1,4 +1,4 @@
-"""CUDA kernels of the peephole LSTM against the float64 reference (SPEC.md section 3), both
+"""CUDA kernels of the peephole LSTM against the float64 reference (docs/parity.md), both
 recurrences (cuBLAS steps and the persistent kernel), streams, sizes and nn.LSTM's device
 errors. Skipped without a GPU."""
 import pytest
@@ -90,7 +90,7 @@ def test_float64_matches_reference(case, recurrence):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", ["base", "bidir_two_layers_proj_packed", "large"])
 def test_half_types_within_twice_the_reference_error(case, dtype, recurrence):
-    """SPEC: error <= 2 x the error of the reference module run in that dtype, + 1e-3."""
+    """docs/parity.md: error <= 2 x the error of the reference module run in that dtype, + 1e-3."""
     got, want, (kwargs, x64, hx64, lengths) = _results(dtype, case)
     ref_low = tlstm.reference.PeepholeLSTM(**kwargs).to("cuda", dtype)
     fused64, _ = peephole_fused_and_reference(torch.float64, seed=1, **kwargs)  # the same weights

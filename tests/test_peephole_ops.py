@@ -1,6 +1,6 @@
 """The registered ops torch.ops.tlstm.peephole_lstm_{forward,backward} and the differentiable
 wrapper tlstm.ops.peephole_lstm_layer: semantics of one layer-direction (lengths, reverse,
-optional tensors) against a per-sequence implementation written from SPEC.md, gradcheck,
+optional tensors) against a per-sequence implementation written from docs/cells.md, gradcheck,
 opcheck and argument checks."""
 import itertools
 
@@ -15,7 +15,7 @@ OPS = torch.ops.tlstm
 F64 = torch.float64
 
 
-# ---- an independent per-sequence implementation of SPEC.md section 1 --------------------------
+# ---- an independent per-sequence implementation of docs/cells.md, section 1 ------------------
 
 
 def spec_layer(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,

@@ -1,4 +1,4 @@
-"""Fused tlstm.PeepholeLSTM against the float64 step-by-step reference (SPEC.md section 1).
+"""Fused tlstm.PeepholeLSTM against the float64 step-by-step reference (docs/cells.md, section 1).
 
 Outputs, h_n, c_n and every gradient (input, h0, c0, every parameter) under a random upstream
 gradient: float64 within 1e-10, float32 (fused) against the float64 reference within 1e-5.

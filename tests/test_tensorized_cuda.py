@@ -1,5 +1,5 @@
-"""CUDA kernels of the tensorized LSTM against the float64 CPU reference (SPEC.md sections 2
-and 3), for both recurrences (the step kernels and the persistent kernel, forced with
+"""CUDA kernels of the tensorized LSTM against the float64 CPU reference (docs/cells.md,
+docs/parity.md), for both recurrences (the step kernels and the persistent kernel, forced with
 TLSTM_CUDA_RECURRENCE): float32 / float64 for several flag sets (lengths, flush=False
 included), float16 / bfloat16 against the reference module run in the same dtype on CUDA, CUDA
 float64 against the CPU kernels, the two recurrences against each other, sizes that are not

@@ -278,7 +278,7 @@ def test_unsupported_dtype_on_cpu_op(dtype, name):
 
 
 def test_op_argument_checks():
-    """The op refuses arguments of the wrong shape (SPEC layouts)."""
+    """The op refuses arguments of the wrong shape (docs/cells.md layouts)."""
     args, _ = raw_args(dict(depth=3), seed=18)
     bad = {  # position: (argument, the message naming it with expected and actual shapes)
         2: (args[2][:, :2], r"expected c0 of shape \[B, P, M\] = \[3, 3, 4\], got \[3, 2, 4\]"),

@@ -1,9 +1,9 @@
-"""Fused tlstm.TensorizedLSTM (CPU kernels) against the float64 reference module (SPEC.md
-sections 2 and 3): outputs, final states and every gradient (input, H_0, C_0, each parameter)
+"""Fused tlstm.TensorizedLSTM (CPU kernels) against the float64 reference module (docs/cells.md,
+docs/parity.md): outputs, final states and every gradient (input, H_0, C_0, each parameter)
 under random upstream gradients, in float64 (<= 1e-10) and float32 (<= 1e-5 against the
 float64 reference), over depths, kernel sizes, every flag, projections, packed input, flush,
 batch_first, T = 1 and 1 or 2 threads. Also the reference and the fused module against
-`spec_tlstm`, an implementation of the SPEC written independently of the library."""
+`spec_tlstm`, an implementation of docs/cells.md written independently of the library."""
 import pytest
 import torch
 
@@ -136,7 +136,7 @@ def test_unbatched_and_partial_grads():
     assert_results_close(results[0], results[1], TOL[F64])
 
 
-# ---- the reference and the fused module against an independent implementation of the SPEC --
+# ---- the reference and the fused module against an independent implementation of the cell ---
 
 SPEC_CASES = {
     "default": (dict(input_size=3, hidden_size=4, depth=3), 4, 2, None, True),
@@ -156,7 +156,7 @@ SPEC_CASES = {
 @pytest.mark.parametrize("case", list(SPEC_CASES))
 def test_matches_independent_spec_implementation(case, module_cls):
     """Outputs, states and gradients of the module (fused or reference) in float64 equal those
-    of spec_tlstm, a one-row-one-tap-at-a-time transcription of SPEC.md section 2."""
+    of spec_tlstm, a one-row-one-tap-at-a-time transcription of docs/cells.md section 2."""
     kwargs, T, B, lengths, flush = SPEC_CASES[case]
     cls = tlstm.TensorizedLSTM if module_cls == "fused" else tlstm.reference.TensorizedLSTM
     module = make_tlstm(cls, F64, seed=len(case), **kwargs)

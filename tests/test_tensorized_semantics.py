@@ -1,4 +1,4 @@
-"""What SPEC.md section 2 promises beyond matching the reference: the delay (y_t sees x_t and
+"""What docs/cells.md section 2 promises beyond matching the reference: the delay (y_t sees x_t and
 never x_{t+1}), streaming (chunks with flush=False equal the whole sequence; flush=True is
 flush=False on zero-padded input, shifted), depth 1 equals nn.LSTM, packed sequences equal
 each sequence run alone, unbatched / batch_first / state=None conventions, the parameter count
@@ -413,7 +413,7 @@ def test_parameter_count_independent_of_depth(cls, kernel_size, flags):
 
 
 def test_parameter_count_formula_of_the_spec(cls):
-    """The formula as SPEC.md writes it: I*M + M + K*M*(4M+K) + (4M+K) + 10M."""
+    """The formula as docs/cells.md writes it: I*M + M + K*M*(4M+K) + (4M+K) + 10M."""
     for I, M, K in ((3, 5, 3), (10, 16, 5), (1, 1, 7)):
         want = I * M + M + K * M * (4 * M + K) + (4 * M + K) + 10 * M
         for depth in (1, 2, 5):
