@@ -20,6 +20,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 import tlstm  # noqa: E402
+from tlstm.parity import rel_err  # noqa: E402,F401  (the measure of docs/parity.md)
 
 # torch.compile's structured-trace logger emits DEBUG records that pytest would print (pages of
 # them) with any failure report; keep them out of the root logger.
@@ -30,26 +31,6 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 # ---- error measure ----------------------------------------------------------------------------
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| computed in float64; inf when anything is NaN/inf or shapes differ.
-
-    When the reference is exactly zero, the absolute norm ||a|| is returned (so zero == zero
-    gives 0 and anything else is measured absolutely).
-    """
-    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), (type(a), type(b))
-    assert a.shape == b.shape, f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}"
-    a = a.detach().to("cpu", torch.float64)
-    b = b.detach().to("cpu", torch.float64)
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return math.inf
-    ref = b.norm().item()
-    diff = (a - b).norm().item()
-    if ref == 0.0:
-        return diff
-    err = diff / ref
-    return err if math.isfinite(err) else math.inf
 
 
 def assert_rel_close(a, b, tol, what=""):

@@ -6,9 +6,10 @@ inputs drawn here, and every output, saved tensor and gradient must match the re
 docs/parity.md (||out - ref|| / ||ref||: 1e-10 in float64, 1e-5 in float32).
 
 compare_tensorized_kernels.py holds the tLSTM's two recurrences to each other; they share the
-row code, so a mistake in it would pass there. compare_persistent_kernels.py holds the peephole
-kernels to those of a GPU-tested revision, which needs the git history. Neither limit applies
-here. The input projection is the identity (input = x W_ih^T with W_ih = I), so what the
+row code (which the CPU op runs too, csrc/tensorized_lstm_row.h), so a mistake in the cell's
+formulas would pass there, and here it fails only where the reference it is held to (the
+parity tests' float64 reference) catches it. compare_persistent_kernels.py holds the peephole
+kernels to those of a GPU-tested revision. The input projection is the identity (input = x W_ih^T with W_ih = I), so what the
 kernels take as the projected input is the op's input.
 
 Usage: python tools/emulate_cuda/compare_with_cpu_op.py [--quick] [--seed N]. A development
@@ -231,7 +232,7 @@ def peephole_results(values, n):
 def compare(cases, workdir, seed, out=None):
     """cases: (name, configs, modes, make_case, results) per cell, modes as [(label, command)];
     runs each configuration in each mode, prints a line for each and returns how many failed."""
-    from tlstm.bench import rel_err  # docs/parity.md's measure, as the parity report takes it
+    from tlstm.parity import rel_err  # docs/parity.md's measure
 
     out = out or sys.stdout
     generator = torch.Generator().manual_seed(seed)
