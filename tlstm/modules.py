@@ -89,3 +89,17 @@ class TensorizedLSTM(TensorizedLSTMBase):
             self.norm_weight, self.norm_bias, lengths, self.depth, self.kernel_size,
             self.feedback, self.memory_conv, flush,
         )
+
+
+def convert_lstms(model: nn.Module, peephole: bool = True) -> nn.Module:
+    """Replaces every ``nn.LSTM`` inside ``model`` (in place) by ``PeepholeLSTM.from_lstm``: the
+    same weights, the peephole vectors at zero, so the outputs stay those of ``nn.LSTM`` until the
+    peepholes train. Returns ``model``, or the replacement where ``model`` is itself an
+    ``nn.LSTM``. Optimizers built before the call hold the old parameters: build them after."""
+    if type(model) is nn.LSTM:
+        return PeepholeLSTM.from_lstm(model, peephole=peephole)
+    for name, child in model.named_children():
+        replacement = convert_lstms(child, peephole=peephole)
+        if replacement is not child:
+            setattr(model, name, replacement)
+    return model

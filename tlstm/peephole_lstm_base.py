@@ -167,6 +167,18 @@ class PeepholeLSTMBase(nn.Module):
     def all_weights(self) -> list[list[nn.Parameter]]:
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """nn.LSTM's list of its weights' names, layer by layer and direction by direction (here
+        each direction's peephole vectors follow its nn.LSTM weights); code that inspects an
+        LSTM's weights reads it."""
+        return [name for names in self._all_weights for name in names]
+
+    @property
+    def _flat_weights(self) -> list[torch.Tensor]:
+        """The weights named by _flat_weights_names, as they are now (parametrized, for one)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
     def flatten_parameters(self) -> None:
         """Does nothing, and is there so that code written for nn.LSTM runs unchanged: nn.LSTM
         copies its weights into one cuDNN buffer here; the fused kernels read each weight where

@@ -90,6 +90,11 @@ class SequenceBatch:
         if self.packed:
             data, self.batch_sizes, self.sorted_indices, self.unsorted_indices = input
             check_input(data, packed=True)
+            if not torch.compiler.is_compiling() and data.size(0) != int(self.batch_sizes.sum()):
+                raise RuntimeError(
+                    f"PackedSequence: its data has {data.size(0)} rows, but its batch_sizes "
+                    f"add up to {int(self.batch_sizes.sum())} (one row per running sequence "
+                    "and step)")
             self.layout = packed_layout(self.batch_sizes, data.device)
             self.x = pad_packed(data, self.layout)  # [T, B, I], sorted order
             self.lengths, self.batch, self.is_batched = self.layout.lengths, self.layout.B, True
