@@ -164,17 +164,24 @@ def test_jvp_and_jacfwd_raise_instead_of_a_zero_tangent(cell, transform):
 
 
 @pytest.mark.parametrize("cell", list(FUSED))
-def test_traced_under_no_grad_cannot_be_trained_and_says_so(cell):
+def test_traced_modules_check_and_train_in_either_grad_mode(cell):
+    """torch.jit.trace with its default check_trace=True, traced with or without grad: the
+    traced module gives eager's outputs and, with grad, eager's gradients (a trace records
+    whether the op saves for the backward as a constant, so it follows requires_grad)."""
     fused, _ = _pair(cell, seed=14)
     x = randn((4, 2, 3), 15)
-    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
-        traced = torch.jit.trace(fused, (x,), check_trace=False)
-    with torch.no_grad():  # it runs without grad
-        assert rel_err(traced(x)[0], fused(x)[0]) <= TOL[F64]
-    op = "peephole_lstm_forward" if cell == "peephole" else "tensorized_lstm_forward"
-    with pytest.raises(RuntimeError, match=rf"tlstm\.{op} was called with training=False on "
-                                           r"inputs that\s+require grad"):
-        traced(x.clone().requires_grad_())
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            traced = torch.jit.trace(fused, (x,))
+        with torch.no_grad():
+            assert rel_err(traced(x)[0], fused(x)[0]) <= TOL[F64]
+        grads = []
+        for module in (traced, fused):
+            xi = x.clone().requires_grad_()
+            out = module(xi)[0]
+            grads.append(torch.autograd.grad((out * out).sum(), [xi, *fused.parameters()]))
+        for got, want in zip(*grads):
+            assert rel_err(got, want) <= TOL[F64]
 
 
 # ---- the tLSTM with enforce_sorted=True --------------------------------------------------------

@@ -24,7 +24,11 @@ def has_cuda_kernels() -> bool:
 
 
 def _needs_saving(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether the forward op saves what its backward needs. A trace (torch.jit.trace) records
+    this as a constant of its graph, which must then serve both grad modes, as nn.LSTM's trace
+    does: there it follows requires_grad alone."""
+    wanted = any(t is not None and t.requires_grad for t in tensors)
+    return wanted and (torch.is_grad_enabled() or torch.jit.is_tracing())
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
