@@ -3,17 +3,20 @@
 - a PackedSequence with int32 batch_sizes runs (nn.LSTM refuses it) and gives the int64 results;
 - a bias set to None runs as a zero bias (nn.LSTM refuses it);
 - torch.func.vmap works;
-- forward-mode AD and torch.func.jvp / jacfwd / jacrev / grad raise (no formulas for them)
-  rather than return wrong numbers;
-- a module traced under torch.no_grad() and then trained through says why it cannot;
+- forward-mode AD and torch.func.jvp / jacfwd raise (no formulas for them) rather than return
+  wrong numbers; torch.func.grad, jacrev and vmap(grad) (per-sample gradients) work, nested
+  grad is refused as double backward is;
+- a module traced with torch.jit.trace trains whichever grad mode it was traced in;
 - the tLSTM takes packed input built with enforce_sorted=True;
 - ``python -m tlstm bench``: its parity report, its exit status and its --json result file
-  (keys as documented in the README's Benchmarks section).
+  (keys as documented in benchmarks/README.md, "Result files").
 """
 import datetime
 import json
 import os
 import re
+
+import warnings
 
 import pytest
 import torch
@@ -116,18 +119,55 @@ def test_vmap_equals_a_loop(cell):
                              TOL[F64], f"{cell} vmap, slice {k}")
 
 
-FUNCTORCH_MESSAGE = r"autograd.Function with functorch transforms"
-
-
 @pytest.mark.parametrize("transform", ["jacrev", "grad"])
 @pytest.mark.parametrize("cell", list(FUSED))
-def test_reverse_mode_functorch_transforms_raise(cell, transform):
+def test_reverse_mode_functorch_transforms_equal_autograd(cell, transform):
     fused, _ = _pair(cell, seed=7)
     x = randn((4, 2, 3), 8)
-    f = {"jacrev": torch.func.jacrev(lambda xi: fused(xi)[0]),
-         "grad": torch.func.grad(lambda xi: fused(xi)[0].sum())}[transform]
-    with pytest.raises(RuntimeError, match=FUNCTORCH_MESSAGE):
-        f(x)
+    if transform == "grad":
+        got = torch.func.grad(lambda xi: (fused(xi)[0] ** 2).sum())(x)
+        xi = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad((fused(xi)[0] ** 2).sum(), xi)
+    else:
+        got = torch.func.jacrev(lambda xi: fused(xi)[0])(x)
+        want = torch.autograd.functional.jacobian(lambda xi: fused(xi)[0], x)
+    assert rel_err(got, want) <= TOL[F64]
+
+
+@pytest.mark.parametrize("cell", list(FUSED))
+def test_per_sample_gradients_equal_a_loop_over_samples(cell):
+    """vmap(grad(...)) through functional_call, as differentially private training computes
+    per-sample gradients: each equals the gradient of that sample run alone."""
+    fused, _ = _pair(cell, seed=20)
+    params = {k: v.detach() for k, v in fused.named_parameters()}
+    x = randn((5, 3, 3), 21)
+    y = randn((5, 3, fused(x[:, :1])[0].size(-1)), 22)
+
+    def loss(p, xi, yi):
+        out, _ = torch.func.functional_call(fused, p, (xi.unsqueeze(1),))
+        return ((out.squeeze(1) - yi) ** 2).sum()
+
+    with warnings.catch_warnings():  # the ops have no batching rule: vmap loops over samples
+        warnings.simplefilter("ignore", UserWarning)
+        per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 1, 1))(params, x, y)
+    for b in range(x.size(1)):
+        out, _ = fused(x[:, b:b + 1])
+        grads = torch.autograd.grad(((out.squeeze(1) - y[:, b]) ** 2).sum(),
+                                    list(fused.parameters()))
+        for (name, _), want in zip(fused.named_parameters(), grads):
+            assert rel_err(per_sample[name][b], want) <= TOL[F64], (name, b)
+
+
+@pytest.mark.parametrize("cell", list(FUSED))
+def test_nested_grad_is_refused_as_double_backward(cell):
+    fused, _ = _pair(cell, seed=23)
+    x = randn((4, 2, 3), 24)
+
+    def first(xi):
+        return torch.func.grad(lambda v: (fused(v)[0] ** 2).sum())(xi).sum()
+
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.func.grad(first)(x)
 
 
 @pytest.mark.parametrize("cell", list(FUSED))

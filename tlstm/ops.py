@@ -61,28 +61,39 @@ def _narrow(results: tuple, dtype: torch.dtype | None) -> tuple:
     return results if dtype is None else tuple(t.to(dtype) for t in results)
 
 
+def _double_backward_error(cell: str) -> RuntimeError:
+    return RuntimeError(
+        f"tlstm.{cell} does not support double backward: the gradients its kernels compute "
+        "are not themselves differentiable (a gradient penalty, torch.autograd.grad(..., "
+        "create_graph=True) followed by another backward, or nested torch.func.grad, needs "
+        f"that). cuDNN's nn.LSTM has the same limit; tlstm.reference.{cell}, the step-by-step "
+        "PyTorch loop with the same parameters, supports it."
+    )
+
+
 def _double_backward_unsupported(cell: str):
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"tlstm.{cell} does not support double backward: the gradients its kernels compute "
-            "are not themselves differentiable (a gradient penalty, or torch.autograd.grad(..., "
-            "create_graph=True) followed by another backward, needs that). cuDNN's nn.LSTM has "
-            f"the same limit; tlstm.reference.{cell}, the step-by-step PyTorch loop with the "
-            "same parameters, supports it."
-        )
+        raise _double_backward_error(cell)
 
     return backward
+
+
+def _functorch_transforms() -> list:
+    """The torch.func transforms (TransformType), outermost first, that the current call runs
+    under; none when compiling."""
+    if torch.compiler.is_compiling():
+        return []
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return [i.key() for i in retrieve_all_functorch_interpreters()]
 
 
 def _refuse_forward_mode_ad(cell: str) -> None:
     """torch.func.jvp and jacfwd run the ops without a forward-mode formula and, instead of
     failing, return a zero tangent: refuse them here, as forward AD itself refuses the ops."""
-    if torch.compiler.is_compiling():
-        return
     from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-    if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
+    if TransformType.Jvp in _functorch_transforms():
         raise NotImplementedError(
             f"tlstm.{cell} has no forward-mode AD formula, so torch.func.jvp and jacfwd cannot "
             f"run it (they would see a zero tangent); tlstm.reference.{cell}, the step-by-step "
@@ -92,6 +103,41 @@ def _refuse_forward_mode_ad(cell: str) -> None:
 
 def _no_context(ctx, inputs, output):
     pass
+
+
+def _as_autograd_function(op, setup_context, backward):
+    """A forward op with its autograd formula (the same setup_context and backward that
+    torch.library.register_autograd takes) as a torch.autograd.Function with setup_context:
+    the form torch.func.grad and vmap(grad(...)) (per-sample gradients) need, which a C++ op's
+    registered formula is not."""
+
+    class Function(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*args):
+            return op(*args)
+
+    def backward_without_graph(ctx, *grads):
+        # the backward op's own formula refuses double backward; under torch.func it would be
+        # entered as another autograd.Function of the old form, which torch.func refuses
+        with torch.no_grad():
+            return backward(ctx, *grads)
+
+    Function.setup_context = staticmethod(setup_context)
+    Function.backward = staticmethod(backward_without_graph)
+    return Function
+
+
+def _forward(op, function, cell: str):
+    """The op, or under torch.func.grad (and vjp, jacrev) its autograd.Function; nested, which
+    would differentiate the gradients, is refused as double backward is."""
+    from torch._C._functorch import TransformType
+
+    grad_levels = _functorch_transforms().count(TransformType.Grad)
+    if grad_levels > 1:
+        raise _double_backward_error(cell)
+    return function.apply if grad_levels else op
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +170,9 @@ def peephole_lstm_layer(
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj)
     )
-    output, h_n, c_n, _, _, _ = torch.ops.tlstm.peephole_lstm_forward(
+    forward = _forward(torch.ops.tlstm.peephole_lstm_forward, _PeepholeLSTMForward,
+                       "PeepholeLSTM")
+    output, h_n, c_n, _, _, _ = forward(
         *floating, lengths, reverse, activation, _needs_saving(*floating),
     )
     return _narrow((output, h_n, c_n), result_dtype)
@@ -229,6 +277,8 @@ torch.library.register_autograd(
     _peephole_lstm_backward,
     setup_context=_peephole_lstm_setup_context,
 )
+_PeepholeLSTMForward = _as_autograd_function(
+    torch.ops.tlstm.peephole_lstm_forward, _peephole_lstm_setup_context, _peephole_lstm_backward)
 # Differentiating the backward op (create_graph=True, then another backward) is an error that
 # says so, instead of autograd's silent zeros for an op without an autograd formula.
 torch.library.register_autograd(
@@ -269,7 +319,9 @@ def tensorized_lstm_sequence(
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias)
     )
-    output, h_n, c_n, *_ = torch.ops.tlstm.tensorized_lstm_forward(
+    forward = _forward(torch.ops.tlstm.tensorized_lstm_forward, _TensorizedLSTMForward,
+                       "TensorizedLSTM")
+    output, h_n, c_n, *_ = forward(
         *floating, lengths, depth, kernel_size, feedback, memory_conv, flush,
         _needs_saving(*floating),
     )
@@ -364,6 +416,9 @@ torch.library.register_autograd(
     _tensorized_lstm_backward,
     setup_context=_tensorized_lstm_setup_context,
 )
+_TensorizedLSTMForward = _as_autograd_function(
+    torch.ops.tlstm.tensorized_lstm_forward, _tensorized_lstm_setup_context,
+    _tensorized_lstm_backward)
 torch.library.register_autograd(
     "tlstm::tensorized_lstm_backward",
     _double_backward_unsupported("TensorizedLSTM"),
