@@ -54,7 +54,7 @@ def fused_and_reference(dtype=F64, seed=0, **kwargs):
 
 
 def state_shape(module, B):
-    return (B, module.rows, module.hidden_size)
+    return (B, *module.state_shape)
 
 
 def make_inputs(module, T, B, seed, dtype=None, with_state=True, batch_first=None, device=None):

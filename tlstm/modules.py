@@ -75,6 +75,8 @@ class TensorizedLSTM(TensorizedLSTMBase):
         bias: b^x and b^h.
         proj_size: > 0 adds the output projection y = h_top W_proj^T.
         batch_first: input and output [B, T, *]; the state stays [B, P, M].
+        tensor_dim: 2, or 3 for the paper's 3-D tLSTM (a P x P x M state, docs/cells.md
+            section 7), which only the reference module runs so far.
 
     ``forward(input, state=None, flush=True)`` returns ``output, (H, C)``; see
     ``TensorizedLSTMBase.forward``. Parameters: ``weight_ih`` [M, I], ``bias_ih`` [M],
@@ -82,6 +84,15 @@ class TensorizedLSTM(TensorizedLSTMBase):
     [5, M] (channel_norm), ``weight_proj`` [proj_size, M], with G = 4M + K (4M without the
     memory convolution) and K' = K (or (K+1)/2 without feedback).
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.tensor_dim == 3:
+            raise NotImplementedError(
+                "tlstm.TensorizedLSTM(tensor_dim=3): the fused kernels of the 3-D tLSTM are not "
+                "written yet; tlstm.reference.TensorizedLSTM(..., tensor_dim=3), the step-by-step "
+                "PyTorch module with the same parameters, runs it"
+            )
 
     def _run_sequence(self, x, h0, c0, lengths, flush):
         return ops.tensorized_lstm_sequence(

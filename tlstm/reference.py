@@ -51,9 +51,10 @@ class PeepholeLSTM(PeepholeLSTMBase):
 
 
 class TensorizedLSTM(TensorizedLSTMBase):
-    """Reference tensorized LSTM (docs/cells.md, section 2); same constructor, parameters and forward
-    as tlstm.TensorizedLSTM. Rows are numbered as in docs/cells.md: row 0 of Hcat is the input,
-    rows 1..P the hidden rows (index p-1 of the [B, P, M] state tensors)."""
+    """Reference tensorized LSTM (docs/cells.md, section 2, and section 7 with tensor_dim=3); same
+    constructor, parameters and forward as tlstm.TensorizedLSTM. Rows are numbered as in
+    docs/cells.md: row 0 of Hcat is the input, rows 1..P the hidden rows (index p-1 of the
+    [B, P, M] state tensors)."""
 
     def _channel_norm(self, z, use):
         """CN over the M channels of each (b, p), biased variance, eps = 1e-5; use in 0..4 picks
@@ -65,6 +66,8 @@ class TensorizedLSTM(TensorizedLSTMBase):
         return (z - mean) / torch.sqrt(var + 1e-5) * self.norm_weight[use] + self.norm_bias[use]
 
     def _run_sequence(self, x, h0, c0, lengths, flush):
+        if self.tensor_dim == 3:
+            return self._run_sequence_3d(x, h0, c0, lengths, flush)
         T, B, _ = x.shape
         M, P, K = self.hidden_size, self.rows, self.kernel_size
         c = (K - 1) // 2
@@ -120,6 +123,70 @@ class TensorizedLSTM(TensorizedLSTMBase):
             H_n, C_n = torch.where(reads_input, H, H_n), torch.where(reads_input, C, C_n)
             tops.append(H[:, P - 1])
         top = torch.stack(tops[delay:])  # y_t = h_{t + delay, P}
+        if lengths is not None:
+            real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+            top = top * real.unsqueeze(2).to(top.dtype)
+        return top, H_n, C_n
+
+    def _run_sequence_3d(self, x, h0, c0, lengths, flush):
+        """docs/cells.md section 7: the state is a P x P plane of locations (indices p1-1, p2-1
+        of the [B, P, P, M] state), the input sits at corner (0, 0) of Hcat, a 2-D convolution
+        with K x K taps (K' x K' without feedback) updates every location, and the output is
+        read at the opposite corner (P, P)."""
+        T, B, _ = x.shape
+        M, P, K = self.hidden_size, self.rows, self.kernel_size
+        c = (K - 1) // 2
+        delay = self.delay if flush else 0
+        x_proj = F.linear(x, self.weight_ih, self.bias_ih)  # [T, B, M]
+        padding_row = self.bias_ih if self.bias_ih is not None else x.new_zeros(M)
+        # the memory convolution's replicate padding: tap k of location index p reads index
+        # clamp(p - c + k, 1, P) - 1 along each axis
+        neighbour = (torch.arange(1, P + 1, device=x.device).unsqueeze(1) - c
+                     + torch.arange(K, device=x.device).unsqueeze(0)).clamp(1, P) - 1  # [P, K]
+        last_input_step = torch.full((B,), T, device=x.device) if lengths is None else lengths
+
+        H, C = h0, c0
+        H_n, C_n = h0, c0
+        tops = []
+        for s in range(T + delay):
+            if lengths is None:
+                x_row = x_proj[s] if s < T else padding_row.expand(B, M)
+            else:
+                real = (s < lengths).unsqueeze(1)
+                x_row = torch.where(real, x_proj[min(s, T - 1)], padding_row.expand(B, M))
+            hcat = x.new_zeros(B, P + 1, P + 1, M)  # row 0 and column 0 zero but the corner
+            hcat[:, 0, 0] = x_row
+            hcat[:, 1:, 1:] = H
+            planes = hcat.permute(0, 3, 1, 2)  # [B, M, P+1, P+1]
+            if self.feedback:
+                A = F.conv2d(planes, self.weight_hh, self.bias_hh, padding=c)
+            else:
+                A = F.conv2d(F.pad(planes, (c, 0, c, 0)), self.weight_hh, self.bias_hh)
+            A = A[:, :, 1:, 1:].permute(0, 2, 3, 1)  # [B, P, P, G]: locations 1..P x 1..P
+            a_i, a_f, a_g, a_o = (A[..., g * M:(g + 1) * M] for g in range(4))
+            I = torch.sigmoid(self._channel_norm(a_i, 0))  # noqa: E741
+            Fg = torch.sigmoid(self._channel_norm(a_f, 1))
+            G = torch.tanh(self._channel_norm(a_g, 2))
+            O = torch.sigmoid(self._channel_norm(a_o, 3))  # noqa: E741
+            if self.memory_conv:
+                Q = torch.softmax(A[..., 4 * M:], dim=-1)  # [B, P, P, K*K], tap (k1, k2) at k1*K+k2
+                # C[:, n1, n2] for every location and tap: [B, P, K, P, K, M]
+                shifted = C[:, neighbour[:, :, None, None], neighbour[None, None, :, :]]
+                shifted = shifted.permute(0, 1, 3, 2, 4, 5).reshape(B, P, P, K * K, M)
+                C_conv = (Q.unsqueeze(-1) * shifted).sum(dim=3)
+            else:
+                C_conv = C
+            C_new = G * I + C_conv * Fg
+            H_new = torch.tanh(self._channel_norm(C_new, 4)) * O
+            if lengths is None:
+                H, C = H_new, C_new
+            else:
+                running = (s < lengths + delay).view(B, 1, 1, 1)
+                H, C = torch.where(running, H_new, H), torch.where(running, C_new, C)
+            reads_input = (s < last_input_step).view(B, 1, 1, 1)
+            H_n, C_n = torch.where(reads_input, H, H_n), torch.where(reads_input, C, C_n)
+            tops.append(H[:, P - 1, P - 1])
+        top = torch.stack(tops[delay:])  # y_t = h_{t + delay, (P, P)}
         if lengths is not None:
             real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
             top = top * real.unsqueeze(2).to(top.dtype)

@@ -46,8 +46,12 @@ class TensorizedLSTMBase(nn.Module):
         batch_first: bool = False,
         device=None,
         dtype=None,
+        tensor_dim: int = 2,
     ) -> None:
         super().__init__()
+        if tensor_dim not in (2, 3) or isinstance(tensor_dim, bool):
+            raise ValueError(f"tensor_dim must be 2 (a P x M state) or 3 (P x P x M), got "
+                             f"{tensor_dim!r}")
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
@@ -77,14 +81,18 @@ class TensorizedLSTMBase(nn.Module):
         self.bias = bias
         self.proj_size = proj_size
         self.batch_first = batch_first
+        self.tensor_dim = tensor_dim
 
         M, K, c = hidden_size, kernel_size, (kernel_size - 1) // 2
         self.rows = (depth - 1) * c + 1  # P
-        gate_channels = 4 * M + (K if memory_conv else 0)  # G
-        taps = K if feedback else c + 1  # K'
+        # G: 4M gate channels, and one memory-kernel logit per tap (K, or K x K over a plane)
+        gate_channels = 4 * M + (K ** (tensor_dim - 1) if memory_conv else 0)
+        taps = K if feedback else c + 1  # K' per axis
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(M, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(gate_channels, M, taps, **factory))
+        # Conv1d layout [G, M, K'], or Conv2d's [G, M, K', K'] for the 3-D tLSTM
+        self.weight_hh = nn.Parameter(
+            torch.empty(gate_channels, M, *(taps,) * (tensor_dim - 1), **factory))
         if bias:
             self.bias_ih = nn.Parameter(torch.empty(M, **factory))
             self.bias_hh = nn.Parameter(torch.empty(gate_channels, **factory))
@@ -119,6 +127,11 @@ class TensorizedLSTMBase(nn.Module):
         """Does nothing: there so that code written for nn.LSTM, which calls it, runs unchanged."""
 
     @property
+    def state_shape(self) -> tuple:
+        """The shape of H and C for one sequence: (P, M), or (P, P, M) with tensor_dim=3."""
+        return (self.rows,) * (self.tensor_dim - 1) + (self.hidden_size,)
+
+    @property
     def delay(self) -> int:
         """Steps from an input to its output: the top row sees x_t at step t + depth - 1."""
         return self.depth - 1
@@ -144,10 +157,12 @@ class TensorizedLSTMBase(nn.Module):
     def _check_state(self, input: torch.Tensor, state, seq: SequenceBatch) -> None:
         if len(state) != 2:
             raise TypeError(f"state must be a tuple (H, C) of two tensors, got {len(state)}")
-        expected = (seq.batch, self.rows, self.hidden_size)
+        expected = (seq.batch, *self.state_shape)
+        letters = "(B, P, M)" if self.tensor_dim == 2 else "(B, P, P, M)"
         for k, s in enumerate(state):
             seq.check_state_shape(
-                s, expected, 0, f"Expected state[{k}] size {expected} = (B, P, M), got {list(s.shape)}"
+                s, expected, 0, f"Expected state[{k}] size {expected} = {letters}, got "
+                f"{list(s.shape)}"
             )
         check_same_device(input, state, "state")
         for s in state:
@@ -160,7 +175,7 @@ class TensorizedLSTMBase(nn.Module):
     # -- forward --------------------------------------------------------------------------------
 
     def _run_sequence(self, x, h0, c0, lengths, flush):
-        """x [T, B, I] -> top-row outputs [T, B, M] (zero past each length), H_n, C_n [B, P, M]
+        """x [T, B, I] -> top outputs [T, B, M] (zero past each length), H_n, C_n [B, *state_shape]
         (the state after step T_b of each sequence, with or without flush)."""
         raise NotImplementedError
 
@@ -168,12 +183,13 @@ class TensorizedLSTMBase(nn.Module):
         """Returns ``output, (H, C)``.
 
         input: [T, B, I] ([B, T, I] with batch_first), an unbatched [T, I], or a PackedSequence.
-        state: ``(H_0, C_0)`` of shape [B, P, M] ([P, M] for unbatched input), zeros if None;
+        state: ``(H_0, C_0)`` of shape [B, P, M] ([P, M] for unbatched input; [B, P, P, M] with
+            tensor_dim=3), zeros if None;
             ``hx=`` is accepted for it, as nn.LSTM names it.
         flush: True runs T + depth - 1 steps and returns y_t = h_{t+depth-1, P} for t = 1..T;
             False runs T steps and returns the raw top row (lagging the input by depth - 1), so
             that a sequence fed in chunks gives the same numbers as fed whole.
-        output: [T, B, proj_size or hidden_size]; H, C: [B, P, M], the state after step T (per
+        output: [T, B, proj_size or hidden_size]; H, C: as the state, the state after step T (per
             sequence, after its last input), with or without flush: pass it to the next chunk
             as nn.LSTM's (h_n, c_n).
         """
@@ -193,7 +209,7 @@ class TensorizedLSTMBase(nn.Module):
             self._check_input(seq.input, packed=False)
         x = seq.x  # [T, B, I]
         if state is None:
-            shape = (seq.batch, self.rows, self.hidden_size)
+            shape = (seq.batch, *self.state_shape)
             state = (x.new_zeros(shape), x.new_zeros(shape))
         else:
             self._check_state(x, state, seq)
@@ -214,4 +230,6 @@ class TensorizedLSTMBase(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
+        if self.tensor_dim != 2:
+            s += f", tensor_dim={self.tensor_dim}"
         return s
