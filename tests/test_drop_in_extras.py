@@ -72,3 +72,14 @@ def test_packed_data_that_does_not_match_batch_sizes_is_named(cell):
     packed = PackedSequence(torch.randn(6, 3), torch.tensor([3, 2, 2]))  # sums to 7
     with pytest.raises(RuntimeError, match="data has 6 rows, but its batch_sizes add up to 7"):
         module(packed)
+
+
+@pytest.mark.parametrize("cls,args", [
+    (tlstm.PeepholeLSTM, (3, 4)), (tlstm.reference.PeepholeLSTM, (3, 4)),
+    (tlstm.TensorizedLSTM, (3, 4, 2)), (tlstm.reference.TensorizedLSTM, (3, 4, 2)),
+])
+def test_an_unknown_keyword_names_the_class_the_user_built(cls, args):
+    """As nn.LSTM's message names LSTM, not the base class that takes its arguments."""
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) got an unexpected "
+                                        r"keyword argument 'forget_bias'$"):
+        cls(*args, forget_bias=1.0)

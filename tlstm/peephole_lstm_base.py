@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
 
-from .sequences import SequenceBatch, check_same_device, check_state_pair
+from .sequences import (SequenceBatch, check_same_device, check_state_pair,
+                        refuse_unexpected_arguments)
 
 ACTIVATIONS = ("tanh", "identity")
 
@@ -58,7 +59,9 @@ class PeepholeLSTMBase(nn.Module):
         dtype=None,
         peephole: bool = True,
         activation: str = "tanh",
+        **unexpected,
     ) -> None:
+        refuse_unexpected_arguments(self, unexpected)
         super().__init__()
         # The same checks, in the same order and words, as nn.LSTM's constructor.
         if (

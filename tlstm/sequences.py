@@ -15,6 +15,14 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 
+def refuse_unexpected_arguments(module, unexpected: dict) -> None:
+    """Python's TypeError for an unknown keyword argument, naming the public class the user
+    built (PeepholeLSTM) rather than the base class whose __init__ took the arguments."""
+    if unexpected:
+        raise TypeError(f"{type(module).__name__}.__init__() got an unexpected keyword argument "
+                        f"'{next(iter(unexpected))}'")
+
+
 def check_state_pair(state, what: str, names: str) -> None:
     """A recurrent state is a tuple (or list) of tensors, as nn.LSTM's ``hx``: a single tensor
     or another type is a TypeError that says so (the callers check the number of tensors)."""

@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 from torch.nn import init
-from .sequences import SequenceBatch, check_same_device, check_state_pair
+from .sequences import (SequenceBatch, check_same_device, check_state_pair,
+                        refuse_unexpected_arguments)
 
 
 # The channel norms' initial gain gamma. Each norm makes its input unit-variance whatever the
@@ -47,7 +48,9 @@ class TensorizedLSTMBase(nn.Module):
         device=None,
         dtype=None,
         tensor_dim: int = 2,
+        **unexpected,
     ) -> None:
+        refuse_unexpected_arguments(self, unexpected)
         super().__init__()
         if tensor_dim not in (2, 3) or isinstance(tensor_dim, bool):
             raise ValueError(f"tensor_dim must be 2 (a P x M state) or 3 (P x P x M), got "
