@@ -1,4 +1,4 @@
-// exp, sigmoid and tanh for the cell kernels.
+// exp, sigmoid, tanh and sqrt for the cell kernels.
 //
 // On the host they are branch-free (range reduction and polynomials, 2^n built with integer
 // operations only), so that GCC vectorizes the loops of the CPU kernels that call them; this
@@ -116,6 +116,15 @@ C10_HOST_DEVICE inline T tanh_(T x) {
   return detail::device_tanh(x);
 #else
   return detail::host_tanh(x);
+#endif
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T sqrt_(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
 #endif
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 
 #include "checks.h"
+#include "tensor_utils.h"
 
 namespace tlstm {
 
@@ -57,10 +58,6 @@ PeepholeSizes check_peephole_args(const char* op, const Tensor& input, const Ten
   }
   if (lengths.has_value()) check_lengths(op, *lengths, input, s.B, s.T);
   return s;
-}
-
-Tensor contiguous_or_undefined(const c10::optional<Tensor>& t) {
-  return t.has_value() ? t->contiguous() : Tensor();
 }
 
 // [3, H]: the peephole weights, or zeros, which make the cell exactly the LSTM's.

@@ -186,9 +186,4 @@ peephole_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
                                        need_grad_input, Backend::kernels);
 }
 
-// For backends without a device guard (the CPU).
-struct NoDeviceGuard {
-  explicit NoDeviceGuard(c10::Device) {}
-};
-
 }  // namespace tlstm

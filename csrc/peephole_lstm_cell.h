@@ -4,11 +4,18 @@
 
 #include <c10/macros/Macros.h>
 
+#include <cstdint>
+
 #include "fast_math.h"
 
 namespace tlstm {
 
 enum class Activation { Tanh = 0, Identity = 1 };
+
+// Whether step t of sequence b runs (t < lengths[b]); every step runs without lengths.
+C10_HOST_DEVICE inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
 
 struct TanhActivation {
   template <typename T>

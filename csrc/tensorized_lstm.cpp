@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 
 #include "checks.h"
+#include "tensor_utils.h"
 
 namespace tlstm {
 
@@ -14,10 +15,6 @@ constexpr const char* kBackward = "tlstm.tensorized_lstm_backward";
 // W_col [K'*M, G], W_col[k*M + m, o] = weight_hh[o, m, k]: the step GEMM's right operand.
 Tensor unfolded_weight(const Tensor& weight_hh, const TensorizedSizes& n) {
   return weight_hh.permute({2, 1, 0}).reshape({n.taps * n.M, n.G}).contiguous();
-}
-
-Tensor contiguous_or_undefined(const c10::optional<Tensor>& t) {
-  return t.has_value() ? t->contiguous() : Tensor();
 }
 }  // namespace
 
@@ -214,9 +211,9 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.grad_col = at::empty({n.B, n.P, n.taps, n.M}, options);
   buf.grad_input_row = at::empty({n.S, n.B, n.M}, options);
   buf.grad_norm_rows = at::zeros({n.channel_norm ? n.B : 0, n.P, 10, n.M}, op_math);
+  buf.row_scratch = at::empty({n.B, n.P, 3, n.M}, op_math);
   const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
 
-  if (kernels.prepare_backward != nullptr) kernels.prepare_backward(buf);
   if (kernels.backward_sequence == nullptr || !kernels.backward_sequence(buf, weight_col)) {
     // dX_col = dA W_col^T; the transposed copy makes that a GEMM on a row-major operand.
     const auto weight_col_t =

@@ -12,16 +12,20 @@
 //
 // The driver (tensorized_lstm.cpp) is shared by the devices: the input projection, the step
 // GEMMs and the weight gradients go through ATen; each backend supplies the four row passes,
-// and may run the whole recurrence itself instead (CUDA's persistent kernels).
+// and may run the whole recurrence itself instead (CUDA's persistent kernels). The row passes
+// of both devices run the same row code (tensorized_lstm_row.h) on the buffers' pointers
+// (forward_sequence, backward_sequence below).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <torch/types.h>
 
 #include <tuple>
-#include <vector>
 
 #include "dimensions.h"
 #include "matmul.h"
+#include "tensor_utils.h"
+#include "tensorized_lstm_row.h"
 
 namespace tlstm {
 
@@ -78,10 +82,11 @@ struct TensorizedBackwardBuffers {
   Tensor grad_col;                // [B, P, K', M] dL/dX_col of the current step
   Tensor grad_input_row;          // [S, B, M]    dL/d(input row) of every step
   Tensor grad_norm_rows;          // [B, P, 10, M] op math: dgamma (5M), dbeta (5M), summed per row
-  std::vector<Tensor> workspace;  // owned by the backend
+  Tensor row_scratch;             // [B, P, 3, M] op math: the row code's dL/dC, Cconv, dL/dO
 };
 
-// What a device backend provides: the row passes of one step s.
+// What a device backend provides: the row passes of one step s. Backends name their members
+// (designated initializers); a member left out is null.
 struct TensorizedStepKernels {
   // Optional: out = a b for row-major contiguous 2-D tensors (default: at::mm_out).
   MatmulOut matmul_out;
@@ -92,8 +97,6 @@ struct TensorizedStepKernels {
   // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row, and
   // state_hidden, state_cell for the sequences whose last input step s is.
   void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
-  // Optional, once before the backward steps: per-call set-up kept in buf.workspace.
-  void (*prepare_backward)(TensorizedBackwardBuffers&);
   // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output
   // (and grad_state_* for the sequences whose last input step s is).
   void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
@@ -104,7 +107,7 @@ struct TensorizedStepKernels {
   // W_col [K'*M, G]; false (not run) sends the driver to the steps.
   bool (*forward_sequence)(const TensorizedForwardBuffers&, const Tensor& weight_col);
   // Optional: the whole backward loop, leaving dL/dH_0, dL/dC_0 in slot S % 2 as the steps do;
-  // false sends the driver to the steps (after prepare_backward either way).
+  // false sends the driver to the steps.
   bool (*backward_sequence)(const TensorizedBackwardBuffers&, const Tensor& weight_col);
 };
 
@@ -153,7 +156,7 @@ tensorized_lstm_backward_driver(
     bool need_grad_input, const TensorizedStepKernels& kernels);
 
 // The registered ops of one device. Backend provides `kernels` (TensorizedStepKernels),
-// `check_input(op, input, kernel_size)` and a device `Guard` type (see peephole_lstm.h).
+// `check_input(op, input, kernel_size)` and a device `Guard` type (NoDeviceGuard for none).
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
 tensorized_lstm_forward_op(const Tensor& input, const Tensor& h0, const Tensor& c0,
@@ -189,6 +192,63 @@ tensorized_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
                                          q, norm_hat, norm_rstd, cells, depth, kernel_size,
                                          feedback, memory_conv, flush, need_grad_input,
                                          Backend::kernels);
+}
+
+// The row code's view of a call's buffers (tensorized_lstm_row.h): their pointers, acc_t being
+// the op-math type of the saved cells, norms and gradients.
+inline RowSizes row_sizes(const TensorizedSizes& n) {
+  return {n.T, n.B, n.M, n.P, n.K, n.c, n.taps, n.G, n.S, n.delay};
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers& buf) {
+  return {buf.input_proj.data_ptr<scalar_t>(),
+          buf.bias_ih.data_ptr<scalar_t>(),
+          buf.bias_hh.data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(buf.norm_weight),
+          ptr_or_null<scalar_t>(buf.norm_bias),
+          buf.x_col.data_ptr<scalar_t>(),
+          buf.pre.data_ptr<scalar_t>(),
+          buf.hidden.data_ptr<scalar_t>(),
+          buf.cells.data_ptr<acc_t>(),
+          buf.gates.data_ptr<scalar_t>(),
+          buf.n.memory_conv ? buf.q.data_ptr<scalar_t>() : nullptr,
+          buf.n.channel_norm ? buf.norm_hat.data_ptr<acc_t>() : nullptr,
+          buf.n.channel_norm ? buf.norm_rstd.data_ptr<acc_t>() : nullptr,
+          buf.output.data_ptr<scalar_t>(),
+          buf.state_hidden.data_ptr<scalar_t>(),
+          buf.state_cell.data_ptr<acc_t>(),
+          ptr_or_null<int64_t>(buf.lengths),
+          row_sizes(buf.n),
+          buf.training};
+}
+
+// grad_cconv: [B, P, M] for the step kernels, [2, B, P, M] for CUDA's persistent kernel.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+BackwardSequence<scalar_t, acc_t> backward_sequence(const TensorizedBackwardBuffers& buf,
+                                                    const Tensor& grad_cconv) {
+  const auto& n = buf.n;
+  return {buf.gates.data_ptr<scalar_t>(),
+          n.memory_conv ? buf.q.data_ptr<scalar_t>() : nullptr,
+          n.channel_norm ? buf.norm_hat.data_ptr<acc_t>() : nullptr,
+          n.channel_norm ? buf.norm_rstd.data_ptr<acc_t>() : nullptr,
+          ptr_or_null<scalar_t>(buf.norm_weight),
+          ptr_or_null<scalar_t>(buf.norm_bias),
+          buf.cells.data_ptr<acc_t>(),
+          buf.grad_hidden.data_ptr<acc_t>(),
+          buf.grad_cell.data_ptr<acc_t>(),
+          buf.grad_output.data_ptr<scalar_t>(),
+          buf.grad_state_hidden.data_ptr<acc_t>(),
+          buf.grad_state_cell.data_ptr<acc_t>(),
+          buf.grad_pre.data_ptr<scalar_t>(),
+          grad_cconv.data_ptr<acc_t>(),
+          grad_cconv.dim() == 4 ? n.B * n.P * n.M : 0,
+          ptr_or_null<acc_t>(buf.grad_norm_rows),
+          buf.row_scratch.data_ptr<acc_t>(),
+          buf.grad_col.data_ptr<scalar_t>(),
+          buf.grad_input_row.data_ptr<scalar_t>(),
+          ptr_or_null<int64_t>(buf.lengths),
+          row_sizes(n)};
 }
 
 }  // namespace tlstm

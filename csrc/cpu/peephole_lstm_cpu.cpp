@@ -17,6 +17,7 @@
 #include "../dispatch.h"
 #include "cpu_matmul.h"
 #include "../peephole_lstm.h"
+#include "../tensor_utils.h"
 #include "packed_gemm.h"
 
 namespace tlstm {
@@ -59,10 +60,6 @@ StepPartition partition_step(int64_t B, int64_t n, int64_t macs) {
   const int64_t column_slices = std::clamp<int64_t>((n + kAlign - 1) / kAlign, 1, tasks);
   const int64_t row_blocks = std::clamp<int64_t>(tasks / column_slices, 1, std::max<int64_t>(B, 1));
   return {split_range(B, row_blocks, 1), split_range(n, column_slices, kAlign)};
-}
-
-inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
-  return lengths == nullptr || t < lengths[b];
 }
 
 // Packs, slice after slice, the column blocks {g * block + [c0, c1)} for g < blocks of a
@@ -332,10 +329,13 @@ void backward_step_cpu(const PeepholeBackwardBuffers& buf, const StepSlots& step
 }
 
 struct CpuBackend {
-  static constexpr PeepholeStepKernels kernels{cpu::matmul_out,     prepare_forward_cpu,
-                                               forward_step_cpu,     prepare_backward_cpu,
-                                               backward_step_cpu,    nullptr,
-                                               nullptr};
+  static constexpr PeepholeStepKernels kernels{
+      .matmul_out = cpu::matmul_out,
+      .prepare_forward = prepare_forward_cpu,
+      .forward_step = forward_step_cpu,
+      .prepare_backward = prepare_backward_cpu,
+      .backward_step = backward_step_cpu,
+  };
   static void check_input(const char* op, const Tensor& input) {
     check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
   }

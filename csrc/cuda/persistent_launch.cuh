@@ -1,6 +1,7 @@
-// Host side of the persistent (cooperative, whole-recurrence) kernels of both cells: which
-// recurrence the environment asks for, how many output rows a block takes so that every block
-// is resident at once, and the cooperative launch.
+// Host side of the kernels' launches, for both cells: the grid of a grid-stride step kernel,
+// and for the persistent (cooperative, whole-recurrence) kernels which recurrence the
+// environment asks for, how many output rows a block takes so that every block is resident at
+// once, and the cooperative launch.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -14,6 +15,15 @@
 #include "block_matmul.cuh"
 
 namespace tlstm {
+
+// Blocks of a grid-stride loop over n items, per_block items a block: at most blocks_per_sm
+// blocks on each SM of the current device (the loop strides over the rest), and at least one.
+inline unsigned int blocks_for(int64_t n, int64_t per_block, int64_t blocks_per_sm) {
+  const int64_t max_blocks =
+      int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
+  return static_cast<unsigned int>(
+      std::max<int64_t>(1, std::min((n + per_block - 1) / per_block, max_blocks)));
+}
 
 // Which recurrence the CUDA ops run: TLSTM_CUDA_RECURRENCE = auto (default), stepwise, persistent.
 enum class Recurrence { Auto, Stepwise, Persistent };

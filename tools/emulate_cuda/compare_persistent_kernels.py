@@ -1,19 +1,20 @@
-"""Checks the persistent peephole CUDA kernels without a GPU: the working tree's kernels and
-those of a revision that passed the CUDA tests on a GPU (46d7fc7, H100) both run on the CPU
-through a thread-per-CUDA-thread emulation (cuda_host_shim.h), on the same random inputs, and
-every output must agree to rounding. Shared memory starts as NaN bytes, so a read of an
-unwritten element shows up. Usage: python tools/emulate_cuda/compare_persistent_kernels.py
-[--reference REV] [--quick]. A development check; the CUDA tests on a GPU remain the real test
-(tests/test_cuda_emulation.py runs the --quick set, so CI without a GPU runs it too)."""
+"""Checks the persistent peephole CUDA kernels without a GPU: the working tree's kernels
+(csrc/cuda/peephole_persistent.cuh) and those of 46d7fc7, the last revision whose persistent
+kernels passed the CUDA tests on a GPU (an H100), kept as fixtures/peephole_persistent_46d7fc7.cuh,
+both run on the CPU through a thread-per-CUDA-thread emulation (cuda_host_shim.h), on the same
+random inputs, and every output must agree to rounding. Shared memory starts as NaN bytes, so a
+read of an unwritten element shows up. compare_with_cpu_op.py holds the same kernels to the CPU
+op in float64 and float32; this check adds the half types and more shapes. Usage: python
+tools/emulate_cuda/compare_persistent_kernels.py [--quick]. A development check; the CUDA tests
+on a GPU remain the real test (tests/test_cuda_emulation.py runs the --quick set, so CI without
+a GPU runs it too)."""
 import argparse
 import pathlib
-import subprocess
 import sys
 import tempfile
 
-from emulation import ROOT, compare_configs, compile_driver, kernel_section, run_outputs
+from emulation import compare_configs, compile_driver, run_outputs
 
-KERNEL = "csrc/cuda/peephole_lstm_cuda.cu"
 # Both versions sum in a different order; in the half types that moves outputs by an ulp or
 # two (2^-10, 2^-7 relative), far below what a wrong index or an unwritten element gives.
 TOLERANCE = {"double": 1e-12, "float": 1e-5, "half": 2e-2, "bfloat16": 1e-1}
@@ -37,37 +38,26 @@ CONFIGS = [
 QUICK = [CONFIGS[1], CONFIGS[8]]  # every output (lengths, reverse, training), and float16
 
 
-def persistent_section(source):
-    # up to the host code after the kernels: since the move of the launch helpers to
-    # persistent_launch.cuh, the default-range comment; before it (46d7fc7), the recurrence choice
-    return kernel_section(source, "// ---- persistent kernels",
-                          ("// Which recurrence", "// The persistent kernels are chosen by default"))
-
-
-def build(workdir, name, source, defines, sanitize=False):
-    inc = workdir / name
-    inc.mkdir()
-    (inc / "persistent_section.inc").write_text(persistent_section(source))
-    return compile_driver("persistent_peephole_driver.cpp", workdir / f"emulate_{name}", [inc],
-                          defines, std="c++17", sanitize=sanitize)
-
-
 def build_current_peephole_driver(workdir, sanitize=False):
     """persistent_peephole_driver.cpp with the working tree's kernels, built in workdir
     (sanitize: see emulation.compile_driver)."""
-    return build(workdir, "current", (ROOT / KERNEL).read_text(), [], sanitize=sanitize)
+    return compile_driver("persistent_peephole_driver.cpp", workdir / "emulate_current",
+                          std="c++17", sanitize=sanitize)
+
+
+def build_reference_peephole_driver(workdir):
+    """persistent_peephole_driver.cpp with the kernels of 46d7fc7 (the fixture)."""
+    return compile_driver("persistent_peephole_driver.cpp", workdir / "emulate_reference",
+                          defines=["-DREFERENCE_KERNEL"], std="c++17")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reference", default="46d7fc7")
     parser.add_argument("--quick", action="store_true", help="two configurations")
     args = parser.parse_args(argv)
-    reference = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.reference}:{KERNEL}"],
-                               check=True, capture_output=True, text=True).stdout
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        exes = {"reference": build(tmp, "reference", reference, ["-DREFERENCE_KERNEL"]),
+        exes = {"reference": build_reference_peephole_driver(tmp),
                 "current": build_current_peephole_driver(tmp)}
 
         def run(config):

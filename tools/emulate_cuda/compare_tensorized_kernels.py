@@ -12,9 +12,8 @@ import pathlib
 import sys
 import tempfile
 
-from emulation import ROOT, compare_configs, compile_driver, kernel_section, run_outputs
+from emulation import compare_configs, compile_driver, run_outputs
 
-KERNEL = ROOT / "csrc/cuda/tensorized_lstm_cuda.cu"
 # The host GEMM of the steps sums in double, the persistent kernels in the op-math type; in
 # the half types a product rounded the other way moves outputs by an ulp or two.
 TOLERANCE = {"double": 1e-12, "float": 2e-5, "half": 2e-2, "bfloat16": 1e-1}
@@ -40,9 +39,7 @@ QUICK = [CONFIGS[0], CONFIGS[8]]  # every flag with lengths; K=7 without feedbac
 def build_tensorized_driver(workdir, sanitize=False):
     """tensorized_driver.cpp with the working tree's kernels, built in workdir (sanitize: see
     emulation.compile_driver)."""
-    (workdir / "tensorized_section.inc").write_text(
-        kernel_section(KERNEL.read_text(), "// ---- device code", ("// ---- launches",)))
-    return compile_driver("tensorized_driver.cpp", workdir / "emulate_tensorized", [workdir],
+    return compile_driver("tensorized_driver.cpp", workdir / "emulate_tensorized",
                           sanitize=sanitize)
 
 

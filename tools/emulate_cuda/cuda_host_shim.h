@@ -1,5 +1,8 @@
 // Host emulation of the CUDA features the kernels use: one std::thread per CUDA thread,
 // barriers for __syncthreads / grid.sync / __syncwarp / warp shuffles. Validation only.
+// Included first, it lets a driver include the device headers of csrc/cuda as they are: it
+// defines TLSTM_EMULATED_CUDA and TLSTM_DYNAMIC_SHARED, which csrc/cuda/device_support.cuh
+// otherwise takes from CUDA.
 //
 // By default the threads run concurrently. EMU_SCHEDULE=ascending or descending serializes
 // them instead: one CUDA thread runs at a time, from one barrier to the next, and the next to
@@ -166,6 +169,10 @@ void launch(void (*kernel)(KernelArgs...), int blocks, int threads, int64_t smem
   scheduler = nullptr;
 }
 }  // namespace emu
+
+#define TLSTM_EMULATED_CUDA 1
+// a kernel's dynamic shared memory: that of the emulated thread's block
+#define TLSTM_DYNAMIC_SHARED(name) unsigned char* name = emu::shared
 
 #define threadIdx emu::tid
 #define blockIdx emu::bid

@@ -1,5 +1,6 @@
-"""What the emulation checks share: compiling a driver against torch's headers, and running
-each configuration through two builds or modes of the kernels and comparing every output."""
+"""What the emulation checks share: compiling a driver (which includes the device headers of
+csrc/cuda) against torch's headers, and running each configuration through two builds or modes
+of the kernels and comparing every output."""
 import os
 import pathlib
 import re
@@ -12,18 +13,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
-def kernel_section(source, start, ends):
-    """The device code of a CUDA source from the marker `start` to the first of the markers
-    `ends` found after it, with the dynamic shared memory taken from the emulation's block."""
-    begin = source.index(start)
-    end = min(source.find(marker, begin) for marker in ends if source.find(marker, begin) >= 0)
-    return source[begin:end].replace("extern __shared__ __align__(16) unsigned char shared[];",
-                                     "unsigned char* shared = emu::shared;")
-
-
-def compile_driver(driver, exe, include_dirs, defines=(), std="c++20", link_c10=False,
+def compile_driver(driver, exe, include_dirs=(), defines=(), std="c++20", link_c10=False,
                    sanitize=False):
-    """Builds tools/emulate_cuda/<driver> into exe, the include_dirs searched first; link_c10
+    """Builds tools/emulate_cuda/<driver> into exe, the include_dirs searched first (then this
+    folder and csrc/, so that a driver includes the device headers of csrc/cuda); link_c10
     links torch's libc10 (TORCH_CHECK's errors); sanitize builds with AddressSanitizer and
     UBSan, so that an access outside a buffer or a block's shared memory ends the run."""
     import torch.utils.cpp_extension as ext

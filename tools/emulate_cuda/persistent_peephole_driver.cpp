@@ -1,25 +1,20 @@
-// Runs the persistent peephole kernels (the section of csrc/cuda/peephole_lstm_cuda.cu from
-// "---- persistent kernels" to the host code after them, pasted in as persistent_section.inc,
-// with block_matmul.cuh) on the CPU through cuda_host_shim.h, on random inputs or those of the
-// optional inputs file (in the order run() asks for them), and writes every output buffer as
-// float64 to a file.
-// Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 (their parameters had no shape).
+// Runs the persistent peephole kernels (csrc/cuda/peephole_persistent.cuh, as the extension
+// compiles it) on the CPU through cuda_host_shim.h, on random inputs or those of the optional
+// inputs file (in the order run() asks for them), and writes every output buffer as float64 to
+// a file.
+// Built with -DREFERENCE_KERNEL for the kernels of 46d7fc7 instead
+// (fixtures/peephole_persistent_46d7fc7.cuh; their parameters had no shape).
 // Usage: driver double|float|half|bfloat16 T B H units lengths(0/1) reverse(0/1) whole_history(0/1) chunk out [inputs]
 #include "cuda_host_shim.h"
 #include "driver_io.h"
 #include <cstdio>
 #include <cstdlib>
 #include <random>
-#include "peephole_lstm_cell.h"
-#ifndef REFERENCE_KERNEL
-#include "cuda/block_matmul.cuh"  // the current kernels' block matmul lives there
+#ifdef REFERENCE_KERNEL
+#include "fixtures/peephole_persistent_46d7fc7.cuh"
+#else
+#include "cuda/peephole_persistent.cuh"
 #endif
-namespace tlstm {
-__device__ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
-  return lengths == nullptr || t < lengths[b];
-}
-#include "persistent_section.inc"
-}  // namespace tlstm
 using namespace tlstm;
 
 

@@ -1,5 +1,5 @@
-// Runs the tensorized LSTM's CUDA kernels (the section of csrc/cuda/tensorized_lstm_cuda.cu from
-// "---- device code" to "---- launches", pasted in as tensorized_section.inc) on the CPU through
+// Runs the tensorized LSTM's CUDA kernels (csrc/cuda/tensorized_rows.cuh and
+// tensorized_persistent.cuh, as the extension compiles them) on the CPU through
 // cuda_host_shim.h, either as the step kernels (im2col, a GEMM in double on the host rounded as
 // cuBLAS rounds its output, rows, gather) or as the persistent kernels, on the same random
 // inputs (random, or read from the optional inputs file in the order run() asks for them), and
@@ -13,11 +13,8 @@
 #include <cstdlib>
 #include <random>
 #include <string>
-#include "fast_math.h"
-#include "cuda/block_matmul.cuh"
-namespace tlstm {
-#include "tensorized_section.inc"
-}  // namespace tlstm
+#include "cuda/tensorized_persistent.cuh"
+#include "cuda/tensorized_rows.cuh"
 using namespace tlstm;
 
 
@@ -57,7 +54,7 @@ BlockMatmulShape launch_shape(const char* what, int64_t rows, int64_t w, int64_t
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
 void run(const Config& c, Inputs& in, FILE* out) {
   using acc_t = at::opmath_type<scalar_t>;
-  Sizes n;
+  RowSizes n;
   n.T = c.T; n.B = c.B; n.M = c.M; n.K = c.K; n.c = (c.K - 1) / 2; n.P = (c.L - 1) * n.c + 1;
   n.taps = c.feedback ? n.K : n.c + 1; n.G = 4 * n.M + (kMemoryConv ? n.K : 0);
   n.delay = c.flush ? c.L - 1 : 0; n.S = n.T + n.delay;

@@ -1,0 +1,563 @@
+// The row math of the tensorized LSTM (docs/cells.md, section 2), written once for both devices
+// as peephole_lstm_cell.h is for the peephole cell: a step's forward and backward pass over one
+// (b, p) row, and the buffers' slots of every step. The CPU kernels (cpu/tensorized_lstm_cpu.cpp)
+// and both CUDA recurrences (cuda/tensorized_rows.cuh, cuda/tensorized_persistent.cuh) call the
+// very same functions.
+//
+// A row is run by a team of lanes: lane l takes the channels m = l, l + kStride, ... and a
+// channel norm's statistics are the team's sums. On CUDA the team is the 32 lanes of a warp
+// (WarpTeam, butterfly shuffles: every lane gets the same sum, in a fixed order); on the CPU it
+// is one lane with stride 1 (SerialTeam), whose loops are the plain contiguous channel loops.
+// Inputs may be float32, float64, float16 or bfloat16 (scalar_t); statistics, cells and
+// accumulations are in the op-math type acc_t (the same type on the CPU). Every index is 64-bit.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "fast_math.h"
+
+namespace tlstm {
+
+// The channel norm's eps: CN(z) = gamma (z - mean) / sqrt(var + eps) + beta.
+constexpr double kNormEps = 1e-5;
+
+// A team of one lane: the CPU's.
+struct SerialTeam {
+  static constexpr int kStride = 1;
+  C10_HOST_DEVICE int lane() const { return 0; }
+  template <typename T>
+  C10_HOST_DEVICE T sum(T v) const { return v; }
+  C10_HOST_DEVICE void sync() const {}
+};
+
+// The sizes the row code reads (a plain copy of TensorizedSizes' numbers for the device).
+struct RowSizes {
+  int64_t T, B, M, P, K, c, taps, G, S, delay;
+};
+
+// lengths[b] clamped to [0, T]; T without lengths. The op checks the values on the CPU only,
+// so that on a GPU a value below 0 acts as 0 and one above T as T.
+C10_HOST_DEVICE inline int64_t sequence_length(const int64_t* lengths, int64_t b, int64_t T) {
+  if (lengths == nullptr) return T;
+  const int64_t length = lengths[b];
+  return length < 0 ? 0 : (length > T ? T : length);
+}
+
+// Step s is the last that reads an input of sequence b: the returned state is the one after it.
+C10_HOST_DEVICE inline bool last_input_step(const int64_t* lengths, int64_t b, int64_t T,
+                                            int64_t s) {
+  return s + 1 == sequence_length(lengths, b, T);
+}
+
+// Step s of sequence b runs while s < length_b + delay (its input row is real while s < length_b).
+C10_HOST_DEVICE inline bool row_running(const int64_t* lengths, int64_t b, const RowSizes& n,
+                                        int64_t s) {
+  return s < sequence_length(lengths, b, n.T) + n.delay;
+}
+
+// The memory convolution's replicate padding: a tap below row 1 reads row 1, above P row P.
+C10_HOST_DEVICE inline int64_t clamp_row(int64_t r, int64_t P) {
+  return r < 1 ? 1 : (r > P ? P : r);
+}
+
+// ---- the buffers of one step ---------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+struct ForwardRowsParams {
+  const scalar_t* pre;        // [B*P, G]
+  const scalar_t* bias;       // [G]
+  const scalar_t* gamma;      // [5, M]
+  const scalar_t* beta;       // [5, M]
+  const scalar_t* hidden_prev;  // [B*P, M]
+  scalar_t* hidden_next;      // [B*P, M]
+  const acc_t* cells_prev;    // [B*P, M]
+  acc_t* cells_next;          // [B*P, M]
+  scalar_t* gates;            // [B*P, 4M]
+  scalar_t* q;                // [B*P, K]
+  acc_t* norm_hat;            // [B*P, 5, M]
+  acc_t* norm_rstd;           // [B*P, 5]
+  scalar_t* output;           // [T, B, M]
+  scalar_t* state_hidden;     // [B*P, M] the returned H (after each sequence's last input step)
+  acc_t* state_cell;          // [B*P, M] the returned C
+  const int64_t* lengths;
+  RowSizes n;
+  int64_t s;
+};
+
+// The forward buffers of a call (TensorizedForwardBuffers' pointers), and where step s finds
+// its slots in them: the CPU's and CUDA's step kernels and the persistent kernel take their
+// slots from here.
+template <typename scalar_t, typename acc_t>
+struct ForwardSequence {
+  const scalar_t* input_proj;  // [T, B, M]
+  const scalar_t* bias_ih;     // [M]
+  const scalar_t* bias_hh;     // [G]
+  const scalar_t* gamma;       // [5, M] or null
+  const scalar_t* beta;        // [5, M] or null
+  scalar_t* x_col;             // [slots, B*P, K', M]
+  scalar_t* pre;               // [B*P, G]
+  scalar_t* hidden;            // [2, B*P, M]
+  acc_t* cells;                // [S+1 or 2, B*P, M]
+  scalar_t* gates;             // [slots, B*P, 4M]
+  scalar_t* q;                 // [slots, B*P, K] or null
+  acc_t* norm_hat;             // [slots, B*P, 5, M] or null
+  acc_t* norm_rstd;            // [slots, B*P, 5] or null
+  scalar_t* output;            // [T, B, M]
+  scalar_t* state_hidden;      // [B*P, M]
+  acc_t* state_cell;           // [B*P, M]
+  const int64_t* lengths;      // [B] or null
+  RowSizes n;
+  bool training;
+
+  // the unfolded Hcat_{s-1} of step s
+  C10_HOST_DEVICE scalar_t* x_col_of(int64_t s) const {
+    return x_col + (training ? s : 0) * n.B * n.P * n.taps * n.M;
+  }
+  // H_{s-1}, read by step s (H_s goes to the other slot)
+  C10_HOST_DEVICE scalar_t* hidden_before(int64_t s) const {
+    return hidden + (s % 2) * n.B * n.P * n.M;
+  }
+  C10_HOST_DEVICE ForwardRowsParams<scalar_t, acc_t> rows(int64_t s) const {
+    const int64_t rows = n.B * n.P, slot = training ? s : 0;
+    const int64_t cell_prev = training ? s : s % 2, cell_next = training ? s + 1 : (s + 1) % 2;
+    return {pre,
+            bias_hh,
+            gamma,
+            beta,
+            hidden_before(s),
+            hidden_before(s + 1),
+            cells + cell_prev * rows * n.M,
+            cells + cell_next * rows * n.M,
+            gates + slot * rows * 4 * n.M,
+            q == nullptr ? nullptr : q + slot * rows * n.K,
+            norm_hat == nullptr ? nullptr : norm_hat + slot * rows * 5 * n.M,
+            norm_rstd == nullptr ? nullptr : norm_rstd + slot * rows * 5,
+            output,
+            state_hidden,
+            state_cell,
+            lengths,
+            n,
+            s};
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct BackwardRowsParams {
+  const scalar_t* gates;       // [B*P, 4M]
+  const scalar_t* q;           // [B*P, K]
+  const acc_t* norm_hat;       // [B*P, 5, M]
+  const acc_t* norm_rstd;      // [B*P, 5]
+  const scalar_t* gamma;       // [5, M]
+  const scalar_t* beta;        // [5, M]
+  const acc_t* cells_prev;     // [B*P, M]
+  const acc_t* cells;          // [B*P, M]
+  const acc_t* grad_hidden;    // [B*P, M] dL/dH_s from later steps
+  const acc_t* grad_cell;      // [B*P, M] dL/dC_s from later steps
+  const scalar_t* grad_output; // [T, B, M]
+  const acc_t* grad_state_hidden;  // [B*P, M] dL/dH_n, entering at the last input step
+  const acc_t* grad_state_cell;    // [B*P, M] dL/dC_n
+  scalar_t* grad_pre;          // [B*P, G] out
+  acc_t* grad_cconv;           // [B*P, M] out
+  acc_t* grad_norm;            // [B*P, 10, M] accumulated
+  acc_t* scratch;              // [B*P, 3, M]: dL/dC, Cconv, dL/dO of the row
+  const int64_t* lengths;
+  RowSizes n;
+  int64_t s;
+};
+
+template <typename scalar_t, typename acc_t>
+struct GatherParams {
+  const scalar_t* grad_col;     // [B, P, K', M]
+  const acc_t* grad_cconv;      // [B, P, M]
+  const scalar_t* q;            // [B, P, K]
+  const acc_t* grad_hidden;     // [B, P, M] dL/dH_s
+  const acc_t* grad_cell;       // [B, P, M] dL/dC_s
+  acc_t* grad_hidden_prev;      // [B, P, M] out
+  acc_t* grad_cell_prev;        // [B, P, M] out
+  scalar_t* grad_input_row;     // [B, M] out
+  const int64_t* lengths;
+  RowSizes n;
+  int64_t s;
+};
+
+// The backward buffers of a call (TensorizedBackwardBuffers' pointers) and the slots of step s
+// in them. dL/dCconv has one slot (cconv_stride 0) for the step kernels and two, by the step's
+// parity, for the persistent kernel, whose gather of step s+1 runs beside the rows of step s.
+template <typename scalar_t, typename acc_t>
+struct BackwardSequence {
+  const scalar_t* gates;       // [S, B*P, 4M]
+  const scalar_t* q;           // [S, B*P, K] or null
+  const acc_t* norm_hat;       // [S, B*P, 5, M] or null
+  const acc_t* norm_rstd;      // [S, B*P, 5] or null
+  const scalar_t* gamma;       // [5, M] or null
+  const scalar_t* beta;        // [5, M] or null
+  const acc_t* cells;          // [S+1, B*P, M]
+  acc_t* grad_hidden;          // [2, B*P, M]
+  acc_t* grad_cell;            // [2, B*P, M]
+  const scalar_t* grad_output; // [T, B, M]
+  const acc_t* grad_state_hidden;  // [B*P, M]
+  const acc_t* grad_state_cell;    // [B*P, M]
+  scalar_t* grad_pre;          // [S, B*P, G]
+  acc_t* grad_cconv;           // [1 or 2, B*P, M]
+  int64_t cconv_stride;        // 0, or B*P*M
+  acc_t* grad_norm;            // [B*P, 10, M] or null
+  acc_t* scratch;              // [B*P, 3, M]
+  scalar_t* grad_col;          // [B*P, K', M]
+  scalar_t* grad_input_row;    // [S, B, M]
+  const int64_t* lengths;      // [B] or null
+  RowSizes n;
+
+  C10_HOST_DEVICE acc_t* grad_cconv_of(int64_t s) const {
+    return grad_cconv + (s % 2) * cconv_stride;
+  }
+  // rows of step s: from dL/dH_s, dL/dC_s in slot cur
+  C10_HOST_DEVICE BackwardRowsParams<scalar_t, acc_t> rows(int64_t s, int64_t cur) const {
+    const int64_t rows = n.B * n.P;
+    return {gates + s * rows * 4 * n.M,
+            q == nullptr ? nullptr : q + s * rows * n.K,
+            norm_hat == nullptr ? nullptr : norm_hat + s * rows * 5 * n.M,
+            norm_rstd == nullptr ? nullptr : norm_rstd + s * rows * 5,
+            gamma,
+            beta,
+            cells + s * rows * n.M,
+            cells + (s + 1) * rows * n.M,
+            grad_hidden + cur * rows * n.M,
+            grad_cell + cur * rows * n.M,
+            grad_output,
+            grad_state_hidden,
+            grad_state_cell,
+            grad_pre + s * rows * n.G,
+            grad_cconv_of(s),
+            grad_norm,
+            scratch,
+            lengths,
+            n,
+            s};
+  }
+  // gather of step s: slot cur to slot 1 - cur
+  C10_HOST_DEVICE GatherParams<scalar_t, acc_t> gather(int64_t s, int64_t cur) const {
+    const int64_t rows = n.B * n.P;
+    return {grad_col,
+            grad_cconv_of(s),
+            q == nullptr ? nullptr : q + s * rows * n.K,
+            grad_hidden + cur * rows * n.M,
+            grad_cell + cur * rows * n.M,
+            grad_hidden + (1 - cur) * rows * n.M,
+            grad_cell + (1 - cur) * rows * n.M,
+            grad_input_row + s * n.B * n.M,
+            lengths,
+            n,
+            s};
+  }
+};
+
+// ---- forward -------------------------------------------------------------------------------
+
+// Mean and 1/sqrt(var + eps) (biased variance) of the M values value(m), over the team.
+template <class Team, typename acc_t, typename Value>
+C10_HOST_DEVICE inline void channel_moments(const Team& team, int64_t M, const Value& value,
+                                            acc_t& mean, acc_t& rstd) {
+  acc_t sum = 0;
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) sum += value(m);
+  mean = team.sum(sum) / acc_t(M);
+  acc_t sq = 0;
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    const acc_t d = value(m) - mean;
+    sq += d * d;
+  }
+  rstd = acc_t(1) / sqrt_(team.sum(sq) / acc_t(M) + acc_t(kNormEps));
+}
+
+// Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
+// sigmoid for the others; the norm's zh and rstd saved.
+template <bool kTanh, bool kNorm, class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void forward_gate(const Team& team,
+                                         const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
+                                         int g) {
+  const int64_t M = p.n.M;
+  const scalar_t* a = p.pre + row * p.n.G + g * M;
+  const scalar_t* bias = p.bias + g * M;
+  scalar_t* out = p.gates + row * 4 * M + g * M;
+  acc_t mean = 0, rstd = 1;
+  if (kNorm) {
+    channel_moments(team, M, [&](int64_t m) { return acc_t(a[m]) + acc_t(bias[m]); }, mean, rstd);
+    if (team.lane() == 0) p.norm_rstd[row * 5 + g] = rstd;
+  }
+  acc_t* zh_save = kNorm ? p.norm_hat + (row * 5 + g) * M : nullptr;
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    acc_t u = acc_t(a[m]) + acc_t(bias[m]);
+    if (kNorm) {
+      const acc_t zh = (u - mean) * rstd;
+      zh_save[m] = zh;
+      u = acc_t(p.gamma[g * M + m]) * zh + acc_t(p.beta[g * M + m]);
+    }
+    out[m] = scalar_t(kTanh ? tanh_(u) : sigmoid(u));
+  }
+}
+
+// Step p.s of one (b, p) row. qk: room for K values of the team's lane (the softmax weights,
+// which every lane computes: K is small).
+template <bool kNorm, bool kMemoryConv, class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
+                                                   const ForwardRowsParams<scalar_t, acc_t>& p,
+                                                   int64_t row, acc_t* qk) {
+  const RowSizes n = p.n;
+  const int64_t M = n.M, lane = team.lane();
+  constexpr int kStride = Team::kStride;
+  const int64_t b = row / n.P, pr = row % n.P + 1;  // hidden row pr of 1..P
+  const bool top = pr == n.P && p.s >= n.delay;
+  scalar_t* y = top ? p.output + ((p.s - n.delay) * n.B + b) * M : nullptr;
+  scalar_t* h_out = p.hidden_next + row * M;
+  acc_t* c_out = p.cells_next + row * M;
+  if (!row_running(p.lengths, b, n, p.s)) {  // finished: the state stays
+    // the saved slots are never read for this row; zeros keep the op's outputs defined
+    for (int64_t m = lane; m < M; m += kStride) {
+      h_out[m] = p.hidden_prev[row * M + m];
+      c_out[m] = p.cells_prev[row * M + m];
+      if (top) y[m] = scalar_t(0);
+      for (int g = 0; g < 4; ++g) p.gates[row * 4 * M + g * M + m] = scalar_t(0);
+      if (kNorm) {
+        for (int g = 0; g < 5; ++g) p.norm_hat[(row * 5 + g) * M + m] = acc_t(0);
+      }
+    }
+    if (kMemoryConv) {
+      for (int64_t k = lane; k < n.K; k += kStride) p.q[row * n.K + k] = scalar_t(0);
+    }
+    if (kNorm) {
+      for (int64_t g = lane; g < 5; g += kStride) p.norm_rstd[row * 5 + g] = acc_t(0);
+    }
+    return;
+  }
+  forward_gate<false, kNorm>(team, p, row, 0);  // i
+  forward_gate<false, kNorm>(team, p, row, 1);  // f
+  forward_gate<true, kNorm>(team, p, row, 2);   // g
+  forward_gate<false, kNorm>(team, p, row, 3);  // o
+  const scalar_t* a = p.pre + row * n.G;
+  const scalar_t* g_out = p.gates + row * 4 * M;
+  // Q = softmax of the K logits, rounded to the saved dtype, so that the backward's Q is the
+  // forward's; then the memory convolution and the new cell.
+  const acc_t* c_prev = p.cells_prev + (b * n.P) * M;  // rows 1..P of this sequence
+  if (kMemoryConv) {
+    acc_t top_logit = -INFINITY, total = 0;
+    for (int64_t k = 0; k < n.K; ++k) {
+      qk[k] = acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]);
+      top_logit = top_logit < qk[k] ? qk[k] : top_logit;
+    }
+    for (int64_t k = 0; k < n.K; ++k) total += (qk[k] = exp_(qk[k] - top_logit));
+    for (int64_t k = 0; k < n.K; ++k) qk[k] = acc_t(scalar_t(qk[k] / total));
+    for (int64_t k = lane; k < n.K; k += kStride) p.q[row * n.K + k] = scalar_t(qk[k]);
+  }
+  for (int64_t m = lane; m < M; m += kStride) {
+    acc_t cconv = 0;
+    if (kMemoryConv) {
+      for (int64_t k = 0; k < n.K; ++k) {
+        cconv += qk[k] * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+      }
+    } else {
+      cconv = c_prev[(pr - 1) * M + m];
+    }
+    c_out[m] = acc_t(g_out[2 * M + m]) * acc_t(g_out[m]) + cconv * acc_t(g_out[M + m]);
+  }
+  team.sync();
+  // H = O tanh(CN_c(C)); the top row is an output, and the returned state is taken after each
+  // sequence's last input step.
+  acc_t mean = 0, rstd = 1;
+  if (kNorm) {
+    channel_moments(team, M, [&](int64_t m) { return c_out[m]; }, mean, rstd);
+    if (lane == 0) p.norm_rstd[row * 5 + 4] = rstd;
+  }
+  for (int64_t m = lane; m < M; m += kStride) {
+    acc_t u = c_out[m];
+    if (kNorm) {
+      const acc_t zh = (u - mean) * rstd;
+      p.norm_hat[(row * 5 + 4) * M + m] = zh;
+      u = acc_t(p.gamma[4 * M + m]) * zh + acc_t(p.beta[4 * M + m]);
+    }
+    h_out[m] = scalar_t(tanh_(u) * acc_t(g_out[3 * M + m]));
+  }
+  // (a lane reads back only the channels it wrote: loops without conditions vectorize on the CPU)
+  if (top) {
+    for (int64_t m = lane; m < M; m += kStride) y[m] = h_out[m];
+  }
+  if (last_input_step(p.lengths, b, n.T, p.s)) {
+    for (int64_t m = lane; m < M; m += kStride) {
+      p.state_hidden[row * M + m] = h_out[m];
+      p.state_cell[row * M + m] = c_out[m];
+    }
+  }
+}
+
+// ---- backward ------------------------------------------------------------------------------
+
+// dL/d(activation input) of gate kGate (0..3: i, f, g, o) at channel m, given the row's gates
+// g, dL/dC (d_c), Cconv and dL/dO (d_o).
+template <int kGate, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t gate_input_grad(const scalar_t* g, const acc_t* d_c,
+                                             const acc_t* cconv, const acc_t* d_o, int64_t M,
+                                             int64_t m) {
+  const acc_t y = acc_t(g[kGate * M + m]);
+  if (kGate == 0) return d_c[m] * acc_t(g[2 * M + m]) * y * (acc_t(1) - y);  // i
+  if (kGate == 1) return d_c[m] * cconv[m] * y * (acc_t(1) - y);            // f
+  if (kGate == 2) return d_c[m] * acc_t(g[m]) * (acc_t(1) - y * y);         // g
+  return d_o[m] * y * (acc_t(1) - y);                                       // o
+}
+
+// dL/dA of gate kGate of row `row`: dL/d(activation input), back through its channel norm
+// (whose parameters' gradients it adds up per row).
+template <int kGate, bool kNorm, class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void backward_gate(const Team& team,
+                                          const BackwardRowsParams<scalar_t, acc_t>& p,
+                                          int64_t row, const acc_t* d_c, const acc_t* cconv,
+                                          const acc_t* d_o) {
+  const int64_t M = p.n.M;
+  const scalar_t* g = p.gates + row * 4 * M;
+  scalar_t* da = p.grad_pre + row * p.n.G + kGate * M;
+  if (!kNorm) {
+    for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+      da[m] = scalar_t(gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m));
+    }
+    return;
+  }
+  const acc_t* zh = p.norm_hat + (row * 5 + kGate) * M;
+  const scalar_t* gamma = p.gamma + kGate * M;
+  acc_t* dgamma = p.grad_norm + (row * 10 + kGate) * M;
+  acc_t* dbeta = p.grad_norm + (row * 10 + 5 + kGate) * M;
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    const acc_t d = gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m);
+    dgamma[m] += d * zh[m];
+    dbeta[m] += d;
+  }
+  acc_t t1 = 0, t2 = 0;
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    const acc_t dzh = gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]);
+    t1 += dzh;
+    t2 += dzh * zh[m];
+  }
+  t1 = team.sum(t1) / acc_t(M);
+  t2 = team.sum(t2) / acc_t(M);
+  const acc_t rstd = p.norm_rstd[row * 5 + kGate];
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    da[m] = scalar_t(rstd * (gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]) -
+                             t1 - zh[m] * t2));
+  }
+}
+
+// Step p.s of one (b, p) row backward: dL/dA of the row, dL/dCconv and the CN parameters'
+// sums. dq: room for K values of the team's lane.
+template <bool kNorm, bool kMemoryConv, class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
+                                                    const BackwardRowsParams<scalar_t, acc_t>& p,
+                                                    int64_t row, acc_t* dq) {
+  const RowSizes n = p.n;
+  const int64_t M = n.M, lane = team.lane();
+  constexpr int kStride = Team::kStride;
+  const int64_t b = row / n.P, pr = row % n.P + 1;
+  scalar_t* da = p.grad_pre + row * n.G;
+  if (!row_running(p.lengths, b, n, p.s)) {  // finished: nothing reaches A
+    for (int64_t o = lane; o < n.G; o += kStride) da[o] = scalar_t(0);
+    return;
+  }
+  const scalar_t* g = p.gates + row * 4 * M;
+  const scalar_t* go = (pr == n.P && p.s >= n.delay)  // the top row is output s - delay
+                           ? p.grad_output + ((p.s - n.delay) * n.B + b) * M
+                           : nullptr;
+  acc_t* d_c = p.scratch + (row * 3 + 0) * M;
+  acc_t* cconv = p.scratch + (row * 3 + 1) * M;
+  acc_t* d_o = p.scratch + (row * 3 + 2) * M;
+  const acc_t* zh_c = kNorm ? p.norm_hat + (row * 5 + 4) * M : nullptr;
+  const bool returned = last_input_step(p.lengths, b, n.T, p.s);  // dL/dH_n, dL/dC_n enter
+  // dL/dH of the row, into d_o for now: from later steps, dL/dH_n at the last input step, and
+  // the output's gradient at the top row. (Loops without conditions, and the norm's sums below
+  // in a loop of their own, leave the loops free to vectorize on the CPU; a lane reads back
+  // only the channels it wrote.)
+  const acc_t* grad_hidden = p.grad_hidden + row * M;
+  if (returned) {
+    const acc_t* grad_state = p.grad_state_hidden + row * M;
+    for (int64_t m = lane; m < M; m += kStride) d_o[m] = grad_hidden[m] + grad_state[m];
+  } else {
+    for (int64_t m = lane; m < M; m += kStride) d_o[m] = grad_hidden[m];
+  }
+  if (go != nullptr) {
+    for (int64_t m = lane; m < M; m += kStride) d_o[m] += acc_t(go[m]);
+  }
+  // H = tanh(u) O with u = CN_c(C): dL/dO, and dL/du into d_c for now.
+  for (int64_t m = lane; m < M; m += kStride) {
+    const acc_t dh = d_o[m];
+    const acc_t u = kNorm ? acc_t(p.gamma[4 * M + m]) * zh_c[m] + acc_t(p.beta[4 * M + m])
+                          : p.cells[row * M + m];
+    const acc_t tu = tanh_(u);
+    d_o[m] = dh * tu;
+    const acc_t du = dh * acc_t(g[3 * M + m]) * (acc_t(1) - tu * tu);
+    d_c[m] = du;
+  }
+  acc_t s1 = 0, s2 = 0;
+  if (kNorm) {
+    for (int64_t m = lane; m < M; m += kStride) {
+      p.grad_norm[(row * 10 + 4) * M + m] += d_c[m] * zh_c[m];
+      p.grad_norm[(row * 10 + 9) * M + m] += d_c[m];
+      const acc_t dzh = d_c[m] * acc_t(p.gamma[4 * M + m]);
+      s1 += dzh;
+      s2 += dzh * zh_c[m];
+    }
+    s1 = team.sum(s1) / acc_t(M);
+    s2 = team.sum(s2) / acc_t(M);
+  }
+  // dL/dC; the memory convolution's input Cconv and dL/dQ.
+  const acc_t* c_prev = p.cells_prev + (b * n.P) * M;
+  const scalar_t* qr = kMemoryConv ? p.q + row * n.K : nullptr;
+  const acc_t* grad_cell = p.grad_cell + row * M;  // dL/dC from later steps (and dL/dC_n)
+  if (returned) {
+    const acc_t* grad_state = p.grad_state_cell + row * M;
+    for (int64_t m = lane; m < M; m += kStride) cconv[m] = grad_cell[m] + grad_state[m];
+  } else {
+    for (int64_t m = lane; m < M; m += kStride) cconv[m] = grad_cell[m];
+  }
+  const acc_t rstd_c = kNorm ? p.norm_rstd[row * 5 + 4] : acc_t(1);
+  for (int64_t m = lane; m < M; m += kStride) {
+    const acc_t dc = cconv[m] + (kNorm ? rstd_c * (d_c[m] * acc_t(p.gamma[4 * M + m]) - s1 -
+                                                   zh_c[m] * s2)
+                                       : d_c[m]);
+    d_c[m] = dc;
+  }
+  for (int64_t k = 0; k < n.K; ++k) dq[k] = 0;
+  for (int64_t m = lane; m < M; m += kStride) {
+    const acc_t dc = d_c[m];
+    acc_t cc = 0;
+    if (kMemoryConv) {
+      for (int64_t k = 0; k < n.K; ++k) {
+        cc += acc_t(qr[k]) * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+      }
+    } else {
+      cc = c_prev[(pr - 1) * M + m];
+    }
+    cconv[m] = cc;
+    const acc_t dcc = dc * acc_t(g[M + m]);  // C = G I + Cconv F
+    p.grad_cconv[row * M + m] = dcc;
+    if (kMemoryConv) {  // dL/dQ_k = dCconv . C_{t-1, row of tap k}
+      for (int64_t k = 0; k < n.K; ++k) {
+        dq[k] += dcc * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+      }
+    }
+  }
+  if (kMemoryConv) {  // through the softmax: dA^q_k = Q_k (dQ_k - sum_j Q_j dQ_j)
+    acc_t weighted = 0;
+    for (int64_t k = 0; k < n.K; ++k) {
+      dq[k] = team.sum(dq[k]);
+      weighted += acc_t(qr[k]) * dq[k];
+    }
+    for (int64_t k = lane; k < n.K; k += kStride) {
+      da[4 * M + k] = scalar_t(acc_t(qr[k]) * (dq[k] - weighted));
+    }
+  }
+  team.sync();
+  // The four gates: dL/d(activation input), then back through their channel norms.
+  backward_gate<0, kNorm>(team, p, row, d_c, cconv, d_o);
+  backward_gate<1, kNorm>(team, p, row, d_c, cconv, d_o);
+  backward_gate<2, kNorm>(team, p, row, d_c, cconv, d_o);
+  backward_gate<3, kNorm>(team, p, row, d_c, cconv, d_o);
+}
+
+}  // namespace tlstm
