@@ -65,9 +65,49 @@ class TensorizedLSTM(TensorizedLSTMBase):
         var = ((z - mean) ** 2).mean(dim=-1, keepdim=True)
         return (z - mean) / torch.sqrt(var + 1e-5) * self.norm_weight[use] + self.norm_bias[use]
 
+    def _pre_activations(self, x_row, H):
+        """A_t at every hidden location from the input row x~_t [B, M] and H_{t-1}: [B, P, G]
+        (a conv1d over Hcat's rows 0..P, row 0 the input), or [B, P, P, G] with tensor_dim=3 (a
+        conv2d over Hcat's (P+1) x (P+1) plane, the input at corner (0, 0)). Taps reading
+        outside Hcat read zeros; without feedback only taps k <= c (nothing past p)."""
+        c = (self.kernel_size - 1) // 2
+        if self.tensor_dim == 2:
+            hcat = torch.cat([x_row.unsqueeze(1), H], dim=1)  # [B, P+1, M]: rows 0..P
+            rows_first = hcat.transpose(1, 2)  # [B, M, P+1]
+            if self.feedback:
+                A = F.conv1d(rows_first, self.weight_hh, self.bias_hh, padding=c)
+            else:
+                A = F.conv1d(F.pad(rows_first, (c, 0)), self.weight_hh, self.bias_hh)
+            return A[:, :, 1:].transpose(1, 2)  # [B, P, G]: the hidden rows 1..P
+        B, P, _, M = H.shape
+        hcat = x_row.new_zeros(B, P + 1, P + 1, M)  # row 0 and column 0 zero but the corner
+        hcat[:, 0, 0] = x_row
+        hcat[:, 1:, 1:] = H
+        planes = hcat.permute(0, 3, 1, 2)  # [B, M, P+1, P+1]
+        if self.feedback:
+            A = F.conv2d(planes, self.weight_hh, self.bias_hh, padding=c)
+        else:
+            A = F.conv2d(F.pad(planes, (c, 0, c, 0)), self.weight_hh, self.bias_hh)
+        return A[:, :, 1:, 1:].permute(0, 2, 3, 1)  # [B, P, P, G]: locations 1..P x 1..P
+
+    def _memory_convolution(self, logits, C, neighbour):
+        """sum over taps of softmax(logits) C_{t-1} at the tap's location, with replicate
+        padding: neighbour [P, K] holds the state index clamp(p - c + k, 1, P) - 1 of tap k of
+        location index p-1, along each axis. logits [B, P, K] or [B, P, P, K*K] (tap (k1, k2)
+        at k1*K + k2)."""
+        Q = torch.softmax(logits, dim=-1)
+        if self.tensor_dim == 2:
+            return (Q.unsqueeze(-1) * C[:, neighbour]).sum(dim=2)  # C[:, neighbour]: [B, P, K, M]
+        B, P, _, M = C.shape
+        K = self.kernel_size
+        # C[:, n1, n2] for every location and tap: [B, P, K, P, K, M] -> [B, P, P, K*K, M]
+        shifted = C[:, neighbour[:, :, None, None], neighbour[None, None, :, :]]
+        shifted = shifted.permute(0, 1, 3, 2, 4, 5).reshape(B, P, P, K * K, M)
+        return (Q.unsqueeze(-1) * shifted).sum(dim=3)
+
     def _run_sequence(self, x, h0, c0, lengths, flush):
-        if self.tensor_dim == 3:
-            return self._run_sequence_3d(x, h0, c0, lengths, flush)
+        """One step at a time; with tensor_dim=3 the state is a P x P plane of locations
+        (indices p1-1, p2-1) and the output is read at the corner (P, P) opposite the input."""
         T, B, _ = x.shape
         M, P, K = self.hidden_size, self.rows, self.kernel_size
         c = (K - 1) // 2
@@ -75,11 +115,9 @@ class TensorizedLSTM(TensorizedLSTMBase):
         x_proj = F.linear(x, self.weight_ih, self.bias_ih)  # [T, B, M]: x~_t for every step
         # Past the end of a sequence its input is zero, so its input row is b^x.
         padding_row = self.bias_ih if self.bias_ih is not None else x.new_zeros(M)
-        # Memory-cell convolution with replicate padding: tap k of row p reads row
-        # clamp(p - c + k, 1, P), i.e. index clamp(p - c + k, 1, P) - 1 of the state.
-        p_rows = torch.arange(1, P + 1, device=x.device).unsqueeze(1)
-        taps = torch.arange(K, device=x.device).unsqueeze(0)
-        neighbour = (p_rows - c + taps).clamp(1, P) - 1  # [P, K]
+        neighbour = (torch.arange(1, P + 1, device=x.device).unsqueeze(1) - c
+                     + torch.arange(K, device=x.device).unsqueeze(0)).clamp(1, P) - 1  # [P, K]
+        per_sequence = (B,) + (1,) * self.tensor_dim  # broadcasts over locations and channels
 
         H, C = h0, c0
         # The returned state is the one after step T (T_b per sequence), the last step that
@@ -93,100 +131,26 @@ class TensorizedLSTM(TensorizedLSTMBase):
             else:
                 real = (s < lengths).unsqueeze(1)
                 x_row = torch.where(real, x_proj[min(s, T - 1)], padding_row.expand(B, M))
-            hcat = torch.cat([x_row.unsqueeze(1), H], dim=1)  # [B, P+1, M]: rows 0..P
-            # A_{t,p} = sum_k Hcat_{p-c+k} W^h_k + b^h, rows outside 0..P are zero; a conv1d over
-            # the rows (channels M, length P+1). Without feedback only taps k <= c (rows <= p).
-            rows_first = hcat.transpose(1, 2)  # [B, M, P+1]
-            if self.feedback:
-                A = F.conv1d(rows_first, self.weight_hh, self.bias_hh, padding=c)
-            else:
-                A = F.conv1d(F.pad(rows_first, (c, 0)), self.weight_hh, self.bias_hh)
-            A = A[:, :, 1:].transpose(1, 2)  # [B, P, G]: the hidden rows 1..P
-            a_i, a_f, a_g, a_o = A[..., :M], A[..., M:2 * M], A[..., 2 * M:3 * M], A[..., 3 * M:4 * M]
-            I = torch.sigmoid(self._channel_norm(a_i, 0))  # noqa: E741
-            Fg = torch.sigmoid(self._channel_norm(a_f, 1))
-            G = torch.tanh(self._channel_norm(a_g, 2))
-            O = torch.sigmoid(self._channel_norm(a_o, 3))  # noqa: E741
-            if self.memory_conv:
-                Q = torch.softmax(A[..., 4 * M:], dim=-1)  # [B, P, K], dynamic kernel per row
-                C_conv = (Q.unsqueeze(-1) * C[:, neighbour]).sum(dim=2)  # C[:, neighbour]: [B, P, K, M]
-            else:
-                C_conv = C
-            C_new = G * I + C_conv * Fg
-            H_new = torch.tanh(self._channel_norm(C_new, 4)) * O
-            if lengths is None:
-                H, C = H_new, C_new
-            else:  # sequence b runs lengths[b] + delay steps; then its state stays
-                running = (s < lengths + delay).view(B, 1, 1)
-                H, C = torch.where(running, H_new, H), torch.where(running, C_new, C)
-            reads_input = (s < last_input_step).view(B, 1, 1)
-            H_n, C_n = torch.where(reads_input, H, H_n), torch.where(reads_input, C, C_n)
-            tops.append(H[:, P - 1])
-        top = torch.stack(tops[delay:])  # y_t = h_{t + delay, P}
-        if lengths is not None:
-            real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
-            top = top * real.unsqueeze(2).to(top.dtype)
-        return top, H_n, C_n
-
-    def _run_sequence_3d(self, x, h0, c0, lengths, flush):
-        """docs/cells.md section 7: the state is a P x P plane of locations (indices p1-1, p2-1
-        of the [B, P, P, M] state), the input sits at corner (0, 0) of Hcat, a 2-D convolution
-        with K x K taps (K' x K' without feedback) updates every location, and the output is
-        read at the opposite corner (P, P)."""
-        T, B, _ = x.shape
-        M, P, K = self.hidden_size, self.rows, self.kernel_size
-        c = (K - 1) // 2
-        delay = self.delay if flush else 0
-        x_proj = F.linear(x, self.weight_ih, self.bias_ih)  # [T, B, M]
-        padding_row = self.bias_ih if self.bias_ih is not None else x.new_zeros(M)
-        # the memory convolution's replicate padding: tap k of location index p reads index
-        # clamp(p - c + k, 1, P) - 1 along each axis
-        neighbour = (torch.arange(1, P + 1, device=x.device).unsqueeze(1) - c
-                     + torch.arange(K, device=x.device).unsqueeze(0)).clamp(1, P) - 1  # [P, K]
-        last_input_step = torch.full((B,), T, device=x.device) if lengths is None else lengths
-
-        H, C = h0, c0
-        H_n, C_n = h0, c0
-        tops = []
-        for s in range(T + delay):
-            if lengths is None:
-                x_row = x_proj[s] if s < T else padding_row.expand(B, M)
-            else:
-                real = (s < lengths).unsqueeze(1)
-                x_row = torch.where(real, x_proj[min(s, T - 1)], padding_row.expand(B, M))
-            hcat = x.new_zeros(B, P + 1, P + 1, M)  # row 0 and column 0 zero but the corner
-            hcat[:, 0, 0] = x_row
-            hcat[:, 1:, 1:] = H
-            planes = hcat.permute(0, 3, 1, 2)  # [B, M, P+1, P+1]
-            if self.feedback:
-                A = F.conv2d(planes, self.weight_hh, self.bias_hh, padding=c)
-            else:
-                A = F.conv2d(F.pad(planes, (c, 0, c, 0)), self.weight_hh, self.bias_hh)
-            A = A[:, :, 1:, 1:].permute(0, 2, 3, 1)  # [B, P, P, G]: locations 1..P x 1..P
+            A = self._pre_activations(x_row, H)  # [B, *locations, G]
             a_i, a_f, a_g, a_o = (A[..., g * M:(g + 1) * M] for g in range(4))
             I = torch.sigmoid(self._channel_norm(a_i, 0))  # noqa: E741
             Fg = torch.sigmoid(self._channel_norm(a_f, 1))
             G = torch.tanh(self._channel_norm(a_g, 2))
             O = torch.sigmoid(self._channel_norm(a_o, 3))  # noqa: E741
+            C_conv = C
             if self.memory_conv:
-                Q = torch.softmax(A[..., 4 * M:], dim=-1)  # [B, P, P, K*K], tap (k1, k2) at k1*K+k2
-                # C[:, n1, n2] for every location and tap: [B, P, K, P, K, M]
-                shifted = C[:, neighbour[:, :, None, None], neighbour[None, None, :, :]]
-                shifted = shifted.permute(0, 1, 3, 2, 4, 5).reshape(B, P, P, K * K, M)
-                C_conv = (Q.unsqueeze(-1) * shifted).sum(dim=3)
-            else:
-                C_conv = C
+                C_conv = self._memory_convolution(A[..., 4 * M:], C, neighbour)
             C_new = G * I + C_conv * Fg
             H_new = torch.tanh(self._channel_norm(C_new, 4)) * O
             if lengths is None:
                 H, C = H_new, C_new
-            else:
-                running = (s < lengths + delay).view(B, 1, 1, 1)
+            else:  # sequence b runs lengths[b] + delay steps; then its state stays
+                running = (s < lengths + delay).view(per_sequence)
                 H, C = torch.where(running, H_new, H), torch.where(running, C_new, C)
-            reads_input = (s < last_input_step).view(B, 1, 1, 1)
+            reads_input = (s < last_input_step).view(per_sequence)
             H_n, C_n = torch.where(reads_input, H, H_n), torch.where(reads_input, C, C_n)
-            tops.append(H[:, P - 1, P - 1])
-        top = torch.stack(tops[delay:])  # y_t = h_{t + delay, (P, P)}
+            tops.append(H.flatten(1, -2)[:, -1])  # the last location: row P, or (P, P)
+        top = torch.stack(tops[delay:])  # y_t = h_{t + delay, top}
         if lengths is not None:
             real = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
             top = top * real.unsqueeze(2).to(top.dtype)
