@@ -1,5 +1,6 @@
-"""DistributedDataParallel over 2 CPU processes (gloo): each rank runs half of a batch; the
-averaged gradients equal the gradient of the mean loss over the full batch in one process."""
+"""DistributedDataParallel over 2 CPU processes (gloo), for both cells: each rank runs half of a
+batch; the averaged gradients equal the gradient of the mean loss over the full batch in one
+process."""
 import datetime
 import os
 import socket
@@ -14,37 +15,48 @@ import torch.multiprocessing as mp
 from conftest import TOL, randn, rel_err
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KWARGS = dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, proj_size=2,
-              batch_first=True)
+KWARGS = {
+    "peephole": dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, proj_size=2,
+                     batch_first=True),
+    "tensorized": dict(input_size=3, hidden_size=4, depth=3, proj_size=2, batch_first=True),
+}
+OUTPUT_SIZE = {"peephole": 4, "tensorized": 2}  # 2 directions x proj_size; proj_size
+STATE_BATCH_DIM = {"peephole": 1, "tensorized": 0}
 B, T = 6, 5
 WORLD = 2
 TIMEOUT_S = 120
 
 
-def _model():
+def _model(cell):
     import tlstm
 
     from conftest import randomize_
+    from tensorized_helpers import randomize_tensorized_
 
-    model = tlstm.PeepholeLSTM(dtype=torch.float64, **KWARGS)
-    randomize_(model, 17)
+    if cell == "peephole":
+        model = tlstm.PeepholeLSTM(dtype=torch.float64, **KWARGS[cell])
+        randomize_(model, 17)
+    else:
+        model = tlstm.TensorizedLSTM(dtype=torch.float64, **KWARGS[cell])
+        randomize_tensorized_(model, 17)
     return model
 
 
-def _data():
+def _data(cell):
     x = randn((B, T, 3), 1, torch.float64)
-    upstream = randn((B, T, 4), 2, torch.float64)  # [B, T, 2 * proj_size]
+    upstream = randn((B, T, OUTPUT_SIZE[cell]), 2, torch.float64)
     return x, upstream
 
 
-def _loss(model, x, upstream):
+def _loss(cell, model, x, upstream):
     """Mean over the batch of a per-sequence loss (random linear functional of the output)."""
     out, (h, c) = model(x)
-    per_seq = (out * upstream).sum(dim=(1, 2)) + h.pow(2).sum(dim=(0, 2)) + c.sum(dim=(0, 2))
+    h, c = (s.movedim(STATE_BATCH_DIM[cell], 0).flatten(1) for s in (h, c))
+    per_seq = (out * upstream).sum(dim=(1, 2)) + h.pow(2).sum(dim=1) + c.sum(dim=1)
     return per_seq.mean()
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, port, out_dir, cell):
     sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
     sys.path.insert(0, REPO_ROOT)
     torch.set_num_threads(1)
@@ -55,10 +67,10 @@ def _worker(rank, port, out_dir):
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(_model())
-        x, upstream = _data()
+        model = DDP(_model(cell))
+        x, upstream = _data(cell)
         part = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
-        loss = _loss(model, x[part], upstream[part])
+        loss = _loss(cell, model, x[part], upstream[part])
         loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in model.module.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads_{rank}.pt"))
@@ -74,8 +86,9 @@ def _free_port():
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
-def test_ddp_gradients_equal_full_batch(tmp_path):
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+@pytest.mark.parametrize("cell", ["peephole", "tensorized"])
+def test_ddp_gradients_equal_full_batch(cell, tmp_path):
+    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path), cell), nprocs=WORLD, join=False)
     deadline = time.monotonic() + TIMEOUT_S + 60
     try:
         while not ctx.join(timeout=5):
@@ -87,11 +100,11 @@ def test_ddp_gradients_equal_full_batch(tmp_path):
                 p.terminate()
                 p.join(5)
 
-    model = _model()
-    x, upstream = _data()
-    _loss(model, x, upstream).backward()
+    model = _model(cell)
+    x, upstream = _data(cell)
+    _loss(cell, model, x, upstream).backward()
     want = {n: p.grad for n, p in model.named_parameters()}
-    assert any(n.startswith("weight_ci") for n in want)
+    assert any(n.startswith("weight_ci" if cell == "peephole" else "norm_weight") for n in want)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"grads_{rank}.pt")
         assert set(got) == set(want)
