@@ -2,7 +2,7 @@
 
 The reference is a Python loop (and its autograd graph over 10000 steps is slow), so it is run
 forward only here; gradients over long sequences are compared with the reference at T = 1000 in
-test_peephole_parity.py."""
+test_peephole_vs_reference.py."""
 import pytest
 import torch
 
