@@ -88,19 +88,6 @@ def _functorch_transforms() -> list:
     return [i.key() for i in retrieve_all_functorch_interpreters()]
 
 
-def _refuse_forward_mode_ad(cell: str) -> None:
-    """torch.func.jvp and jacfwd run the ops without a forward-mode formula and, instead of
-    failing, return a zero tangent: refuse them here, as forward AD itself refuses the ops."""
-    from torch._C._functorch import TransformType
-
-    if TransformType.Jvp in _functorch_transforms():
-        raise NotImplementedError(
-            f"tlstm.{cell} has no forward-mode AD formula, so torch.func.jvp and jacfwd cannot "
-            f"run it (they would see a zero tangent); tlstm.reference.{cell}, the step-by-step "
-            "PyTorch loop with the same parameters, supports them"
-        )
-
-
 def _no_context(ctx, inputs, output):
     pass
 
@@ -130,11 +117,20 @@ def _as_autograd_function(op, setup_context, backward):
 
 
 def _forward(op, function, cell: str):
-    """The op, or under torch.func.grad (and vjp, jacrev) its autograd.Function; nested, which
-    would differentiate the gradients, is refused as double backward is."""
+    """The op, or under torch.func.grad (and vjp, jacrev) its autograd.Function. Nested grad,
+    which would differentiate the gradients, is refused as double backward is; and jvp and
+    jacfwd, which would run the op without a forward-mode formula and see a zero tangent instead
+    of failing, as forward AD itself refuses the op."""
     from torch._C._functorch import TransformType
 
-    grad_levels = _functorch_transforms().count(TransformType.Grad)
+    transforms = _functorch_transforms()
+    if TransformType.Jvp in transforms:
+        raise NotImplementedError(
+            f"tlstm.{cell} has no forward-mode AD formula, so torch.func.jvp and jacfwd cannot "
+            f"run it (they would see a zero tangent); tlstm.reference.{cell}, the step-by-step "
+            "PyTorch loop with the same parameters, supports them"
+        )
+    grad_levels = transforms.count(TransformType.Grad)
     if grad_levels > 1:
         raise _double_backward_error(cell)
     return function.apply if grad_levels else op
@@ -166,7 +162,6 @@ def peephole_lstm_layer(
     synchronise) and act as the nearest bound. Under autocast the floating arguments are cast to
     the autocast dtype, as for nn.LSTM; on the CPU float16 and bfloat16 run in float32.
     """
-    _refuse_forward_mode_ad("PeepholeLSTM")
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole, weight_proj)
     )
@@ -315,7 +310,6 @@ def tensorized_lstm_sequence(
 
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
     synchronise) and act as the nearest bound. Dtypes as for peephole_lstm_layer."""
-    _refuse_forward_mode_ad("TensorizedLSTM")
     floating, result_dtype = _to_kernel_dtype(
         (input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh, norm_weight, norm_bias)
     )
