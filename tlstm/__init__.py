@@ -5,12 +5,13 @@
     tlstm.convert_lstms     every nn.LSTM of a model made a PeepholeLSTM (same outputs)
     tlstm.reference         pure-PyTorch references of the same modules
     tlstm.ops               the registered ops (torch.ops.tlstm.*) behind them
+    tlstm.functional        the cells as functions of tensors
     tlstm.onnx              their export to ONNX (PeepholeLSTM as ONNX's LSTM with peepholes)
 """
-from . import onnx, ops, reference  # noqa: F401
+from . import functional, onnx, ops, reference  # noqa: F401
 from .modules import PeepholeLSTM, TensorizedLSTM, convert_lstms
 
 onnx.register()  # torch.onnx.export of PeepholeLSTM, where onnxscript is installed
 
-__all__ = ["PeepholeLSTM", "TensorizedLSTM", "convert_lstms", "ops", "reference"]
+__all__ = ["PeepholeLSTM", "TensorizedLSTM", "convert_lstms", "functional", "ops", "reference"]
 __version__ = "0.1.0"
