@@ -161,6 +161,12 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
                                 const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
                                 int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                                 bool need_grad_input, const TensorizedStepKernels& kernels) {
+  // tensorized_sizes reads the state's sizes from its h0 argument: name grad_h_n here first
+  if (input_.dim() == 3 && weight_ih.dim() == 2 && depth >= 1 && kernel_size >= 3) {
+    check_shape(kBackward, "grad_h_n", grad_h_n,
+                {input_.size(1), (depth - 1) * ((kernel_size - 1) / 2) + 1, weight_ih.size(0)},
+                "[B, P, M]");
+  }
   const auto n = tensorized_sizes(kBackward, input_, grad_h_n, weight_hh, norm_weight, norm_bias,
                                   depth, kernel_size, feedback, memory_conv, flush);
   const auto options = input_.options();

@@ -177,6 +177,9 @@ def _backward_args(**replace):
     ("norm_hat", lambda t: t.float(), "norm_hat of dtype Double .*got Float"),
     ("norm_rstd", lambda t: t.float(), "norm_rstd of dtype Double .*got Float"),
     ("cells", lambda t: t.float(), "cells of dtype Double .*got Float"),
+    # the state's sizes were read from grad_h_n, whose errors then named it h0
+    ("grad_h_n", lambda t: t[:, :2].contiguous(), r"grad_h_n of shape \[B, P, M\] = \[3, 3, 4\], got \[3, 2, 4\]"),
+    ("grad_h_n", lambda t: t[0].contiguous(), r"grad_h_n of shape \[B, P, M\] = \[3, 3, 4\], got \[3, 4\]"),
 ])
 def test_backward_op_argument_checks(name, bad, message):
     """The backward op names the argument that does not fit, with the expected and actual
