@@ -54,17 +54,25 @@ def test_cuda_kernels_match_the_cpu_op():
     # the tLSTM's two recurrences share their row code: only an independent result can catch a
     # mistake in it (a planted one in the forget gate's derivative passes the check above, not
     # this); the peephole's persistent kernels too, without the git history
+    # also: reverse inference with even T (slots by step, not by time); 320 work items with
+    # several staged chunks; float16 and bfloat16 over long reductions against the op in float64
+    # (a shift of the cell states, kept in float, shows sums kept in the half type); and large
+    # logits and pre-activations in float32, where the device's exp overflows (the emulation
+    # compiles fast_math.h's device branch)
     code, report = run_check("compare_with_cpu_op")
-    assert code == 0 and report.count("ok  ") == 5, report
+    assert code == 0 and report.count("ok  ") == 10, report
 
 
 def test_kernels_have_no_race_between_barriers():
     # the kernels serialized, lowest thread index first and highest first, between barriers:
     # a read or write of an element another thread writes, with no barrier between, gives
     # different outputs (a barrier dropped from the block matmul, or either cell's grid-wide
-    # barrier, fails it); compute-sanitizer's racecheck on a GPU is the real check
+    # barrier, fails it); and a partial last block of the persistent tLSTM's backward (a dropped
+    # bounds check writes into another block's columns and past the buffer's end); the
+    # schedules are fixed, so what they catch they catch every run; compute-sanitizer's
+    # racecheck on a GPU is the real check
     code, report = run_check("race_check")
-    assert code == 0 and report.count("ok  ") == 3, report
+    assert code == 0 and report.count("ok  ") == 4, report
 
 
 def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):

@@ -206,3 +206,17 @@ namespace cooperative_groups {
 struct grid_group { void sync() { emu::grid_barrier->wait(); } };
 inline grid_group this_grid() { return {}; }
 }
+
+// The device math: fast_math.h (exp_, tanh_, sigmoid, sqrt_) compiled as nvcc compiles it for
+// the device, with CUDA's expf/exp/tanhf/tanh (here the C library's), not the host branch the
+// CPU kernels use, which clamps exp's argument. So an overflow the device would meet (exp of a
+// large argument to inf, then inf/inf = NaN) happens here too. fast_math.h is included here,
+// once (#pragma once), before any device header; the macros are set around it only.
+#if defined(__CUDACC__) || defined(__CUDA_ARCH__)
+#error "cuda_host_shim.h is for a host compiler"
+#endif
+#define __CUDACC__ 1
+#define __CUDA_ARCH__ 900
+#include "fast_math.h"
+#undef __CUDA_ARCH__
+#undef __CUDACC__

@@ -1,11 +1,15 @@
 """What the emulation checks share: compiling a driver (which includes the device headers of
 csrc/cuda) against torch's headers, and running each configuration through two builds or modes
 of the kernels and comparing every output."""
+import atexit
+import hashlib
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -27,10 +31,37 @@ def compile_driver(driver, exe, include_dirs=(), defines=(), std="c++20", link_c
         libraries = [f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10"]
     checks = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
               "-fno-omit-frame-pointer"] if sanitize else []
-    subprocess.run(["g++", f"-std={std}", "-O1", "-pthread", "-fno-trapping-math", *checks,
-                    *defines, *includes, str(HERE / driver), "-o", str(exe), *libraries],
-                   check=True)
+    command = ["g++", f"-std={std}", "-O1", "-pthread", "-fno-trapping-math", *checks,
+               *defines, *includes, str(HERE / driver), "-o", "{exe}", *libraries]
+    # the checks of one process (tests/test_cuda_emulation.py) build the same drivers: each
+    # build is made once per process and sources, and copied
+    key = hashlib.sha256(repr(command).encode() + _sources_digest()).hexdigest()
+    built = _build_dir() / key
+    if not built.exists():
+        subprocess.run([str(built) if a == "{exe}" else a for a in command], check=True)
+    shutil.copy2(built, exe)
     return exe
+
+
+def _sources_digest():
+    """A digest of every file a driver can include from this folder and csrc/."""
+    digest = hashlib.sha256()
+    for folder in (HERE, ROOT / "csrc"):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in (".h", ".cuh", ".cpp", ".hpp"):
+                digest.update(str(path).encode() + path.read_bytes())
+    return digest.digest()
+
+
+_BUILDS = []
+
+
+def _build_dir():
+    """This process's folder of built drivers, removed when it exits."""
+    if not _BUILDS:
+        _BUILDS.append(pathlib.Path(tempfile.mkdtemp(prefix="tlstm_emulation_")))
+        atexit.register(shutil.rmtree, _BUILDS[0], ignore_errors=True)
+    return _BUILDS[0]
 
 
 def why_it_failed(stderr):
@@ -44,18 +75,24 @@ def why_it_failed(stderr):
 
 def run_outputs(commands, config, workdir, extra=(), environments=None):
     """Runs each command (the executable and its leading arguments) with the configuration's
-    arguments, an output file and the `extra` arguments, and returns the outputs as float64
-    arrays, in order. environments: per command, variables to set for it (EMU_SCHEDULE)."""
-    outputs = []
+    arguments, an output file and the `extra` arguments, all at once, and returns the outputs
+    as float64 arrays, in order. environments: per command, variables to set for it
+    (EMU_SCHEDULE)."""
+    runs = []
     for i, command in enumerate(commands):
-        out = workdir / f"outputs{i}.bin"
+        out, err = workdir / f"outputs{i}.bin", workdir / f"stderr{i}.txt"
         env = {**os.environ, **environments[i]} if environments else None
-        result = subprocess.run(
-            [*map(str, command), *map(str, config), str(out), *map(str, extra)],
-            stderr=subprocess.PIPE, text=True, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"{command[0]} {config} failed ({result.returncode}):\n"
-                               f"{why_it_failed(result.stderr)}")
+        with open(err, "w") as stderr:
+            runs.append((command, out, err, subprocess.Popen(
+                [*map(str, command), *map(str, config), str(out), *map(str, extra)],
+                stderr=stderr, env=env)))
+    outputs = []
+    for command, out, err, process in runs:
+        if process.wait() != 0:
+            for _, _, _, other in runs:
+                other.wait()
+            raise RuntimeError(f"{command[0]} {config} failed ({process.returncode}):\n"
+                               f"{why_it_failed(err.read_text(errors='replace'))}")
         outputs.append(np.fromfile(out))
     return outputs
 
