@@ -99,13 +99,20 @@ def forward_backward(module, x, state=None, lengths=None, flush=True, seed=1234,
     inp = pack(x, lengths, module.batch_first) if lengths is not None else x
     out, (h_n, c_n) = module(inp, state, flush=flush)
     out_t = out.data if isinstance(out, PackedSequence) else out
-    res = {"output": out_t, "h_n": h_n, "c_n": c_n}
     if not grads:
-        return {k: v.detach() for k, v in res.items()}
-    dtype, device = out_t.dtype, out_t.device
-    loss = ((out_t * upstream(out_t.shape, seed, dtype, device)).sum()
+        return {"output": out_t.detach(), "h_n": h_n.detach(), "c_n": c_n.detach()}
+    return results_and_gradients(module, x, state, out_t, h_n, c_n, seed)
+
+
+def results_and_gradients(module, x, state, out, h_n, c_n, seed=1234):
+    """What forward_backward returns, for results computed by the caller (chunk by chunk, or
+    by another implementation): output, h_n, c_n and the gradients (gradients_of) of random
+    upstream gradients drawn from `seed` through all three."""
+    dtype, device = out.dtype, out.device
+    loss = ((out * upstream(out.shape, seed, dtype, device)).sum()
             + (h_n * upstream(h_n.shape, seed + 1, dtype, device)).sum()
             + (c_n * upstream(c_n.shape, seed + 2, dtype, device)).sum())
+    res = {"output": out, "h_n": h_n, "c_n": c_n}
     res.update(gradients_of(loss, module, x, state))
     return {k: v.detach() for k, v in res.items()}
 
@@ -273,5 +280,6 @@ __all__ = [
     "F32", "F64", "TOL", "as_f64_leaves", "compare_fused_to_reference", "config_id",
     "expected_param_count", "flag_combinations", "forward_backward", "fused_and_reference",
     "make_inputs", "make_tlstm", "op_args", "param_dict", "randomize_tensorized_",
+    "results_and_gradients",
     "spec_tlstm", "state_shape", "upstream",
 ]

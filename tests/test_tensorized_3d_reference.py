@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tlstm
 from conftest import TOL, assert_results_close, rel_err
-from tensorized_helpers import F64, config_id, make_inputs, make_tlstm, upstream
+from tensorized_helpers import F64, config_id, make_inputs, make_tlstm, results_and_gradients
 
 Reference = tlstm.reference.TensorizedLSTM
 
@@ -96,15 +96,6 @@ CONFIGS = [
 ]
 
 
-def losses_and_grads(module, x, state, out, h_n, c_n, seed):
-    loss = ((out * upstream(out.shape, seed, F64)).sum()
-            + (h_n * upstream(h_n.shape, seed + 1, F64)).sum()
-            + (c_n * upstream(c_n.shape, seed + 2, F64)).sum())
-    grads = torch.autograd.grad(loss, [x, *state, *module.parameters()])
-    return dict(output=out.detach(), h_n=h_n.detach(), c_n=c_n.detach(),
-                **{f"grad{k}": g for k, g in enumerate(grads)})
-
-
 @pytest.mark.parametrize("lengths,flush", [(None, True), (None, False), ([4, 2], True)],
                          ids=["flush", "stream", "lengths"])
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
@@ -118,8 +109,8 @@ def test_reference_equals_the_transcription(config, lengths, flush):
     else:
         out, (h_n, c_n) = module(pack_padded_sequence(x, lens), state, flush=flush)
         out = pad_packed_sequence(out, total_length=4)[0]
-    got = losses_and_grads(module, x, state, out, h_n, c_n, seed=92)
-    want = losses_and_grads(module, x, state, *spec_tlstm3d(module, x, *state, lens, flush),
+    got = results_and_gradients(module, x, state, out, h_n, c_n, seed=92)
+    want = results_and_gradients(module, x, state, *spec_tlstm3d(module, x, *state, lens, flush),
                             seed=92)
     assert_results_close(got, want, 1e-12, context=f"3-D {config} {lengths} flush={flush}")
 
@@ -169,12 +160,12 @@ def test_chunks_with_the_state_passed_on_equal_the_whole(flush):
                         tensor_dim=3)
     x, state = make_inputs(module, 7, 2, seed=96)
     out, (h_n, c_n) = module(x, state, flush=flush)
-    whole = losses_and_grads(module, x, state, out, h_n, c_n, seed=97)
+    whole = results_and_gradients(module, x, state, out, h_n, c_n, seed=97)
     outs, st = [], state
     for chunk in torch.split(x, [3, 1, 3]):
         y, st = module(chunk, st, flush=flush)
         outs.append(y)
-    chunked = losses_and_grads(module, x, state, torch.cat(outs), *st, seed=97)
+    chunked = results_and_gradients(module, x, state, torch.cat(outs), *st, seed=97)
     assert_results_close(chunked, whole, 1e-12, context=f"3-D chunks, flush={flush}")
 
 

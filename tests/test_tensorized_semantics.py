@@ -21,6 +21,7 @@ from tensorized_helpers import (
     forward_backward,
     make_inputs,
     make_tlstm,
+    results_and_gradients,
     upstream,
 )
 
@@ -144,15 +145,7 @@ def test_chunks_equal_whole_sequence(cls, config, dtype):
     for chunk in torch.split(x, [3, 1, 4], dim=tdim):
         out, st = module(chunk, st, flush=False)
         outs.append(out)
-    out = torch.cat(outs, dim=tdim)
-    h_n, c_n = st
-    loss = ((out * upstream(out.shape, 13, dtype)).sum() + (h_n * upstream(h_n.shape, 14, dtype))
-            .sum() + (c_n * upstream(c_n.shape, 15, dtype)).sum())
-    params = dict(module.named_parameters())
-    grads = torch.autograd.grad(loss, [x, *state, *params.values()])
-    chunked = {"output": out.detach(), "h_n": h_n.detach(), "c_n": c_n.detach(),
-               "grad_input": grads[0], "grad_h0": grads[1], "grad_c0": grads[2]}
-    chunked.update({"grad_" + n: g for n, g in zip(params, grads[3:])})
+    chunked = results_and_gradients(module, x, state, torch.cat(outs, dim=tdim), *st, seed=13)
     # the same computation in another grouping: only rounding may differ
     tol = 1e-12 if dtype == F64 else 1e-5
     assert_results_close(chunked, whole, tol, context=f"chunks vs whole {config}")

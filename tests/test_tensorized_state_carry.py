@@ -12,7 +12,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tlstm
 from conftest import TOL, assert_results_close, rel_err
-from tensorized_helpers import F32, F64, config_id, make_inputs, make_tlstm, upstream
+from tensorized_helpers import (F32, F64, config_id, make_inputs, make_tlstm,
+                                results_and_gradients)
 
 MODULES = {"fused": tlstm.TensorizedLSTM, "reference": tlstm.reference.TensorizedLSTM}
 
@@ -32,21 +33,6 @@ def cls(request):
     return MODULES[request.param]
 
 
-def loss_and_grads(module, x, state, out, h_n, c_n, seed):
-    """A random linear function of the outputs and the final state, and its gradients with
-    respect to x, the initial state and every parameter, by name."""
-    dtype = out.dtype
-    loss = ((out * upstream(out.shape, seed, dtype)).sum()
-            + (h_n * upstream(h_n.shape, seed + 1, dtype)).sum()
-            + (c_n * upstream(c_n.shape, seed + 2, dtype)).sum())
-    params = dict(module.named_parameters())
-    grads = torch.autograd.grad(loss, [x, *state, *params.values()])
-    result = {"output": out.detach(), "h_n": h_n.detach(), "c_n": c_n.detach(),
-              "grad_input": grads[0], "grad_h0": grads[1], "grad_c0": grads[2]}
-    result.update({"grad_" + name: g for name, g in zip(params, grads[3:])})
-    return result
-
-
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_flushed_chunks_with_state_passed_on_equal_whole_sequence(cls, config, dtype):
@@ -56,13 +42,13 @@ def test_flushed_chunks_with_state_passed_on_equal_whole_sequence(cls, config, d
     tdim = 1 if module.batch_first else 0
 
     out, (h_n, c_n) = module(x, state)  # flush=True, the default
-    whole = loss_and_grads(module, x, state, out, h_n, c_n, seed=73)
+    whole = results_and_gradients(module, x, state, out, h_n, c_n, seed=73)
 
     outs, st = [], state
     for chunk in torch.split(x, [4, 1, 4], dim=tdim):
         out, st = module(chunk, st)
         outs.append(out)
-    chunked = loss_and_grads(module, x, state, torch.cat(outs, dim=tdim), *st, seed=73)
+    chunked = results_and_gradients(module, x, state, torch.cat(outs, dim=tdim), *st, seed=73)
     # the same computation grouped differently: only rounding may differ
     tol = 1e-12 if dtype == F64 else 1e-5
     assert_results_close(chunked, whole, tol, context=f"flushed chunks vs whole {config}")
@@ -100,12 +86,12 @@ def test_flushed_chunks_with_lengths_equal_whole_sequence(cls, depth, dtype):
         return pad_packed_sequence(out, total_length=None)[0]
 
     out, (h_n, c_n) = module(pack_padded_sequence(x, lengths), state)
-    whole = loss_and_grads(module, x, state, padded(out), h_n, c_n, seed=78)
+    whole = results_and_gradients(module, x, state, padded(out), h_n, c_n, seed=78)
 
     first, st = module(x[:split], state)
     rest, (h2, c2) = module(pack_padded_sequence(x[split:], lengths - split), st)
     out = torch.cat([first, padded(rest)])
-    chunked = loss_and_grads(module, x, state, out, h2, c2, seed=78)
+    chunked = results_and_gradients(module, x, state, out, h2, c2, seed=78)
     tol = 1e-12 if dtype == F64 else 1e-5
     assert_results_close(chunked, whole, tol, context=f"depth {depth}, lengths {lengths}")
 
