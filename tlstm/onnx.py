@@ -27,6 +27,13 @@ def _gate_rows_iofc(hidden_size: int) -> list[int]:
     return [*range(0, H), *range(3 * H, 4 * H), *range(H, 2 * H), *range(2 * H, 3 * H)]
 
 
+def _refuse_projection() -> None:
+    raise NotImplementedError(
+        "tlstm.PeepholeLSTM with proj_size > 0 cannot be exported to ONNX: ONNX's LSTM "
+        "operator has no projection of the hidden state. Export a model with proj_size=0."
+    )
+
+
 def peephole_lstm_forward(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
                           weight_peephole=None, weight_proj=None, lengths=None, reverse=False,
                           activation="tanh", training=False):
@@ -36,10 +43,7 @@ def peephole_lstm_forward(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bia
     from onnxscript import opset18 as op
 
     if weight_proj is not None:
-        raise NotImplementedError(
-            "tlstm.PeepholeLSTM with proj_size > 0 cannot be exported to ONNX: ONNX's LSTM "
-            "operator has no projection of the hidden state. Export a model with proj_size=0."
-        )
+        _refuse_projection()
     H = weight_hh.shape[0] // 4
     rows = op.Constant(value_ints=_gate_rows_iofc(H))
 
@@ -87,7 +91,7 @@ def _peephole_lstm_forward_torchscript(g, input, h0, c0, weight_ih, weight_hh, b
         return not sh._is_none(v)
 
     if given(weight_proj):
-        peephole_lstm_forward(None, None, None, None, None, weight_proj=True)  # its error
+        _refuse_projection()
     H = sh._get_tensor_sizes(weight_hh)[0] // 4
 
     def const(values):
