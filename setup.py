@@ -3,8 +3,11 @@
 Environment switches:
   TLSTM_CPU_ONLY=1      build without the CUDA sources even where nvcc and a CUDA torch exist
   TLSTM_REQUIRE_CUDA=1  fail instead of silently building CPU-only (CI uses it)
-  TLSTM_AVX2=0|1        compile the CPU kernels for AVX2 + FMA; default: when this CPU has them
   TORCH_CUDA_ARCH_LIST  GPU targets; defaults to "8.0;9.0" when no GPU is visible
+
+The CPU kernels are compiled for the target's baseline and, per vector extension (AVX2, AVX-512),
+once more in functions that the running CPU selects (csrc/cpu/cpu_capability.h): no build flag
+decides the instruction set.
 """
 import glob
 import os
@@ -42,15 +45,6 @@ def _cuda_wanted():
     return possible
 
 
-def _cpu_has(*features):
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return all(feature in flags for feature in features)
-
-
 def _cxx_flags():
     # -fno-trapping-math (as torch itself builds) lets GCC vectorize the branch-free cell math
     # (csrc/fast_math.h); neither flag changes a result.
@@ -59,9 +53,6 @@ def _cxx_flags():
         # at::parallel_for is OpenMP code inlined from ATen's headers: without -fopenmp it runs
         # serially. The libgomp.so.1 it links is the one torch has already loaded.
         flags.append("-fopenmp")
-    avx2 = os.environ.get("TLSTM_AVX2")
-    if (avx2 is None and _cpu_has("avx2", "fma")) or (avx2 is not None and _flag("TLSTM_AVX2")):
-        flags += ["-mavx2", "-mfma"]
     return flags
 
 

@@ -380,7 +380,8 @@ def device_name(device: str) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    # the instruction set the CPU kernels run with (the CPU's, or TLSTM_CPU_CAPABILITY's)
+    return f"{model} ({torch.ops.tlstm.cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def git_commit() -> str:

@@ -25,7 +25,7 @@ at::Tensor pack(const at::Tensor& b) {  // b [K, N] contiguous
 template <typename scalar_t>
 void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N) {
   const int64_t M = a.size(0), K = a.size(1);
-  constexpr int64_t P = PackedGemmTraits<scalar_t>::kPanel;
+  const int64_t P = panel_width<scalar_t>();
   const int64_t chunks = (M + kRowChunk - 1) / kRowChunk, panels = (N + P - 1) / P;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   // Tasks: row chunks x panel slices, with as many slices as it takes to occupy the threads.
@@ -40,8 +40,10 @@ void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packe
       const int64_t p0 = panels * slice / slices, p1 = panels * (slice + 1) / slices;
       if (p1 == p0) continue;
       const int64_t n0 = p0 * P, cols = std::min(N, p1 * P) - n0;
-      gemm_packed(rows, cols, K, A + m0 * K, K, Bp + p0 * K * P, C + m0 * N + n0, N,
-                  /*accumulate=*/false);
+      run_for_cpu([&](auto isa) {
+        gemm_packed<scalar_t, decltype(isa)>(rows, cols, K, A + m0 * K, K, Bp + p0 * K * P,
+                                             C + m0 * N + n0, N, /*accumulate=*/false);
+      });
     }
   });
 }

@@ -15,6 +15,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "cpu_capability.h"
 #include "cpu_matmul.h"
 #include "../peephole_lstm.h"
 #include "../tensor_utils.h"
@@ -54,7 +55,7 @@ std::vector<int64_t> split_range(int64_t n, int64_t parts, int64_t align) {
 template <typename scalar_t>
 StepPartition partition_step(int64_t B, int64_t n, int64_t macs) {
   constexpr int64_t kMinTaskMacs = 1 << 16;
-  constexpr int64_t kAlign = cpu::PackedGemmTraits<scalar_t>::kPanel;
+  const int64_t kAlign = cpu::panel_width<scalar_t>();
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t tasks = std::clamp<int64_t>(macs / kMinTaskMacs, 1, threads);
   const int64_t column_slices = std::clamp<int64_t>((n + kAlign - 1) / kAlign, 1, tasks);
@@ -158,14 +159,17 @@ void forward_step_kernel(const PeepholeForwardBuffers& buf, const StepSlots& ste
       part.bounds(task, b0, b1, j0, j1);
       const int64_t w = j1 - j0;
       if (w == 0 || b1 == b0) continue;
-      // a_t[b0:b1, g*H + j0 : g*H + j1] += h_{t-1}[b0:b1] W_hh^T[:, same columns], per gate
       const int64_t slice = task % part.slices();
       const scalar_t* packed =
           packed_weight + packed_slice_offset<scalar_t>(part.columns, slice, R, 4);
+      const int64_t packed_gate = cpu::packed_size<scalar_t>(R, w);
+      cpu::run_for_cpu([&](auto isa) {
+      // a_t[b0:b1, g*H + j0 : g*H + j1] += h_{t-1}[b0:b1] W_hh^T[:, same columns], per gate
       for (int64_t g = 0; g < 4; ++g) {
-        cpu::gemm_packed(b1 - b0, w, R, hidden_prev + b0 * R, R,
-                         packed + g * cpu::packed_size<scalar_t>(R, w),
-                         gates + b0 * 4 * H + g * H + j0, 4 * H, /*accumulate=*/true);
+        cpu::gemm_packed<scalar_t, decltype(isa)>(b1 - b0, w, R, hidden_prev + b0 * R, R,
+                                                  packed + g * packed_gate,
+                                                  gates + b0 * 4 * H + g * H + j0, 4 * H,
+                                                  /*accumulate=*/true);
       }
       for (int64_t b = b0; b < b1; ++b) {
         if (row_active(lengths, b, step.t)) {
@@ -184,6 +188,7 @@ void forward_step_kernel(const PeepholeForwardBuffers& buf, const StepSlots& ste
           }
         }
       }
+      });
     }
   });
 }
@@ -269,6 +274,7 @@ void backward_step_kernel(const PeepholeBackwardBuffers& buf, const StepSlots& s
       int64_t b0, b1, j0, j1;
       cells.bounds(task, b0, b1, j0, j1);
       const int64_t w = j1 - j0;
+      cpu::run_for_cpu([&](auto) {
       for (int64_t b = b0; b < b1 && w > 0; ++b) {
         if (row_active(lengths, b, step.t)) {
           backward_cells<scalar_t, Act, kProjected, kPeephole>(
@@ -284,6 +290,7 @@ void backward_step_kernel(const PeepholeBackwardBuffers& buf, const StepSlots& s
           if (kProjected) std::fill_n(hidden_pre_all + b * H + j0, w, scalar_t(0));
         }
       }
+      });
     }
   });
 
@@ -297,9 +304,13 @@ void backward_step_kernel(const PeepholeBackwardBuffers& buf, const StepSlots& s
       const int64_t w = r1 - r0;
       if (w == 0 || b1 == b0) continue;
       const int64_t slice = task % gemm.slices();
-      cpu::gemm_packed(b1 - b0, w, 4 * H, grad_gates + b0 * 4 * H, 4 * H,
-                       packed_weight + packed_slice_offset<scalar_t>(gemm.columns, slice, 4 * H, 1),
-                       grad_hidden_next + b0 * R + r0, R, /*accumulate=*/false);
+      const scalar_t* packed =
+          packed_weight + packed_slice_offset<scalar_t>(gemm.columns, slice, 4 * H, 1);
+      cpu::run_for_cpu([&](auto isa) {
+        cpu::gemm_packed<scalar_t, decltype(isa)>(b1 - b0, w, 4 * H, grad_gates + b0 * 4 * H,
+                                                  4 * H, packed, grad_hidden_next + b0 * R + r0,
+                                                  R, /*accumulate=*/false);
+      });
       for (int64_t b = b0; b < b1; ++b) {
         if (!row_active(lengths, b, step.t)) {
           std::copy_n(grad_hidden + b * R + r0, w, grad_hidden_next + b * R + r0);

@@ -1,7 +1,7 @@
 // CPU backend of the tensorized LSTM ops: the four row passes of a step (tensorized_lstm.h),
 // each parallel over the B*P rows (or B*(P+1) for the gather) of the step. The forward and
 // backward rows run the row code that CUDA runs too (tensorized_lstm_row.h), with a team of
-// one lane.
+// one lane, compiled for the running CPU's vector extension (cpu_capability.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,6 +13,7 @@
 #include "../dispatch.h"
 #include "../tensor_utils.h"
 #include "../tensorized_lstm.h"
+#include "cpu_capability.h"
 #include "cpu_matmul.h"
 
 namespace tlstm {
@@ -65,9 +66,11 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
   const auto p = forward_sequence<scalar_t>(buf).rows(s);
   at::parallel_for(0, p.n.B * p.n.P, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> qk(p.n.K);
-    for (int64_t row = begin; row < end; ++row) {
-      tensorized_forward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, qk.data());
-    }
+    cpu::run_for_cpu([&](auto) {
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_forward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, qk.data());
+      }
+    });
   });
 }
 
@@ -76,9 +79,11 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).rows(s, cur);
   at::parallel_for(0, p.n.B * p.n.P, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> dq(p.n.K);
-    for (int64_t row = begin; row < end; ++row) {
-      tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, dq.data());
-    }
+    cpu::run_for_cpu([&](auto) {
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, dq.data());
+      }
+    });
   });
 }
 
