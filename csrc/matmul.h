@@ -30,8 +30,8 @@ inline at::Tensor matmul(MatmulOut backend, const at::Tensor& a, const at::Tenso
 class RepeatedRightOperand {
  public:
   virtual ~RepeatedRightOperand() = default;
-  // out [M, N] = a [M, K] b; a and out contiguous
-  virtual void matmul_out(at::Tensor& out, const at::Tensor& a) const = 0;
+  // out [M, N] = a [M, K] b, or out += a b with `accumulate`; a and out contiguous
+  virtual void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const = 0;
 };
 
 using PrepareRightOperand = std::unique_ptr<RepeatedRightOperand> (*)(const at::Tensor& b);
@@ -41,7 +41,13 @@ inline std::unique_ptr<RepeatedRightOperand> repeated_right_operand(PrepareRight
                                                                     const at::Tensor& b) {
   struct AtenOperand : RepeatedRightOperand {
     explicit AtenOperand(at::Tensor b) : b_(std::move(b)) {}
-    void matmul_out(at::Tensor& out, const at::Tensor& a) const override { at::mm_out(out, a, b_); }
+    void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const override {
+      if (accumulate) {
+        out.addmm_(a, b_);
+      } else {
+        at::mm_out(out, a, b_);
+      }
+    }
     at::Tensor b_;
   };
   if (backend != nullptr) return backend(b);

@@ -43,21 +43,22 @@ TORCH_LIBRARY(tlstm, m) {
   //   bias_hh [G], norm_weight, norm_bias [5, M] (channel norm iff given), lengths [B] int64.
   // Runs T + depth - 1 steps with flush, else T. Returns output [T, B, M] (the top row
   // h_{t+delay, P}, zero past each length), h_n, c_n [B, P, M] and, when training, what the
-  // backward needs: x_col [S, B, P, K', M], gates [S, B, P, 4M], q [S, B, P, K], norm_hat
-  // [S, B, P, 5, M], norm_rstd [S, B, P, 5], cells [S+1, B, P, M] (empty tensors otherwise).
+  // backward needs: hcat [S+1, P+1, B, M] (the input row and H_{s-1} of each step), gates
+  // [S, P, B, 4M], q [S, P, B, K], norm_hat [S, P, B, 5, M], norm_rstd [S, P, B, 5], cells
+  // [S+1, P, B, M] (empty tensors otherwise; rows in the kernels' order, hidden row first).
   m.def(
       "tensorized_lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
       "Tensor? bias_ih, Tensor weight_hh, Tensor? bias_hh, Tensor? norm_weight, "
       "Tensor? norm_bias, Tensor? lengths, int depth, int kernel_size, bool feedback, "
       "bool memory_conv, bool flush, bool training) -> (Tensor output, Tensor h_n, "
-      "Tensor c_n, Tensor x_col, Tensor gates, Tensor q, Tensor norm_hat, Tensor norm_rstd, "
+      "Tensor c_n, Tensor hcat, Tensor gates, Tensor q, Tensor norm_hat, Tensor norm_rstd, "
       "Tensor cells)");
   // Gradients of tensorized_lstm_forward; grad_input is empty unless need_grad_input, the
   // norm gradients are empty without channel norm.
   m.def(
       "tensorized_lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor? norm_weight, "
-      "Tensor? norm_bias, Tensor? lengths, Tensor x_col, Tensor gates, Tensor q, "
+      "Tensor? norm_bias, Tensor? lengths, Tensor hcat, Tensor gates, Tensor q, "
       "Tensor norm_hat, Tensor norm_rstd, Tensor cells, int depth, int kernel_size, "
       "bool feedback, bool memory_conv, bool flush, bool need_grad_input) -> "
       "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, "

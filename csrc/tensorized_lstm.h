@@ -1,20 +1,23 @@
 // The tensorized LSTM over a whole sequence (docs/cells.md, section 2).
 //
 // Rows are numbered as in docs/cells.md: row 0 of Hcat is the input x~_t, rows 1..P the hidden
-// rows; the state tensors [B, P, M] hold row p at index p-1. A step is
-//   im2col:  X_col[b, p, k] = Hcat_{t-1}[b, p-c+k]  (zero outside rows 0..P)   [B*P, K'*M]
-//   GEMM:    A = X_col W_col,  W_col[k*M + m, o] = weight_hh[o, m, k]           [B*P, G]
-//   rows:    per (b, p): channel norms, gates, softmax over the K logits, the
-//            memory-cell convolution (replicate padding), cell and hidden update.
-// The backward runs the rows backward, dX_col = dA W_col^T, then gathers dX_col back onto the
-// rows (col2im) and the memory convolution's gradient onto the cells it read: gathers rather
-// than scatters, so that rows are independent and the sums come in a fixed order.
+// rows. Inside the ops the rows are laid out hidden row first ([P, B, ...], RowSizes in
+// tensorized_lstm_row.h); the op's h0, c0, h_n, c_n are [B, P, M]. Row p's pre-activation is
+//   A_p = sum over taps k of Hcat_{t-1}[p - c + k] W_k,   W_k = weight_hh[:, :, k]^T  [M, G]
+// and only two kinds of terms need computing: a tap that reads a hidden row, where it exists
+// (one GEMM per tap over the rows it can read: [rows, B] blocks, thanks to the layout), and the
+// tap that reads the input row, which does not depend on the state and so is one GEMM for all
+// steps before the loop. Taps reading past row P are zero and never computed. Then per row:
+// channel norms, gates, softmax over the K logits, the memory-cell convolution (replicate
+// padding), cell and hidden update. The backward runs the rows backward, sends dA back through
+// the taps (one GEMM per tap) and gathers the memory convolution's gradient onto the cells it
+// read (gathers rather than scatters: rows are independent, sums in a fixed order); the input
+// row's gradient and every weight gradient are GEMMs after the loop.
 //
-// The driver (tensorized_lstm.cpp) is shared by the devices: the input projection, the step
-// GEMMs and the weight gradients go through ATen; each backend supplies the four row passes,
-// and may run the whole recurrence itself instead (CUDA's persistent kernels). The row passes
-// of both devices run the same row code (tensorized_lstm_row.h) on the buffers' pointers
-// (forward_sequence, backward_sequence below).
+// The driver (tensorized_lstm.cpp) is shared by the devices: the GEMMs go through ATen or the
+// backend's own; each backend supplies the row passes, and may run the whole recurrence itself
+// instead (CUDA's persistent kernels). The row passes of both devices run the same row code
+// (tensorized_lstm_row.h) on the buffers' pointers (forward_sequence, backward_sequence below).
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -46,43 +49,44 @@ struct TensorizedSizes {
 // for the backward) and 1 otherwise (overwritten each step).
 struct TensorizedForwardBuffers {
   TensorizedSizes n;
-  Tensor input_proj;   // [T, B, M]          x W_ih^T, without b_ih
-  Tensor bias_ih;      // [M]                b_ih (zeros without biases): the input row past the end
+  Tensor x_in;         // [S, B, M]          the input row of each step: x~_s + b_ih while
+                       //                    s < T_b, b_ih after (x~ = x W_ih^T)
+  Tensor input_pre;    // [c', S, B, G]      the input row's term of A for hidden rows 1..c'
+                       //                    (c' = min(c, P)): x_in W_{c-p}
   Tensor bias_hh;      // [G]                (zeros without biases)
   Tensor norm_weight;  // [5, M]             CN gamma of i, f, g, o, c (undefined without CN)
   Tensor norm_bias;    // [5, M]             CN beta
   Tensor lengths;      // [B] int64          undefined: every sequence has length T
-  Tensor x_col;        // [slots, B, P, K', M] the unfolded Hcat of each step
-  Tensor pre;          // [B, P, G]          A of the current step, without b_hh
-  Tensor hidden;       // [2, B, P, M]       H, alternating slots s % 2 -> (s+1) % 2
-  Tensor cells;        // [S+1 or 2, B, P, M] C (op-math dtype): every step when training
-  Tensor gates;        // [slots, B, P, 4M]  post-activation i, f, g, o
-  Tensor q;            // [slots, B, P, K]   softmax of the kernel logits (memory conv only)
-  Tensor norm_hat;     // [slots, B, P, 5, M] normalized z of the five CNs, op math (CN only)
-  Tensor norm_rstd;    // [slots, B, P, 5]   1/sqrt(var + eps) of the five CNs, op math (CN only)
+  Tensor hcat;         // [S+1 or 2, P+1, B, M] Hcat_{s-1} of step s: the input row (when
+                       //                    training, for the backward), then H_{s-1}
+  Tensor pre;          // [P, B, G]          the hidden rows' taps of A for the current step
+  Tensor cells;        // [S+1 or 2, P, B, M] C (op-math dtype): every step when training
+  Tensor gates;        // [slots, P, B, 4M]  post-activation i, f, g, o
+  Tensor q;            // [slots, P, B, K]   softmax of the kernel logits (memory conv only)
+  Tensor norm_hat;     // [slots, P, B, 5, M] normalized z of the five CNs, op math (CN only)
+  Tensor norm_rstd;    // [slots, P, B, 5]   1/sqrt(var + eps) of the five CNs, op math (CN only)
   Tensor output;       // [T, B, M]          top row h_{t+delay, P}, zero past each length
-  Tensor state_hidden; // [B, P, M]          the returned H: after step T_b, the last step that
-  Tensor state_cell;   // [B, P, M] op math  reads an input of sequence b (h0, c0 when T_b = 0)
+  Tensor state_hidden; // [P, B, M]          the returned H: after step T_b, the last step that
+  Tensor state_cell;   // [P, B, M] op math  reads an input of sequence b (h0, c0 when T_b = 0)
   bool training;
 };
 
 // Buffers of the backward pass (saved tensors as in the forward, with S slots).
 struct TensorizedBackwardBuffers {
   TensorizedSizes n;
-  Tensor x_col, gates, q, norm_hat, norm_rstd, cells;
+  Tensor hcat, gates, q, norm_hat, norm_rstd, cells;
   Tensor norm_weight, norm_bias;  // [5, M] (undefined without CN)
   Tensor lengths;                 // [B] int64 or undefined
   Tensor grad_output;             // [T, B, M]
-  Tensor grad_state_hidden;       // [B, P, M] op math: dL/dH_n, entering at step T_b
-  Tensor grad_state_cell;         // [B, P, M] op math: dL/dC_n, entering at step T_b
-  Tensor grad_hidden;             // [2, B, P, M] op math: dL/dH_s (slot cur) -> dL/dH_{s-1}
-  Tensor grad_cell;               // [2, B, P, M] op math: dL/dC_s (slot cur) -> dL/dC_{s-1}
-  Tensor grad_pre;                // [S, B, P, G] dL/dA of every step
-  Tensor grad_cconv;              // [B, P, M]    op math: dL/dCconv of the current step
-  Tensor grad_col;                // [B, P, K', M] dL/dX_col of the current step
-  Tensor grad_input_row;          // [S, B, M]    dL/d(input row) of every step
-  Tensor grad_norm_rows;          // [B, P, 10, M] op math: dgamma (5M), dbeta (5M), summed per row
-  Tensor row_scratch;             // [B, P, 3, M] op math: the row code's dL/dC, Cconv, dL/dO
+  Tensor grad_state_hidden;       // [P, B, M] op math: dL/dH_n, entering at step T_b
+  Tensor grad_state_cell;         // [P, B, M] op math: dL/dC_n, entering at step T_b
+  Tensor grad_hidden;             // [2, P, B, M] op math: dL/dH_s (slot cur) -> dL/dH_{s-1}
+  Tensor grad_cell;               // [2, P, B, M] op math: dL/dC_s (slot cur) -> dL/dC_{s-1}
+  Tensor grad_pre;                // [S, P, B, G] dL/dA of every step
+  Tensor grad_cconv;              // [P, B, M]    op math: dL/dCconv of the current step
+  Tensor grad_taps;               // [P, B, M]    dL/dH_{s-1} sent back through the taps
+  Tensor grad_norm_rows;          // [P, B, 10, M] op math: dgamma (5M), dbeta (5M), summed per row
+  Tensor row_scratch;             // [P, B, 3, M] op math: the row code's dL/dC, Cconv, dL/dO
 };
 
 // What a device backend provides: the row passes of one step s. Backends name their members
@@ -92,19 +96,19 @@ struct TensorizedStepKernels {
   MatmulOut matmul_out;
   // Optional: prepares the step GEMMs' weights once per call (default: ATen's GEMM on them).
   PrepareRightOperand prepare_right_operand;
-  // x_col[slot] from hidden[s % 2] and the input row of step s.
-  void (*im2col)(const TensorizedForwardBuffers&, int64_t s);
-  // From pre (= X_col W_col): hidden[(s+1) % 2], cells, the saved slot s, the output row, and
-  // state_hidden, state_cell for the sequences whose last input step s is.
+  // From pre (the hidden rows' taps), input_pre and b_hh: the rows' H_s (in hcat's slot of step
+  // s+1), cells, the saved slot s, the output row, and state_hidden, state_cell for the
+  // sequences whose last input step s is.
   void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
   // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output
   // (and grad_state_* for the sequences whose last input step s is).
   void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
-  // From grad_col (= grad_pre[s] W_col^T) and grad_cconv: grad_input_row[s], grad_hidden[1-cur],
-  // grad_cell[1-cur]; sequences past their end pass their gradients through.
+  // From grad_taps and grad_cconv: grad_hidden[1-cur], grad_cell[1-cur]; sequences past their
+  // end pass their gradients through.
   void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
-  // Optional: the whole forward loop (every step's im2col, GEMM and rows) in one go, given
-  // W_col [K'*M, G]; false (not run) sends the driver to the steps.
+  // Optional: the whole forward loop (every step's taps and rows) in one go, given W_col
+  // [K'*M, G] (W_col[k*M + m, o] = weight_hh[o, m, k]); false (not run) sends the driver to
+  // the steps.
   bool (*forward_sequence)(const TensorizedForwardBuffers&, const Tensor& weight_col);
   // Optional: the whole backward loop, leaving dL/dH_0, dL/dC_0 in slot S % 2 as the steps do;
   // false sends the driver to the steps.
@@ -119,8 +123,8 @@ TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tens
                                  int64_t kernel_size, bool feedback, bool memory_conv, bool flush);
 
 // Returns output [T, B, M], h_n, c_n [B, P, M] and what the backward needs (empty unless
-// training): x_col [S, B, P, K', M], gates [S, B, P, 4M], q [S, B, P, K], norm_hat
-// [S, B, P, 5, M], norm_rstd [S, B, P, 5], cells [S+1, B, P, M].
+// training): hcat [S+1, P+1, B, M], gates [S, P, B, 4M], q [S, P, B, K], norm_hat
+// [S, P, B, 5, M], norm_rstd [S, P, B, 5], cells [S+1, P, B, M].
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
 tensorized_lstm_forward_driver(
     const Tensor& input,                         // [T, B, I]
@@ -150,7 +154,7 @@ tensorized_lstm_backward_driver(
     const c10::optional<Tensor>& norm_weight,    // [5, M]
     const c10::optional<Tensor>& norm_bias,      // [5, M]
     const c10::optional<Tensor>& lengths,        // [B] int64
-    const Tensor& x_col, const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
+    const Tensor& hcat, const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
     const Tensor& norm_rstd, const Tensor& cells,  // saved by the forward
     int64_t depth, int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
     bool need_grad_input, const TensorizedStepKernels& kernels);
@@ -180,7 +184,7 @@ tensorized_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
                             const Tensor& grad_c_n, const Tensor& input, const Tensor& weight_ih,
                             const Tensor& weight_hh, const c10::optional<Tensor>& norm_weight,
                             const c10::optional<Tensor>& norm_bias,
-                            const c10::optional<Tensor>& lengths, const Tensor& x_col,
+                            const c10::optional<Tensor>& lengths, const Tensor& hcat,
                             const Tensor& gates, const Tensor& q, const Tensor& norm_hat,
                             const Tensor& norm_rstd, const Tensor& cells, int64_t depth,
                             int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
@@ -188,7 +192,7 @@ tensorized_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
   Backend::check_input("tlstm.tensorized_lstm_backward", input, kernel_size);
   const typename Backend::Guard guard(input.device());
   return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
-                                         weight_hh, norm_weight, norm_bias, lengths, x_col, gates,
+                                         weight_hh, norm_weight, norm_bias, lengths, hcat, gates,
                                          q, norm_hat, norm_rstd, cells, depth, kernel_size,
                                          feedback, memory_conv, flush, need_grad_input,
                                          Backend::kernels);
@@ -202,14 +206,13 @@ inline RowSizes row_sizes(const TensorizedSizes& n) {
 
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers& buf) {
-  return {buf.input_proj.data_ptr<scalar_t>(),
-          buf.bias_ih.data_ptr<scalar_t>(),
+  return {buf.x_in.data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(buf.input_pre),
           buf.bias_hh.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(buf.norm_weight),
           ptr_or_null<scalar_t>(buf.norm_bias),
-          buf.x_col.data_ptr<scalar_t>(),
+          buf.hcat.data_ptr<scalar_t>(),
           buf.pre.data_ptr<scalar_t>(),
-          buf.hidden.data_ptr<scalar_t>(),
           buf.cells.data_ptr<acc_t>(),
           buf.gates.data_ptr<scalar_t>(),
           buf.n.memory_conv ? buf.q.data_ptr<scalar_t>() : nullptr,
@@ -223,10 +226,12 @@ ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers
           buf.training};
 }
 
-// grad_cconv: [B, P, M] for the step kernels, [2, B, P, M] for CUDA's persistent kernel.
+// grad_cconv: [P, B, M] for the step kernels, [2, P, B, M] for CUDA's persistent kernel, with
+// its grad_col [P, B, K', M] (the step kernels' grad_taps is then unused).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 BackwardSequence<scalar_t, acc_t> backward_sequence(const TensorizedBackwardBuffers& buf,
-                                                    const Tensor& grad_cconv) {
+                                                    const Tensor& grad_cconv,
+                                                    const Tensor& grad_col = Tensor()) {
   const auto& n = buf.n;
   return {buf.gates.data_ptr<scalar_t>(),
           n.memory_conv ? buf.q.data_ptr<scalar_t>() : nullptr,
@@ -245,8 +250,8 @@ BackwardSequence<scalar_t, acc_t> backward_sequence(const TensorizedBackwardBuff
           grad_cconv.dim() == 4 ? n.B * n.P * n.M : 0,
           ptr_or_null<acc_t>(buf.grad_norm_rows),
           buf.row_scratch.data_ptr<acc_t>(),
-          buf.grad_col.data_ptr<scalar_t>(),
-          buf.grad_input_row.data_ptr<scalar_t>(),
+          grad_col.defined() ? nullptr : buf.grad_taps.data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(grad_col),
           ptr_or_null<int64_t>(buf.lengths),
           row_sizes(n)};
 }

@@ -33,9 +33,16 @@ struct SerialTeam {
   C10_HOST_DEVICE void sync() const {}
 };
 
-// The sizes the row code reads (a plain copy of TensorizedSizes' numbers for the device).
+// The sizes the row code reads (a plain copy of TensorizedSizes' numbers for the device), and
+// where the rows sit in the buffers: hidden row p (1..P) of sequence b is buffer row
+// (p - 1) * B + b, so that a hidden row of every sequence is one contiguous [B, ...] block and a
+// tap's rows one block [rows, B, ...] (the step GEMMs of tensorized_lstm.cpp run on them).
 struct RowSizes {
   int64_t T, B, M, P, K, c, taps, G, S, delay;
+
+  C10_HOST_DEVICE int64_t sequence_of(int64_t row) const { return row % B; }
+  C10_HOST_DEVICE int64_t hidden_row_of(int64_t row) const { return row / B + 1; }
+  C10_HOST_DEVICE int64_t row_at(int64_t b, int64_t p) const { return (p - 1) * B + b; }
 };
 
 // lengths[b] clamped to [0, T]; T without lengths. The op checks the values on the CPU only,
@@ -67,21 +74,23 @@ C10_HOST_DEVICE inline int64_t clamp_row(int64_t r, int64_t P) {
 
 template <typename scalar_t, typename acc_t>
 struct ForwardRowsParams {
-  const scalar_t* pre;        // [B*P, G]
+  const scalar_t* pre;        // [P*B, G] the hidden rows' taps (the buffer rows of RowSizes)
+  const scalar_t* input_pre;  // [c', B, G] the input row's, for hidden rows 1..c'; stride below
+  int64_t input_pre_stride;   // S*B*G: from one hidden row's input term to the next's
   const scalar_t* bias;       // [G]
   const scalar_t* gamma;      // [5, M]
   const scalar_t* beta;       // [5, M]
-  const scalar_t* hidden_prev;  // [B*P, M]
-  scalar_t* hidden_next;      // [B*P, M]
-  const acc_t* cells_prev;    // [B*P, M]
-  acc_t* cells_next;          // [B*P, M]
-  scalar_t* gates;            // [B*P, 4M]
-  scalar_t* q;                // [B*P, K]
-  acc_t* norm_hat;            // [B*P, 5, M]
-  acc_t* norm_rstd;           // [B*P, 5]
+  const scalar_t* hidden_prev;  // [P*B, M]
+  scalar_t* hidden_next;      // [P*B, M]
+  const acc_t* cells_prev;    // [P*B, M]
+  acc_t* cells_next;          // [P*B, M]
+  scalar_t* gates;            // [P*B, 4M]
+  scalar_t* q;                // [P*B, K]
+  acc_t* norm_hat;            // [P*B, 5, M]
+  acc_t* norm_rstd;           // [P*B, 5]
   scalar_t* output;           // [T, B, M]
-  scalar_t* state_hidden;     // [B*P, M] the returned H (after each sequence's last input step)
-  acc_t* state_cell;          // [B*P, M] the returned C
+  scalar_t* state_hidden;     // [P*B, M] the returned H (after each sequence's last input step)
+  acc_t* state_cell;          // [P*B, M] the returned C
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -92,38 +101,38 @@ struct ForwardRowsParams {
 // slots from here.
 template <typename scalar_t, typename acc_t>
 struct ForwardSequence {
-  const scalar_t* input_proj;  // [T, B, M]
-  const scalar_t* bias_ih;     // [M]
+  const scalar_t* x_in;        // [S, B, M] the input row of each step
+  const scalar_t* input_pre;   // [c', S, B, G] its term of A in hidden rows 1..c' (c' = min(c, P))
   const scalar_t* bias_hh;     // [G]
   const scalar_t* gamma;       // [5, M] or null
   const scalar_t* beta;        // [5, M] or null
-  scalar_t* x_col;             // [slots, B*P, K', M]
-  scalar_t* pre;               // [B*P, G]
-  scalar_t* hidden;            // [2, B*P, M]
-  acc_t* cells;                // [S+1 or 2, B*P, M]
-  scalar_t* gates;             // [slots, B*P, 4M]
-  scalar_t* q;                 // [slots, B*P, K] or null
-  acc_t* norm_hat;             // [slots, B*P, 5, M] or null
-  acc_t* norm_rstd;            // [slots, B*P, 5] or null
+  scalar_t* hcat;              // [S+1 or 2, P+1, B, M] Hcat_{s-1}: the input row (training
+                               // only), then H_{s-1}
+  scalar_t* pre;               // [P*B, G]
+  acc_t* cells;                // [S+1 or 2, P*B, M]
+  scalar_t* gates;             // [slots, P*B, 4M]
+  scalar_t* q;                 // [slots, P*B, K] or null
+  acc_t* norm_hat;             // [slots, P*B, 5, M] or null
+  acc_t* norm_rstd;            // [slots, P*B, 5] or null
   scalar_t* output;            // [T, B, M]
-  scalar_t* state_hidden;      // [B*P, M]
-  acc_t* state_cell;           // [B*P, M]
+  scalar_t* state_hidden;      // [P*B, M]
+  acc_t* state_cell;           // [P*B, M]
   const int64_t* lengths;      // [B] or null
   RowSizes n;
   bool training;
 
-  // the unfolded Hcat_{s-1} of step s
-  C10_HOST_DEVICE scalar_t* x_col_of(int64_t s) const {
-    return x_col + (training ? s : 0) * n.B * n.P * n.taps * n.M;
+  // Hcat_{s-1}, read by step s: [P+1, B, M]
+  C10_HOST_DEVICE scalar_t* hcat_of(int64_t s) const {
+    return hcat + (training ? s : s % 2) * (n.P + 1) * n.B * n.M;
   }
-  // H_{s-1}, read by step s (H_s goes to the other slot)
-  C10_HOST_DEVICE scalar_t* hidden_before(int64_t s) const {
-    return hidden + (s % 2) * n.B * n.P * n.M;
-  }
+  // H_{s-1} [P*B, M], read by step s (H_s goes to the next slot)
+  C10_HOST_DEVICE scalar_t* hidden_before(int64_t s) const { return hcat_of(s) + n.B * n.M; }
   C10_HOST_DEVICE ForwardRowsParams<scalar_t, acc_t> rows(int64_t s) const {
     const int64_t rows = n.B * n.P, slot = training ? s : 0;
     const int64_t cell_prev = training ? s : s % 2, cell_next = training ? s + 1 : (s + 1) % 2;
     return {pre,
+            input_pre + s * n.B * n.G,
+            n.S * n.B * n.G,
             bias_hh,
             gamma,
             beta,
@@ -146,23 +155,23 @@ struct ForwardSequence {
 
 template <typename scalar_t, typename acc_t>
 struct BackwardRowsParams {
-  const scalar_t* gates;       // [B*P, 4M]
-  const scalar_t* q;           // [B*P, K]
-  const acc_t* norm_hat;       // [B*P, 5, M]
-  const acc_t* norm_rstd;      // [B*P, 5]
+  const scalar_t* gates;       // [P*B, 4M]
+  const scalar_t* q;           // [P*B, K]
+  const acc_t* norm_hat;       // [P*B, 5, M]
+  const acc_t* norm_rstd;      // [P*B, 5]
   const scalar_t* gamma;       // [5, M]
   const scalar_t* beta;        // [5, M]
-  const acc_t* cells_prev;     // [B*P, M]
-  const acc_t* cells;          // [B*P, M]
-  const acc_t* grad_hidden;    // [B*P, M] dL/dH_s from later steps
-  const acc_t* grad_cell;      // [B*P, M] dL/dC_s from later steps
+  const acc_t* cells_prev;     // [P*B, M]
+  const acc_t* cells;          // [P*B, M]
+  const acc_t* grad_hidden;    // [P*B, M] dL/dH_s from later steps
+  const acc_t* grad_cell;      // [P*B, M] dL/dC_s from later steps
   const scalar_t* grad_output; // [T, B, M]
-  const acc_t* grad_state_hidden;  // [B*P, M] dL/dH_n, entering at the last input step
-  const acc_t* grad_state_cell;    // [B*P, M] dL/dC_n
-  scalar_t* grad_pre;          // [B*P, G] out
-  acc_t* grad_cconv;           // [B*P, M] out
-  acc_t* grad_norm;            // [B*P, 10, M] accumulated
-  acc_t* scratch;              // [B*P, 3, M]: dL/dC, Cconv, dL/dO of the row
+  const acc_t* grad_state_hidden;  // [P*B, M] dL/dH_n, entering at the last input step
+  const acc_t* grad_state_cell;    // [P*B, M] dL/dC_n
+  scalar_t* grad_pre;          // [P*B, G] out
+  acc_t* grad_cconv;           // [P*B, M] out
+  acc_t* grad_norm;            // [P*B, 10, M] accumulated
+  acc_t* scratch;              // [P*B, 3, M]: dL/dC, Cconv, dL/dO of the row
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -170,14 +179,14 @@ struct BackwardRowsParams {
 
 template <typename scalar_t, typename acc_t>
 struct GatherParams {
-  const scalar_t* grad_col;     // [B, P, K', M]
-  const acc_t* grad_cconv;      // [B, P, M]
-  const scalar_t* q;            // [B, P, K]
-  const acc_t* grad_hidden;     // [B, P, M] dL/dH_s
-  const acc_t* grad_cell;       // [B, P, M] dL/dC_s
-  acc_t* grad_hidden_prev;      // [B, P, M] out
-  acc_t* grad_cell_prev;        // [B, P, M] out
-  scalar_t* grad_input_row;     // [B, M] out
+  const scalar_t* grad_taps;    // [P*B, M] dL/dH_{s-1} through the taps (the step GEMMs), or
+  const scalar_t* grad_col;     // [P*B, K', M] dL/dX_col, summed here (col2im), when not null
+  const acc_t* grad_cconv;      // [P*B, M]
+  const scalar_t* q;            // [P*B, K]
+  const acc_t* grad_hidden;     // [P*B, M] dL/dH_s
+  const acc_t* grad_cell;       // [P*B, M] dL/dC_s
+  acc_t* grad_hidden_prev;      // [P*B, M] out
+  acc_t* grad_cell_prev;        // [P*B, M] out
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -188,25 +197,25 @@ struct GatherParams {
 // parity, for the persistent kernel, whose gather of step s+1 runs beside the rows of step s.
 template <typename scalar_t, typename acc_t>
 struct BackwardSequence {
-  const scalar_t* gates;       // [S, B*P, 4M]
-  const scalar_t* q;           // [S, B*P, K] or null
-  const acc_t* norm_hat;       // [S, B*P, 5, M] or null
-  const acc_t* norm_rstd;      // [S, B*P, 5] or null
+  const scalar_t* gates;       // [S, P*B, 4M]
+  const scalar_t* q;           // [S, P*B, K] or null
+  const acc_t* norm_hat;       // [S, P*B, 5, M] or null
+  const acc_t* norm_rstd;      // [S, P*B, 5] or null
   const scalar_t* gamma;       // [5, M] or null
   const scalar_t* beta;        // [5, M] or null
-  const acc_t* cells;          // [S+1, B*P, M]
-  acc_t* grad_hidden;          // [2, B*P, M]
-  acc_t* grad_cell;            // [2, B*P, M]
+  const acc_t* cells;          // [S+1, P*B, M]
+  acc_t* grad_hidden;          // [2, P*B, M]
+  acc_t* grad_cell;            // [2, P*B, M]
   const scalar_t* grad_output; // [T, B, M]
-  const acc_t* grad_state_hidden;  // [B*P, M]
-  const acc_t* grad_state_cell;    // [B*P, M]
-  scalar_t* grad_pre;          // [S, B*P, G]
-  acc_t* grad_cconv;           // [1 or 2, B*P, M]
-  int64_t cconv_stride;        // 0, or B*P*M
-  acc_t* grad_norm;            // [B*P, 10, M] or null
-  acc_t* scratch;              // [B*P, 3, M]
-  scalar_t* grad_col;          // [B*P, K', M]
-  scalar_t* grad_input_row;    // [S, B, M]
+  const acc_t* grad_state_hidden;  // [P*B, M]
+  const acc_t* grad_state_cell;    // [P*B, M]
+  scalar_t* grad_pre;          // [S, P*B, G]
+  acc_t* grad_cconv;           // [1 or 2, P*B, M]
+  int64_t cconv_stride;        // 0, or P*B*M
+  acc_t* grad_norm;            // [P*B, 10, M] or null
+  acc_t* scratch;              // [P*B, 3, M]
+  scalar_t* grad_taps;         // [P*B, M] (the step kernels) or null
+  scalar_t* grad_col;          // [P*B, K', M] (the persistent kernel) or null
   const int64_t* lengths;      // [B] or null
   RowSizes n;
 
@@ -240,14 +249,14 @@ struct BackwardSequence {
   // gather of step s: slot cur to slot 1 - cur
   C10_HOST_DEVICE GatherParams<scalar_t, acc_t> gather(int64_t s, int64_t cur) const {
     const int64_t rows = n.B * n.P;
-    return {grad_col,
+    return {grad_taps,
+            grad_col,
             grad_cconv_of(s),
             q == nullptr ? nullptr : q + s * rows * n.K,
             grad_hidden + cur * rows * n.M,
             grad_cell + cur * rows * n.M,
             grad_hidden + (1 - cur) * rows * n.M,
             grad_cell + (1 - cur) * rows * n.M,
-            grad_input_row + s * n.B * n.M,
             lengths,
             n,
             s};
@@ -273,22 +282,42 @@ C10_HOST_DEVICE inline void channel_moments(const Team& team, int64_t M, const V
 
 // Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
 // sigmoid for the others; the norm's zh and rstd saved.
+// A + b of gate channel o of a row: the hidden rows' taps, the input row's term (`in`, null for
+// rows that do not read it) and the bias.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t gate_input(const scalar_t* a, const scalar_t* in,
+                                        const scalar_t* bias, int64_t o) {
+  const acc_t u = acc_t(a[o]) + acc_t(bias[o]);
+  return in == nullptr ? u : u + acc_t(in[o]);
+}
+
+// The input row's term of A for row `row` of step p.s, or null when its taps do not read it.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline const scalar_t* input_term(const ForwardRowsParams<scalar_t, acc_t>& p,
+                                                  int64_t row) {
+  const int64_t pr = p.n.hidden_row_of(row);
+  return pr <= p.n.c ? p.input_pre + (pr - 1) * p.input_pre_stride + p.n.sequence_of(row) * p.n.G
+                     : nullptr;
+}
+
 template <bool kTanh, bool kNorm, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void forward_gate(const Team& team,
                                          const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
-                                         int g) {
+                                         const scalar_t* in, int g) {
   const int64_t M = p.n.M;
   const scalar_t* a = p.pre + row * p.n.G + g * M;
   const scalar_t* bias = p.bias + g * M;
+  const scalar_t* in_g = in == nullptr ? nullptr : in + g * M;
   scalar_t* out = p.gates + row * 4 * M + g * M;
   acc_t mean = 0, rstd = 1;
   if (kNorm) {
-    channel_moments(team, M, [&](int64_t m) { return acc_t(a[m]) + acc_t(bias[m]); }, mean, rstd);
+    channel_moments(team, M, [&](int64_t m) { return gate_input<scalar_t, acc_t>(a, in_g, bias, m); },
+                    mean, rstd);
     if (team.lane() == 0) p.norm_rstd[row * 5 + g] = rstd;
   }
   acc_t* zh_save = kNorm ? p.norm_hat + (row * 5 + g) * M : nullptr;
   for (int64_t m = team.lane(); m < M; m += Team::kStride) {
-    acc_t u = acc_t(a[m]) + acc_t(bias[m]);
+    acc_t u = gate_input<scalar_t, acc_t>(a, in_g, bias, m);
     if (kNorm) {
       const acc_t zh = (u - mean) * rstd;
       zh_save[m] = zh;
@@ -307,7 +336,7 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
   const RowSizes n = p.n;
   const int64_t M = n.M, lane = team.lane();
   constexpr int kStride = Team::kStride;
-  const int64_t b = row / n.P, pr = row % n.P + 1;  // hidden row pr of 1..P
+  const int64_t b = n.sequence_of(row), pr = n.hidden_row_of(row);  // hidden row pr of 1..P
   const bool top = pr == n.P && p.s >= n.delay;
   scalar_t* y = top ? p.output + ((p.s - n.delay) * n.B + b) * M : nullptr;
   scalar_t* h_out = p.hidden_next + row * M;
@@ -331,19 +360,20 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
     }
     return;
   }
-  forward_gate<false, kNorm>(team, p, row, 0);  // i
-  forward_gate<false, kNorm>(team, p, row, 1);  // f
-  forward_gate<true, kNorm>(team, p, row, 2);   // g
-  forward_gate<false, kNorm>(team, p, row, 3);  // o
+  const scalar_t* in = input_term(p, row);
+  forward_gate<false, kNorm>(team, p, row, in, 0);  // i
+  forward_gate<false, kNorm>(team, p, row, in, 1);  // f
+  forward_gate<true, kNorm>(team, p, row, in, 2);   // g
+  forward_gate<false, kNorm>(team, p, row, in, 3);  // o
   const scalar_t* a = p.pre + row * n.G;
   const scalar_t* g_out = p.gates + row * 4 * M;
   // Q = softmax of the K logits, rounded to the saved dtype, so that the backward's Q is the
   // forward's; then the memory convolution and the new cell.
-  const acc_t* c_prev = p.cells_prev + (b * n.P) * M;  // rows 1..P of this sequence
+  const acc_t* c_prev = p.cells_prev + b * M;  // row 1 of this sequence, then every B*M
   if (kMemoryConv) {
     acc_t top_logit = -INFINITY, total = 0;
     for (int64_t k = 0; k < n.K; ++k) {
-      qk[k] = acc_t(a[4 * M + k]) + acc_t(p.bias[4 * M + k]);
+      qk[k] = gate_input<scalar_t, acc_t>(a, in, p.bias, 4 * M + k);
       top_logit = top_logit < qk[k] ? qk[k] : top_logit;
     }
     for (int64_t k = 0; k < n.K; ++k) total += (qk[k] = exp_(qk[k] - top_logit));
@@ -354,10 +384,10 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
     acc_t cconv = 0;
     if (kMemoryConv) {
       for (int64_t k = 0; k < n.K; ++k) {
-        cconv += qk[k] * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        cconv += qk[k] * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
       }
     } else {
-      cconv = c_prev[(pr - 1) * M + m];
+      cconv = p.cells_prev[row * M + m];
     }
     c_out[m] = acc_t(g_out[2 * M + m]) * acc_t(g_out[m]) + cconv * acc_t(g_out[M + m]);
   }
@@ -454,7 +484,7 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
   const RowSizes n = p.n;
   const int64_t M = n.M, lane = team.lane();
   constexpr int kStride = Team::kStride;
-  const int64_t b = row / n.P, pr = row % n.P + 1;
+  const int64_t b = n.sequence_of(row), pr = n.hidden_row_of(row);
   scalar_t* da = p.grad_pre + row * n.G;
   if (!row_running(p.lengths, b, n, p.s)) {  // finished: nothing reaches A
     for (int64_t o = lane; o < n.G; o += kStride) da[o] = scalar_t(0);
@@ -506,7 +536,7 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
     s2 = team.sum(s2) / acc_t(M);
   }
   // dL/dC; the memory convolution's input Cconv and dL/dQ.
-  const acc_t* c_prev = p.cells_prev + (b * n.P) * M;
+  const acc_t* c_prev = p.cells_prev + b * M;  // row 1 of this sequence, then every B*M
   const scalar_t* qr = kMemoryConv ? p.q + row * n.K : nullptr;
   const acc_t* grad_cell = p.grad_cell + row * M;  // dL/dC from later steps (and dL/dC_n)
   if (returned) {
@@ -528,17 +558,17 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
     acc_t cc = 0;
     if (kMemoryConv) {
       for (int64_t k = 0; k < n.K; ++k) {
-        cc += acc_t(qr[k]) * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        cc += acc_t(qr[k]) * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
       }
     } else {
-      cc = c_prev[(pr - 1) * M + m];
+      cc = p.cells_prev[row * M + m];
     }
     cconv[m] = cc;
     const acc_t dcc = dc * acc_t(g[M + m]);  // C = G I + Cconv F
     p.grad_cconv[row * M + m] = dcc;
     if (kMemoryConv) {  // dL/dQ_k = dCconv . C_{t-1, row of tap k}
       for (int64_t k = 0; k < n.K; ++k) {
-        dq[k] += dcc * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * M + m];
+        dq[k] += dcc * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
       }
     }
   }
@@ -558,6 +588,49 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
   backward_gate<1, kNorm>(team, p, row, d_c, cconv, d_o);
   backward_gate<2, kNorm>(team, p, row, d_c, cconv, d_o);
   backward_gate<3, kNorm>(team, p, row, d_c, cconv, d_o);
+}
+
+// ---- gather --------------------------------------------------------------------------------
+
+// Channel m of hidden row r of sequence b, after the rows of step s: dL/dH_{s-1} (what the taps
+// sent back, plus nothing else: H_{s-1} enters step s only through the taps) and dL/dC_{s-1}
+// (the memory convolution's or the cell's own). Finished sequences pass dL/dH_s and dL/dC_s
+// through. Gathers rather than scatters: each output has one writer and a fixed order of sums.
+template <bool kMemoryConv, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void tensorized_gather_element(const GatherParams<scalar_t, acc_t>& p,
+                                                      int64_t b, int64_t r, int64_t m) {
+  const RowSizes& n = p.n;
+  const int64_t state = n.row_at(b, r) * n.M + m;
+  if (!row_running(p.lengths, b, n, p.s)) {
+    p.grad_hidden_prev[state] = p.grad_hidden[state];
+    p.grad_cell_prev[state] = p.grad_cell[state];
+    return;
+  }
+  acc_t dh = 0;
+  if (p.grad_col != nullptr) {  // col2im: tap k of hidden row pr = r + c - k read row r
+    for (int64_t k = 0; k < n.taps; ++k) {
+      const int64_t pr = r + n.c - k;
+      if (pr >= 1 && pr <= n.P) dh += acc_t(p.grad_col[(n.row_at(b, pr) * n.taps + k) * n.M + m]);
+    }
+  } else {
+    dh = acc_t(p.grad_taps[state]);
+  }
+  p.grad_hidden_prev[state] = dh;
+  acc_t dc = 0;
+  if (kMemoryConv) {  // tap k of row pr read C_{s-1} row clamp(pr - c + k, 1, P)
+    const int64_t lo = r - n.c < 1 ? 1 : r - n.c, hi = r + n.c > n.P ? n.P : r + n.c;
+    for (int64_t pr = lo; pr <= hi; ++pr) {
+      const int64_t row = n.row_at(b, pr);
+      acc_t weight = 0;
+      for (int64_t k = 0; k < n.K; ++k) {
+        if (clamp_row(pr - n.c + k, n.P) == r) weight += acc_t(p.q[row * n.K + k]);
+      }
+      dc += weight * p.grad_cconv[row * n.M + m];
+    }
+  } else {
+    dc = p.grad_cconv[state];
+  }
+  p.grad_cell_prev[state] = dc;
 }
 
 }  // namespace tlstm

@@ -157,7 +157,7 @@ def backward_op_args(forward_args, forward_outputs, upstream_grads, need_grad_in
     named = dict(zip(("grad_output", "grad_h_n", "grad_c_n"), upstream_grads),
                  input=x, weight_ih=w_ih, weight_hh=w_hh, norm_weight=nw, norm_bias=nb,
                  lengths=lens,
-                 **dict(zip(("x_col", "gates", "q", "norm_hat", "norm_rstd", "cells"), saved)))
+                 **dict(zip(("hcat", "gates", "q", "norm_hat", "norm_rstd", "cells"), saved)))
     named.update({k: v(named[k]) if callable(v) else v for k, v in replace.items()})
     return (*named.values(), depth, K, feedback, memory_conv, flush, need_grad_input)
 

@@ -329,7 +329,6 @@ def _tensorized_lstm_forward_fake(
 ):
     T, B, _ = input.shape
     _, P, M = h0.shape
-    G, _, taps = weight_hh.shape
     S = T + (depth - 1 if flush else 0)
     op_math = op_math_dtype(input.dtype)
     output = input.new_empty(T, B, M)
@@ -339,21 +338,21 @@ def _tensorized_lstm_forward_fake(
                 input.new_empty(0, dtype=op_math), input.new_empty(0, dtype=op_math),
                 input.new_empty(0, dtype=op_math))
     norm_slots = S if norm_weight is not None else 0
-    return (
+    return (  # rows in the kernels' order: hidden row first
         output, h_n, c_n,
-        input.new_empty(S, B, P, taps, M),
-        input.new_empty(S, B, P, 4 * M),
-        input.new_empty(S if memory_conv else 0, B, P, kernel_size),
-        input.new_empty(norm_slots, B, P, 5, M, dtype=op_math),
-        input.new_empty(norm_slots, B, P, 5, dtype=op_math),
-        input.new_empty(S + 1, B, P, M, dtype=op_math),
+        input.new_empty(S + 1, P + 1, B, M),
+        input.new_empty(S, P, B, 4 * M),
+        input.new_empty(S if memory_conv else 0, P, B, kernel_size),
+        input.new_empty(norm_slots, P, B, 5, M, dtype=op_math),
+        input.new_empty(norm_slots, P, B, 5, dtype=op_math),
+        input.new_empty(S + 1, P, B, M, dtype=op_math),
     )
 
 
 @torch.library.register_fake("tlstm::tensorized_lstm_backward")
 def _tensorized_lstm_backward_fake(
     grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, norm_weight, norm_bias,
-    lengths, x_col, gates, q, norm_hat, norm_rstd, cells, depth, kernel_size, feedback,
+    lengths, hcat, gates, q, norm_hat, norm_rstd, cells, depth, kernel_size, feedback,
     memory_conv, flush, need_grad_input,
 ):
     def like(t):  # the kernels return contiguous gradients
@@ -384,9 +383,9 @@ def _tensorized_lstm_setup_context(ctx, inputs, output):
 
 def _tensorized_lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_buffer_grads):
     (input, weight_ih, weight_hh, norm_weight, norm_bias, lengths, *saved) = ctx.saved_tensors
-    x_col, _, _, _, _, cells = saved
     T, B, _ = input.shape
-    shape = cells.shape[1:]  # [B, P, M]
+    P, M = saved[-1].shape[1], weight_ih.shape[0]  # cells [S+1, P, B, M]
+    shape = (B, P, M)
     if grad_output is None:
         grad_output = input.new_zeros(T, B, shape[2])
     if grad_h_n is None:

@@ -21,9 +21,10 @@ at::Tensor pack(const at::Tensor& b) {  // b [K, N] contiguous
   return packed;
 }
 
-// out [M, N] = a [M, K] times the packed [K, N].
+// out [M, N] (+)= a [M, K] times the packed [K, N].
 template <typename scalar_t>
-void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N) {
+void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N,
+                   bool accumulate) {
   const int64_t M = a.size(0), K = a.size(1);
   const int64_t P = panel_width<scalar_t>();
   const int64_t chunks = (M + kRowChunk - 1) / kRowChunk, panels = (N + P - 1) / P;
@@ -42,7 +43,7 @@ void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packe
       const int64_t n0 = p0 * P, cols = std::min(N, p1 * P) - n0;
       run_for_cpu([&](auto isa) {
         gemm_packed<scalar_t, decltype(isa)>(rows, cols, K, A + m0 * K, K, Bp + p0 * K * P,
-                                             C + m0 * N + n0, N, /*accumulate=*/false);
+                                             C + m0 * N + n0, N, accumulate);
       });
     }
   });
@@ -54,17 +55,17 @@ void check_operands(const at::Tensor& out, const at::Tensor& a, int64_t K, int64
                         out.size(1) == N && out.scalar_type() == a.scalar_type());
 }
 
-// out = a packed, for any K (K = 0: zeros).
+// out (+)= a packed, for any K (K = 0: zeros, or nothing to add).
 void run_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t K,
-                int64_t N) {
+                int64_t N, bool accumulate) {
   check_operands(out, a, K, N);
   if (out.numel() == 0) return;
   if (K == 0) {
-    out.zero_();
+    if (!accumulate) out.zero_();
     return;
   }
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul",
-                             [&] { matmul_packed<scalar_t>(out, a, packed, N); });
+                             [&] { matmul_packed<scalar_t>(out, a, packed, N, accumulate); });
 }
 
 at::Tensor pack_any(const at::Tensor& b) {
@@ -76,8 +77,8 @@ at::Tensor pack_any(const at::Tensor& b) {
 
 struct PackedOperand : RepeatedRightOperand {
   explicit PackedOperand(const at::Tensor& b) : packed(pack_any(b)), K(b.size(0)), N(b.size(1)) {}
-  void matmul_out(at::Tensor& out, const at::Tensor& a) const override {
-    run_packed(out, a, packed, K, N);
+  void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const override {
+    run_packed(out, a, packed, K, N, accumulate);
   }
   at::Tensor packed;
   int64_t K, N;
@@ -86,7 +87,7 @@ struct PackedOperand : RepeatedRightOperand {
 
 void matmul_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   TORCH_INTERNAL_ASSERT(b.dim() == 2);
-  PackedOperand(b).matmul_out(out, a);
+  PackedOperand(b).matmul_out(out, a, /*accumulate=*/false);
 }
 
 std::unique_ptr<RepeatedRightOperand> prepare_right_operand(const at::Tensor& b) {

@@ -1,11 +1,11 @@
-// CUDA backend of the tensorized LSTM ops: the launches of the four row passes of a step
+// CUDA backend of the tensorized LSTM ops: the launches of the three row passes of a step
 // (tensorized_lstm.h), plugged into the shared driver, which runs the input projection and the
 // weight gradients as cuBLAS GEMMs through ATen on the current stream; the step GEMMs call
 // cuBLAS directly (cublas_gemm.cuh), as a step's other launches take a few microseconds of
 // host time each. For small B*P the whole recurrence runs instead as one persistent kernel per
 // direction; this file chooses between the two.
 //
-// The device code lives in headers by job: tensorized_rows.cuh (im2col, the rows, the gather),
+// The device code lives in headers by job: tensorized_rows.cuh (the rows, the gather),
 // tensorized_persistent.cuh (the persistent kernels); both run the row math of
 // ../tensorized_lstm_row.h, which the CPU kernels run too. Inputs may be float32, float64,
 // float16 or bfloat16; statistics, cells and accumulations are in the op-math type.
@@ -39,21 +39,6 @@ template <class Fn>
 void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "tlstm_tensorized_cuda",
                                   [&] { fn(scalar_t{}); });
-}
-
-void im2col_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
-  const auto& n = buf.n;
-  const int64_t total = n.B * n.P * n.taps * n.M;
-  if (total == 0) return;
-  dispatch_dtype(buf.x_col.scalar_type(), [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    const auto seq = forward_sequence<scalar_t>(buf);
-    tensorized_im2col_kernel<scalar_t>
-        <<<item_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            seq.x_col_of(s), seq.hidden_before(s), seq.input_proj, seq.bias_ih, seq.lengths,
-            seq.n, s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
 }
 
 void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
@@ -92,7 +77,7 @@ void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
 
 void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  const int64_t total = n.B * (n.P + 1) * n.M;
+  const int64_t total = n.P * n.B * n.M;
   if (total == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
@@ -143,6 +128,7 @@ bool dispatch_persistent(const TensorizedSizes& n, at::ScalarType dtype, const F
 bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& weight_col) {
   const auto& n = buf.n;
   const Tensor weight = weight_col.contiguous();  // [K'*M, G]
+  Tensor x_col;  // [P, B, K', M] scratch, alive until the launch is queued
   return dispatch_persistent(n, buf.pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
@@ -154,8 +140,10 @@ bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& we
           return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.taps * n.M, 0);
         },
         [&](int64_t units, const BlockMatmulShape& shape) {
+          x_col = at::empty({n.P, n.B, n.taps, n.M}, buf.pre.options());
           return TensorizedPersistentForwardParams<scalar_t, acc_t>{
-              forward_sequence<scalar_t>(buf), weight.data_ptr<scalar_t>(), units, shape};
+              forward_sequence<scalar_t>(buf), x_col.data_ptr<scalar_t>(),
+              weight.data_ptr<scalar_t>(), units, shape};
         });
   });
 }
@@ -163,7 +151,7 @@ bool forward_sequence_cuda(const TensorizedForwardBuffers& buf, const Tensor& we
 bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& weight_col) {
   const auto& n = buf.n;
   const Tensor weight = weight_col.contiguous();  // [K'*M, G]
-  Tensor grad_cconv;  // alive until the launch is queued
+  Tensor grad_cconv, grad_col;  // alive until the launch is queued
   return dispatch_persistent(n, buf.grad_pre.scalar_type(), [&](auto scalar, auto norm, auto conv) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
@@ -174,10 +162,11 @@ bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& 
         [&](int64_t w) { return block_matmul_shape<scalar_t, acc_t>(n.B * n.P, w, n.G, 0); },
         [&](int64_t units, const BlockMatmulShape& shape) {
           // dL/dCconv by the step's parity: the gather of step s+1 reads it beside the rows of s
-          grad_cconv = at::empty({2, n.B, n.P, n.M}, buf.grad_cconv.options());
+          grad_cconv = at::empty({2, n.P, n.B, n.M}, buf.grad_cconv.options());
+          grad_col = at::empty({n.P, n.B, n.taps, n.M}, buf.grad_pre.options());
           return TensorizedPersistentBackwardParams<scalar_t, acc_t>{
-              backward_sequence<scalar_t>(buf, grad_cconv), weight.data_ptr<scalar_t>(), units,
-              shape};
+              backward_sequence<scalar_t>(buf, grad_cconv, grad_col), weight.data_ptr<scalar_t>(),
+              units, shape};
         });
   });
 }
@@ -186,8 +175,8 @@ bool backward_sequence_cuda(const TensorizedBackwardBuffers& buf, const Tensor& 
 // directly: at::mm_out's dispatch costs more host time than the rest of a step.
 struct CublasRightOperand : RepeatedRightOperand {
   explicit CublasRightOperand(at::Tensor b) : b_(b.contiguous()) {}
-  // out [m, N] = a [m, K] b, a and out contiguous
-  void matmul_out(at::Tensor& out, const at::Tensor& a) const override {
+  // out [m, N] (+)= a [m, K] b, a and out contiguous
+  void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const override {
     TORCH_INTERNAL_ASSERT(a.is_contiguous() && out.is_contiguous() && a.dim() == 2 &&
                           out.dim() == 2 && a.size(1) == b_.size(0) &&
                           out.size(0) == a.size(0) && out.size(1) == b_.size(1) &&
@@ -196,7 +185,8 @@ struct CublasRightOperand : RepeatedRightOperand {
     dispatch_dtype(b_.scalar_type(), [&](auto scalar) {
       using scalar_t = decltype(scalar);
       gemm_row_major<scalar_t>(a.size(0), b_.size(1), a.size(1), a.data_ptr<scalar_t>(),
-                               b_.data_ptr<scalar_t>(), 0.0, out.data_ptr<scalar_t>());
+                               b_.data_ptr<scalar_t>(), accumulate ? 1.0 : 0.0,
+                               out.data_ptr<scalar_t>());
     });
   }
   at::Tensor b_;
@@ -209,7 +199,6 @@ std::unique_ptr<RepeatedRightOperand> prepare_right_operand_cuda(const at::Tenso
 struct CudaBackend {
   static constexpr TensorizedStepKernels kernels{
       .prepare_right_operand = prepare_right_operand_cuda,
-      .im2col = im2col_cuda,
       .forward_rows = forward_rows_cuda,
       .backward_rows = backward_rows_cuda,
       .gather_rows = gather_rows_cuda,

@@ -10,8 +10,9 @@
 // the step kernels, which needs a whole row of A (the channel norms, the softmax over K) and
 // the neighbours' cells; a second barrier ends the step. The forward's rows also scatter their
 // new hidden row into next step's X_col (each element of it has one writer: the hidden row it
-// copies, or the row whose tap reads the input row or no row), so im2col needs no phase of its
-// own. The backward's phases: the gather of step s+1 and the rows of step s (a warp per row:
+// copies), so im2col needs no phase of its own; the taps that read the input row or no row stay
+// zero in X_col, as the input row's term comes into the rows from input_pre (one GEMM for all
+// steps before the kernel, tensorized_lstm.cpp), as in the step kernels. The backward's phases: the gather of step s+1 and the rows of step s (a warp per row:
 // the gather of a row is all the rows pass of that row needs), then dX_col = dA W_col^T split by
 // the columns of X_col. Two barriers a step either way.
 #pragma once
@@ -24,28 +25,20 @@
 
 namespace tlstm {
 
-// Row (b, p) of H_s, just written, copied into X_col of step s+1 wherever a tap reads it; and
-// that row's own taps that read the input row or no row.
+// Row (b, p) of H_s, just written, copied into X_col wherever a tap of step s+1 reads it; that
+// row's own taps that read no hidden row stay zero (the input row's term comes in the rows, from
+// input_pre, as in the step kernels).
 template <typename scalar_t, typename acc_t>
-__device__ void scatter_hidden_row(const ForwardSequence<scalar_t, acc_t>& seq, int64_t s_next,
-                                   int64_t row, int lane) {
+__device__ void scatter_hidden_row(const ForwardSequence<scalar_t, acc_t>& seq, scalar_t* x_col,
+                                   int64_t s_next, int64_t row, int lane) {
   const RowSizes& n = seq.n;
-  const int64_t b = row / n.P, p = row % n.P + 1;
-  scalar_t* x = seq.x_col_of(s_next);
+  const int64_t b = n.sequence_of(row), p = n.hidden_row_of(row);
   const scalar_t* h = seq.hidden_before(s_next) + row * n.M;
   for (int64_t k = 0; k < n.taps; ++k) {
     const int64_t reader = p + n.c - k;  // tap k of row `reader` reads row p
     if (reader >= 1 && reader <= n.P) {
-      scalar_t* dst = x + ((b * n.P + reader - 1) * n.taps + k) * n.M;
+      scalar_t* dst = x_col + (n.row_at(b, reader) * n.taps + k) * n.M;
       for (int64_t m = lane; m < n.M; m += 32) dst[m] = h[m];
-    }
-    const int64_t r = p - n.c + k;  // row read by tap k of row p
-    if (r < 1 || r > n.P) {
-      scalar_t* dst = x + (row * n.taps + k) * n.M;
-      for (int64_t m = lane; m < n.M; m += 32) {
-        dst[m] = hcat_value<scalar_t>(nullptr, seq.input_proj, seq.bias_ih, seq.lengths, n,
-                                      s_next, b, r, m);
-      }
     }
   }
 }
@@ -53,6 +46,7 @@ __device__ void scatter_hidden_row(const ForwardSequence<scalar_t, acc_t>& seq, 
 template <typename scalar_t, typename acc_t>
 struct TensorizedPersistentForwardParams {
   ForwardSequence<scalar_t, acc_t> seq;
+  scalar_t* x_col;             // [P*B, K', M] the unfolded hidden rows of the current step
   const scalar_t* weight_col;  // [K'*M, G]
   int64_t units;               // output columns of A per block
   BlockMatmulShape shape;      // B*P x units x K'*M
@@ -77,18 +71,18 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     m.w_at(shape, r, k) = r < w && o < n.G ? p.weight_col[k * n.G + o] : scalar_t(0);
   }
   m.zero_padding(shape, rows);
-  // X_col of step 0
-  scalar_t* x0 = seq.x_col_of(0);
+  // X_col of step 0: the hidden rows of H_0 each tap reads, zeros where it reads none
   const scalar_t* h0 = seq.hidden_before(0);
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < rows * width;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t mm = idx % n.M, k = (idx / n.M) % n.taps, row = idx / width;
-    x0[idx] = hcat_value(h0, seq.input_proj, seq.bias_ih, seq.lengths, n, 0, row / n.P,
-                         row % n.P + 1 - n.c + k, mm);
+    const int64_t r = n.hidden_row_of(row) - n.c + k;
+    p.x_col[idx] = r >= 1 && r <= n.P ? h0[n.row_at(n.sequence_of(row), r) * n.M + mm]
+                                      : scalar_t(0);
   }
   grid.sync();
   for (int64_t s = 0; s < n.S; ++s) {
-    block_recurrent_matmul(seq.x_col_of(s), rows, shape, m);  // A's columns o0.. of step s
+    block_recurrent_matmul(p.x_col, rows, shape, m);  // A's columns o0.. of step s
     for (int64_t e = threadIdx.x; e < rows * w; e += blockDim.x) {
       const int64_t row = e / w, r = e - row * w, o = o0 + r;
       if (o < n.G) seq.pre[row * n.G + o] = scalar_t(m.result(shape, row, r));
@@ -99,7 +93,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       warp_forward_row<scalar_t, acc_t, kNorm, kMemoryConv>(rows_params, row, lane);
       if (s + 1 < n.S) {
         __syncwarp();
-        scatter_hidden_row(seq, s + 1, row, lane);
+        scatter_hidden_row(seq, p.x_col, s + 1, row, lane);
       }
     });
     grid.sync();  // H_s, C_s and X_col of step s+1 are written before step s+1 reads them
@@ -108,7 +102,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 
 template <typename scalar_t, typename acc_t>
 struct TensorizedPersistentBackwardParams {
-  BackwardSequence<scalar_t, acc_t> seq;  // cconv_stride B*P*M
+  BackwardSequence<scalar_t, acc_t> seq;  // cconv_stride P*B*M, grad_col [P*B, K', M]
   const scalar_t* weight_col;  // [K'*M, G]
   int64_t units;               // columns of X_col per block
   BlockMatmulShape shape;      // B*P x units x G

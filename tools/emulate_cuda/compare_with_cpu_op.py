@@ -140,13 +140,15 @@ def tensorized_case(config, generator):
     weight_hh = t["w_col"].view(taps, M, G).permute(2, 1, 0).contiguous()  # [G, M, K']
     norm_weight, norm_bias = (t["gamma"], t["beta"]) if norm else (None, None)
     shape = (L, K, bool(feedback), bool(memory_conv), bool(flush))
-    output, h_n, c_n, x_col, gates, q, norm_hat, norm_rstd, cells = (
+    # the driver's inputs, taken before the op runs (t shares the float64 inputs' storage)
+    flat = torch.cat([v.reshape(-1) for v in inputs.values()]).numpy()
+    output, h_n, c_n, hcat, gates, q, norm_hat, norm_rstd, cells = (
         torch.ops.tlstm.tensorized_lstm_forward(
             t["proj"], t["h0"], t["c0"], weight_ih, t["bias_ih"], weight_hh, t["bias_hh"],
             norm_weight, norm_bias, lengths, *shape, bool(training)))
     ref = {"output": output, "h_n": h_n, "c_n": c_n}
     if training:
-        ref.update(x_col=x_col, gates=gates, cells=cells)
+        ref.update(hcat=hcat, gates=gates, cells=cells)
         if memory_conv:
             ref["q"] = q
         if norm:
@@ -154,15 +156,17 @@ def tensorized_case(config, generator):
         (grad_input, grad_h0, grad_c0, _, grad_bias_ih, grad_weight_hh, grad_bias_hh,
          grad_norm_weight, grad_norm_bias) = torch.ops.tlstm.tensorized_lstm_backward(
             t["grad_output"], t["grad_h_n"], t["grad_c_n"], t["proj"], weight_ih, weight_hh,
-            norm_weight, norm_bias, lengths, x_col, gates, q, norm_hat, norm_rstd, cells, *shape,
+            norm_weight, norm_bias, lengths, hcat, gates, q, norm_hat, norm_rstd, cells, *shape,
             True)
         ref.update(grad_input=grad_input, grad_h0=grad_h0, grad_c0=grad_c0,
                    grad_bias_ih=grad_bias_ih, grad_weight_hh=grad_weight_hh,
                    grad_bias_hh=grad_bias_hh)
         if norm:
             ref.update(grad_norm_weight=grad_norm_weight, grad_norm_bias=grad_norm_bias)
-    flat = torch.cat([v.reshape(-1) for v in inputs.values()]).numpy()
-    return flat, ref, dict(T=T, B=B, M=M, P=P, taps=taps, G=G, S=T + (L - 1 if flush else 0),
+    if not np.array_equal(torch.cat([v.reshape(-1) for v in inputs.values()]).numpy(), flat):
+        raise RuntimeError(f"tLSTM {config}: the CPU op wrote into its inputs")
+    return flat, ref, dict(T=T, B=B, M=M, P=P, c=c, taps=taps, G=G,
+                           S=T + (L - 1 if flush else 0),
                            training=training, norm=norm, memory_conv=memory_conv,
                            lengths=lengths, grad_h_n=inputs["grad_h_n"],
                            grad_c_n=inputs["grad_c_n"])
@@ -186,40 +190,52 @@ class reader:
 
 
 def tensorized_results(values, n):
-    """The op's outputs and gradients from the driver's output file (its dump order)."""
-    T, B, M, P, taps, G, S = (n[k] for k in ("T", "B", "M", "P", "taps", "G", "S"))
-    rows, slots = B * P, S if n["training"] else 1
+    """The op's outputs and gradients from the driver's output file (its dump order). The
+    kernels' buffers are hidden row first ([P, B, ...], as the op's saved tensors); their
+    returned state and dL/dH_0, dL/dC_0 are transposed to the op's [B, P, M]."""
+    T, B, M, P, c, taps, G, S = (n[k] for k in ("T", "B", "M", "P", "c", "taps", "G", "S"))
+    slots = S if n["training"] else 1
     take = reader(values)
 
-    out = {"output": take(T, B, M), "h_n": take(B, P, M), "c_n": take(B, P, M)}
-    take(2, B, P, M)  # the running H of the last two steps: scratch
-    cells = take(S + 1 if n["training"] else 2, B, P, M)
-    gates = take(slots, B, P, 4 * M)
+    def state():  # [P*B, M] in the kernels' row order, as the op returns it: [B, P, M]
+        return take(P, B, M).transpose(0, 1)
+
+    out = {"output": take(T, B, M), "h_n": state(), "c_n": state()}
+    hcat = take(S + 1 if n["training"] else 2, P + 1, B, M)  # inference: the running H, scratch
+    cells = take(S + 1 if n["training"] else 2, P, B, M)
+    gates = take(slots, P, B, 4 * M)
     if not n["training"]:
         return out  # the rest is inference scratch
-    out.update(gates=gates, cells=cells, x_col=take(S, B, P, taps, M))
+    out.update(gates=gates, cells=cells, hcat=hcat)
     if n["memory_conv"]:
-        out["q"] = take(S, B, P, G - 4 * M)
+        out["q"] = take(S, P, B, G - 4 * M)
     if n["norm"]:
-        out.update(norm_hat=take(S, B, P, 5, M), norm_rstd=take(S, B, P, 5))
-    grad_pre = take(S, B, P, G)
-    take(rows * taps * M)  # dX_col of the last step: scratch
-    grad_input_row = take(S, B, M)
-    out.update(grad_h0=take(B, P, M), grad_c0=take(B, P, M))
+        out.update(norm_hat=take(S, P, B, 5, M), norm_rstd=take(S, P, B, 5))
+    grad_pre = take(S, P, B, G)
+    grad_x_in = take(S, B, M)  # the input rows' gradient, formed by the driver after the loop
+    out.update(grad_h0=state(), grad_c0=state())
     if n["lengths"] is not None:  # as the driver adds after the loop: length 0 returns H_0, C_0
         unread = (n["lengths"] == 0).view(B, 1, 1).to(torch.float64)
         out["grad_h0"] = out["grad_h0"] + n["grad_h_n"] * unread
         out["grad_c0"] = out["grad_c0"] + n["grad_c_n"] * unread
     if n["norm"]:
-        sums = take(B, P, 10, M).sum((0, 1))
+        sums = take(P, B, 10, M).sum((0, 1))
         out.update(grad_norm_weight=sums[:5], grad_norm_bias=sums[5:])
     take.done()
-    # the parameter gradients as the driver forms them after the loop (tensorized_lstm.cpp)
-    out["grad_weight_hh"] = (out["x_col"].reshape(S * rows, taps * M).t()
-                             @ grad_pre.reshape(S * rows, G)).view(taps, M, G).permute(2, 1, 0)
+    # the parameter gradients as the driver forms them after the loop (tensorized_lstm.cpp):
+    # tap k (d = k - c) of hidden rows first.. read Hcat rows first + d.. (the input row too)
+    grad_weight_col = torch.zeros(taps, M, G, dtype=torch.float64)
+    for k in range(taps):
+        d = k - c
+        first, last = max(1, -d), min(P, P - d)
+        if last < first:
+            continue
+        read = hcat[:S, first + d:last + d + 1].reshape(-1, M)
+        grad_weight_col[k] = read.t() @ grad_pre[:, first - 1:last].reshape(-1, G)
+    out["grad_weight_hh"] = grad_weight_col.permute(2, 1, 0)
     out["grad_bias_hh"] = grad_pre.reshape(-1, G).sum(0)
-    out["grad_bias_ih"] = grad_input_row.sum((0, 1))
-    out["grad_input"] = grad_input_row[:T] * active_steps(n["lengths"], T, B)
+    out["grad_bias_ih"] = grad_x_in.sum((0, 1))
+    out["grad_input"] = grad_x_in[:T] * active_steps(n["lengths"], T, B)
     return out
 
 
