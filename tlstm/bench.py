@@ -38,7 +38,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 @dataclass(frozen=True)
 class Config:
-    cell: str  # "peephole" or "tensorized"
+    cell: str  # "peephole", "tensorized" or "tensorized_plain" (no channel norm, memory conv)
     T: int
     B: int
     I: int  # noqa: E741
@@ -79,8 +79,11 @@ def peephole_configs(device: str, quick: bool) -> list[Config]:
 def tensorized_configs(device: str, quick: bool) -> list[Config]:
     """Time against depth. CPU: the tLSTM issue's target, T=100, B=16, M=128, K=3."""
     if device == "cpu":
-        return [Config("tensorized", 100, 16, 128, 128, L=L, K=3)
-                for L in ((1, 4) if quick else (1, 2, 4, 8))]
+        # like for like first: at depth 1 without channel norm and memory convolution the tLSTM
+        # is an LSTM on x~, and should cost about what nn.LSTM costs
+        return [Config("tensorized_plain", 100, 16, 128, 128, L=1, K=3)] + [
+            Config("tensorized", 100, 16, 128, 128, L=L, K=3)
+            for L in ((1, 4) if quick else (1, 2, 4, 8))]
     Ls = (1, 4, 8) if quick else (1, 2, 4, 8, 16)
     Ms = (256,) if quick else (256, 512)
     Bs = (16,) if quick else (16, 128)
@@ -106,8 +109,10 @@ def build_modules(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Mo
         fused, reference_cls = make(tlstm.PeepholeLSTM), tlstm.reference.PeepholeLSTM
         baseline_layers = cfg.layers
     else:
+        plain = dict(channel_norm=False, memory_conv=False) if cfg.cell == "tensorized_plain" else {}
+
         def make(cls):
-            return cls(cfg.I, cfg.H, depth=cfg.L, kernel_size=cfg.K, **factory)
+            return cls(cfg.I, cfg.H, depth=cfg.L, kernel_size=cfg.K, **plain, **factory)
         fused, reference_cls = make(tlstm.TensorizedLSTM), tlstm.reference.TensorizedLSTM
         baseline_layers = cfg.L  # the stacked LSTM of the same width and depth
     modules: dict[str, nn.Module] = {}
@@ -223,7 +228,7 @@ class Record:
     def to_json(self) -> dict:
         c = self.cfg
         cell, layers, L, K = c.cell, c.layers, c.L, c.K
-        if c.cell == "tensorized" and self.impl in ("cudnn", "nn.LSTM"):
+        if c.cell.startswith("tensorized") and self.impl in ("cudnn", "nn.LSTM"):
             cell, layers, L, K = "lstm", c.L, None, None  # the stacked LSTM: layers is L
         return {
             "cell": cell, "impl": self.impl, "direction": self.direction, "dtype": c.dtype,
