@@ -178,6 +178,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
   // The taps that read the input row, for all steps at once (they do not depend on the state).
   buf.input_pre = input_row_terms(buf, weight_col, kernels.matmul_out);
+  buf.zero_gates = at::zeros({n.G}, options);
 
   const int64_t slots = training ? n.S : 1;
   buf.hcat = at::empty({training ? n.S + 1 : 2, n.P + 1, n.B, n.M}, options);
@@ -336,7 +337,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
                             .reshape({n.S * t.count * n.B, n.M});
     const Tensor grad = buf.grad_pre.narrow(1, t.first - 1, t.count)
                             .reshape({n.S * t.count * n.B, n.G});
-    grad_weight_col.select(0, k).copy_(at::mm(read.t(), grad));
+    grad_weight_col.select(0, k).copy_(matmul(kernels.matmul_out, read.t(), grad));
   }
   Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).contiguous();  // [G, M, K']
   Tensor grad_bias_hh = buf.grad_pre.view({-1, n.G}).sum(0);
@@ -351,7 +352,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   Tensor grad_input = need_grad_input
                           ? matmul(kernels.matmul_out, grad_x_proj_2d, weight_ih).view({n.T, n.B, n.I})
                           : at::empty({0}, options);
-  Tensor grad_weight_ih = at::mm(grad_x_proj_2d.t(), input.view({n.T * n.B, n.I}));
+  Tensor grad_weight_ih = matmul(kernels.matmul_out, grad_x_proj_2d.t(), input.view({n.T * n.B, n.I}));
   Tensor grad_norm_weight = at::empty({0}, options), grad_norm_bias = at::empty({0}, options);
   if (n.channel_norm) {
     const auto sums = buf.grad_norm_rows.sum(at::IntArrayRef{0, 1}).to(input.scalar_type());  // [10, M]

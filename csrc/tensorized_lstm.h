@@ -53,6 +53,7 @@ struct TensorizedForwardBuffers {
                        //                    s < T_b, b_ih after (x~ = x W_ih^T)
   Tensor input_pre;    // [c', S, B, G]      the input row's term of A for hidden rows 1..c'
                        //                    (c' = min(c, P)): x_in W_{c-p}
+  Tensor zero_gates;   // [G]                zeros: the input term of the rows above c
   Tensor bias_hh;      // [G]                (zeros without biases)
   Tensor norm_weight;  // [5, M]             CN gamma of i, f, g, o, c (undefined without CN)
   Tensor norm_bias;    // [5, M]             CN beta
@@ -208,6 +209,7 @@ template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers& buf) {
   return {buf.x_in.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(buf.input_pre),
+          buf.zero_gates.data_ptr<scalar_t>(),
           buf.bias_hh.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(buf.norm_weight),
           ptr_or_null<scalar_t>(buf.norm_bias),
