@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import tlstm
-from conftest import TOL, assert_results_close, gradients_of, make_gen, pack, randn
+from helpers import TOL, assert_results_close, gradients_of, make_gen, pack, randn
 
 F64 = torch.float64
 F32 = torch.float32

@@ -9,7 +9,7 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import (assert_within_half_bound, make_peephole_inputs, peephole_forward_backward,
+from helpers import (assert_within_half_bound, make_peephole_inputs, peephole_forward_backward,
                       peephole_fused_and_reference, rel_err)
 
 HALF = [torch.float16, torch.bfloat16]

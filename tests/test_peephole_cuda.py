@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     pytest.skip("CUDA is not available", allow_module_level=True)
 
 import tlstm  # noqa: E402
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     TOL,
     assert_results_close,
     assert_within_half_bound,

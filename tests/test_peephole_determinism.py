@@ -3,7 +3,7 @@ CPU kernels split every step over several threads."""
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     assert_results_equal,
     peephole_forward_backward,
     peephole_fused_and_reference,

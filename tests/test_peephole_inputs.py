@@ -6,7 +6,7 @@ from torch import nn
 from torch.func import functional_call
 
 import tlstm
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
     peephole_forward_backward,
@@ -55,7 +55,7 @@ def test_hx_none_equals_zeros(cfg, dtype):
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
 def test_batch_of_one(cfg, dtype):
-    from conftest import compare_peephole_to_reference
+    from helpers import compare_peephole_to_reference
 
     compare_peephole_to_reference(dtype, 6, 1, seed=cfg, **CONFIGS[cfg])
     compare_peephole_to_reference(dtype, 4, 1, seed=cfg, lengths=[3], **CONFIGS[cfg])

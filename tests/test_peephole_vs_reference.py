@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
     compare_peephole_to_reference,
@@ -162,7 +162,7 @@ def test_peephole_weights_matter():
 def test_loss_on_some_results_only(used, size):
     """Gradients when the loss ignores some of output, h_n and c_n (their upstream gradients are
     then absent, not zero tensors)."""
-    from conftest import randn
+    from helpers import randn
 
     H, B = (5, 3) if size == "small" else (72, 40)
     kwargs = dict(input_size=4, hidden_size=H, num_layers=2, bidirectional=True,
@@ -172,7 +172,7 @@ def test_loss_on_some_results_only(used, size):
     lengths = [(b % 5) + 1 for b in range(B)]
     results = []
     for module in (fused, ref):
-        from conftest import pack
+        from helpers import pack
 
         out, (h_n, c_n) = module(pack(x, lengths, False), hx)
         terms = {"output": out.data, "h_n": h_n, "c_n": c_n}

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
     pytest.skip("CUDA is not available", allow_module_level=True)
 
 import tlstm  # noqa: E402
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     TOL, assert_results_close, assert_results_equal, assert_within_half_bound,
     fail_without_cuda_kernels,
 )
@@ -42,7 +42,7 @@ def recurrence(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def cuda_kernels_and_no_tf32(no_tf32):
     """A GPU is there: the CUDA kernels must be too (fail, not skip); float32 GEMMs without
-    TF32 (conftest's no_tf32 restores the settings after each test)."""
+    TF32 (the no_tf32 fixture restores the settings after each test)."""
     fail_without_cuda_kernels("tlstm::tensorized_lstm_forward")
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import assert_results_equal, num_threads
+from helpers import assert_results_equal, num_threads
 from tensorized_helpers import F32, F64, forward_backward, make_inputs, make_tlstm
 
 CASES = {

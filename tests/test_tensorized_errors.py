@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import pack
+from helpers import pack
 
 MODULES = {"fused": tlstm.TensorizedLSTM, "reference": tlstm.reference.TensorizedLSTM}
 

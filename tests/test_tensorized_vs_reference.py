@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import TOL, assert_results_close, num_threads, pack
+from helpers import TOL, assert_results_close, num_threads, pack
 from tensorized_helpers import (
     F32,
     F64,
