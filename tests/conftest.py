@@ -17,6 +17,14 @@ if REPO_ROOT not in sys.path:
 # them) with any failure report; keep them out of the root logger.
 logging.getLogger("torch.__trace").propagate = False
 
+from helpers import CUDA_OPS, cpu_and_cuda, fail_without_cuda_kernels  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: runs on a CUDA device; skipped without one (pytest -m cuda runs them "
+        "all, as benchmarks/gpu_session.sh does)")
+
 
 @pytest.fixture
 def no_tf32():
@@ -27,6 +35,29 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+@pytest.fixture(params=cpu_and_cuda())
+def device(request, monkeypatch):
+    """The device a test runs on, "cpu" or "cuda" (tests/helpers.py: cpu_and_cuda; a test may
+    parametrize "device" itself, indirectly, with other params of the same form).
+
+    For the CUDA params, "cuda-stepwise" and "cuda-persistent", it sets TLSTM_CUDA_RECURRENCE
+    ("cuda" alone unsets it: the library chooses), turns TF32 off (no_tf32) and fails, rather
+    than skips, where the build has no CUDA kernels. Everything is restored after the test."""
+    name = request.param
+    if name == "cpu":
+        return "cpu"
+    kind, _, recurrence = name.partition("-")
+    assert kind == "cuda", name
+    for op in CUDA_OPS:
+        fail_without_cuda_kernels(op)
+    if recurrence:
+        monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", recurrence)
+    else:
+        monkeypatch.delenv("TLSTM_CUDA_RECURRENCE", raising=False)
+    request.getfixturevalue("no_tf32")
+    return "cuda"
 
 
 def pytest_make_parametrize_id(config, val, argname):

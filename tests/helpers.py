@@ -94,22 +94,26 @@ def state_sizes(module, batch):
     return (module.num_layers * d, batch, real), (module.num_layers * d, batch, module.hidden_size)
 
 
-def make_peephole_inputs(module, T, B, seed, dtype, batch_first=None, lengths=None, with_hx=True):
+def make_peephole_inputs(module, T, B, seed, dtype, batch_first=None, lengths=None, with_hx=True,
+                         device=None):
     """Leaf tensors x [T, B, I] (or [B, T, I]), h0, c0 (requires_grad) and the lengths.
 
-    The values are drawn in float64 from `seed` and cast to `dtype`, so the same seed gives the
-    same data for the float32 module and the float64 reference (after a round trip through
-    float32 use `round_through`)."""
+    The values are drawn in float64 from `seed` on the CPU, cast to `dtype` and moved to
+    `device` (the module's by default), so the same seed gives the same data for the float32
+    module and the float64 reference, on any device (after a round trip through float32 use
+    `round_through`)."""
     batch_first = module.batch_first if batch_first is None else batch_first
+    device = next(module.parameters()).device if device is None else device
     shape = (B, T, module.input_size) if batch_first else (T, B, module.input_size)
-    x = randn(shape, seed, dtype).requires_grad_()
+
+    def leaf(shape, seed, scale=1.0):
+        return randn(shape, seed, dtype, scale).to(device).requires_grad_()
+
+    x = leaf(shape, seed)
     hx = None
     if with_hx:
         hs, cs = state_sizes(module, B)
-        hx = (
-            randn(hs, seed + 1, dtype, 0.5).requires_grad_(),
-            randn(cs, seed + 2, dtype, 0.5).requires_grad_(),
-        )
+        hx = (leaf(hs, seed + 1, 0.5), leaf(cs, seed + 2, 0.5))
     return x, hx
 
 
@@ -181,18 +185,24 @@ def peephole_fused_and_reference(dtype, seed=0, **kwargs):
     return fused, ref
 
 
-def compare_peephole_to_reference(dtype, T, B, seed=0, lengths=None, with_hx=True, **kwargs):
-    """Fused module in `dtype` against the float64 reference: outputs, states, all gradients."""
+def compare_peephole_to_reference(dtype, T, B, seed=0, lengths=None, with_hx=True,
+                                  device="cpu", **kwargs):
+    """Fused module in `dtype` on `device` against the float64 reference on the CPU: outputs,
+    states, all gradients."""
     fused, ref = peephole_fused_and_reference(dtype, seed=seed, **kwargs)
+    fused = fused.to(device)
     x, hx = make_peephole_inputs(fused, T, B, seed + 10, dtype, with_hx=with_hx)
     # the reference sees exactly the same (float32-representable when dtype is float32) data
-    x64 = x.detach().double().requires_grad_()
-    hx64 = None if hx is None else tuple(h.detach().double().requires_grad_() for h in hx)
+    x64 = x.detach().to("cpu", torch.float64).requires_grad_()
+    hx64 = None if hx is None else tuple(
+        h.detach().to("cpu", torch.float64).requires_grad_() for h in hx)
     got = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=seed + 20)
     want = peephole_forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 20)
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_results_close(got, want, TOL[dtype], context=f"{dtype} {kwargs} lengths={lengths}")
+        assert got[key].device.type == torch.device(device).type, (key, got[key].device)
+    assert_results_close(got, want, TOL[dtype],
+                         context=f"{device} {dtype} {kwargs} lengths={lengths}")
     return got, want
 
 
@@ -209,8 +219,61 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     return v
 
 
+# ---- devices -----------------------------------------------------------------------------------
+#
+# As torchvision's cpu_and_cuda(): a test that checks a property on every device takes the
+# `device` fixture (tests/conftest.py), whose params are these. The CUDA ones carry the `cuda`
+# marker (`pytest -m cuda` runs them all) and are skipped, with the reason, without a GPU. On
+# CUDA each property runs with both recurrences (TLSTM_CUDA_RECURRENCE=stepwise and
+# =persistent); "cuda" alone leaves the choice to the library (auto), for tests where the
+# recurrence does not matter.
+
+CUDA_OPS = ("tlstm::peephole_lstm_forward", "tlstm::tensorized_lstm_forward")
+RECURRENCES = ("stepwise", "persistent")
+NEEDS_CUDA = (pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"))
+
+
+def cuda_param(recurrence: str | None = None):
+    """The `device` param "cuda-<recurrence>", or "cuda" (the library's own choice)."""
+    assert recurrence is None or recurrence in RECURRENCES, recurrence
+    return pytest.param("cuda" if recurrence is None else f"cuda-{recurrence}", marks=NEEDS_CUDA)
+
+
+def cuda_recurrences():
+    """CUDA with each recurrence: for properties (or sizes) checked on CUDA only."""
+    return [cuda_param(r) for r in RECURRENCES]
+
+
+def cpu_and_cuda():
+    """The CPU and CUDA with each recurrence: the `device` fixture's params."""
+    return ["cpu", *cuda_recurrences()]
+
+
+def cpu_threads_and_cuda(threads=(1, 2)):
+    """Params of ("device", "threads") (indirect=["device"]) for a property that the CPU
+    checks once per thread count: the CPU with each count, then CUDA with each recurrence and
+    threads None (the CPU's thread count does not apply there)."""
+    return ([pytest.param("cpu", n, id=f"cpu-threads{n}") for n in threads]
+            + [pytest.param(p.values[0], None, id=p.values[0], marks=p.marks)
+               for p in cuda_recurrences()])
+
+
+def on_device(device: str, *tensors):
+    """Copies of `tensors` (None stays None, a tuple gives a tuple) on `device`, as new leaves
+    that require grad."""
+    def leaf(t):
+        if t is None:
+            return None
+        if isinstance(t, tuple):
+            return tuple(leaf(u) for u in t)
+        return t.detach().to(device).requires_grad_()
+
+    return tuple(leaf(t) for t in tensors)
+
+
 def fail_without_cuda_kernels(op: str = "tlstm::peephole_lstm_forward") -> None:
-    """For the CUDA test files, once they know a GPU is there: a build of tlstm without its
+    """For the CUDA variants, once they know a GPU is there: a build of tlstm without its
     CUDA kernels on a GPU machine is a failure, not a reason to skip."""
     if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"):
         pytest.fail(f"a GPU is available but this build of tlstm has no CUDA kernel for {op} "
@@ -218,7 +281,12 @@ def fail_without_cuda_kernels(op: str = "tlstm::peephole_lstm_forward") -> None:
 
 
 @contextlib.contextmanager
-def num_threads(n: int):
+def num_threads(n: int | None):
+    """torch's intra-op thread count set to n inside the block (None: left alone, as for the
+    CUDA variants of a test parametrized by cpu_threads_and_cuda)."""
+    if n is None:
+        yield
+        return
     prev = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
