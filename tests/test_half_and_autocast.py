@@ -1,9 +1,10 @@
-"""float16 / bfloat16 modules on the CPU, and autocast on the CPU and on CUDA, for both cells.
+"""float16 / bfloat16 modules (the peephole LSTM on each device, the tensorized LSTM on the
+CPU), and autocast on the CPU and on CUDA, for both cells.
 
 nn.LSTM runs the half types on the CPU and, under autocast, runs in the autocast dtype; the
 fused modules do the same (on the CPU the kernels compute half types in float32). docs/parity.md's
 bound for the half types: each result's error against the float64 reference is at most twice
-the error of the reference module run the same way, plus 1e-3."""
+the error of the reference module run the same way (in that dtype, on that device), plus 1e-3."""
 import pytest
 import torch
 
@@ -20,12 +21,19 @@ AUTOCAST = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + (
     [("cuda", torch.float16)] if CUDA else [])
 AUTOCAST_IDS = [f"{d}-{'bf16' if t == torch.bfloat16 else 'f16'}" for d, t in AUTOCAST]
 
+# module kwargs, T, B, lengths
 PEEPHOLE_CASES = {
-    "base": (dict(input_size=5, hidden_size=12), None),
+    "base": (dict(input_size=5, hidden_size=12), 7, 3, None),
     "bidir_two_layers_proj_packed": (
         dict(input_size=4, hidden_size=10, num_layers=2, bidirectional=True, proj_size=6),
-        [7, 3, 5],
+        7, 3, [7, 3, 5],
     ),
+    "H5": (dict(input_size=3, hidden_size=5), 6, 4, None),
+    "bidir_two_layers_proj_packed_H7": (
+        dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True, proj_size=3),
+        6, 4, [6, 2, 5, 1],
+    ),
+    "large": (dict(input_size=16, hidden_size=200, bidirectional=True), 8, 64, None),
 }
 TENSORIZED_CASES = {
     "base": (dict(input_size=4, hidden_size=12, depth=3), None, True),
@@ -60,7 +68,7 @@ def _compare_runs(run, ref64, fused, ref_low, x64, state64, dtype, device, autoc
 def _peephole_runs(case, dtype, device="cpu", autocast=False):
     """got, base, want (see _compare_runs) of one case, the fused module in `dtype`, or in
     float32 under autocast to `dtype`."""
-    kwargs, lengths = PEEPHOLE_CASES[case]
+    kwargs, T, B, lengths = PEEPHOLE_CASES[case]
     _, ref64 = peephole_fused_and_reference(torch.float64, seed=31, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
     fused = tlstm.PeepholeLSTM(**kwargs).to(device, fused_dtype)
@@ -68,7 +76,7 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
         m.train(False)
-    x64, hx64 = make_peephole_inputs(ref64, 7, 3, 32, torch.float64)
+    x64, hx64 = make_peephole_inputs(ref64, T, B, 32, torch.float64)
 
     def run(module, x, hx):
         return peephole_forward_backward(module, x, hx, lengths=lengths, seed=33)
@@ -78,11 +86,12 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
-def test_peephole_half_module_on_cpu(case, dtype):
-    got, base, want = _peephole_runs(case, dtype)
+def test_peephole_half_module(case, dtype, device):
+    got, base, want = _peephole_runs(case, dtype, device)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh_l0"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+        assert got[key].device.type == device, (key, got[key].device)
+    assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
 @pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)

@@ -31,6 +31,7 @@ from tensorized_helpers import (  # noqa: E402
 
 
 RECURRENCES = ["stepwise", "persistent"]
+pytestmark = pytest.mark.cuda  # benchmarks/gpu_session.sh runs pytest -m cuda
 
 
 @pytest.fixture(params=RECURRENCES)
