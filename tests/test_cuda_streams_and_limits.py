@@ -15,6 +15,7 @@ from helpers import (
     peephole_fused_and_reference,
     rel_err,
 )
+from tensorized_helpers import make_tlstm
 
 
 @pytest.mark.parametrize("device", cuda_recurrences(), indirect=True)
@@ -67,3 +68,12 @@ def test_peephole_forcing_persistent_where_it_cannot_run_is_a_clear_error(device
     m = tlstm.PeepholeLSTM(4, 8192, dtype=torch.float64).to(device)  # W_hh slices exceed smem
     with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
         m(torch.randn(2, 2, 4, device=device, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", [cuda_param("persistent")], indirect=True)
+def test_tensorized_forcing_persistent_where_it_cannot_run_is_a_clear_error(device):
+    """M=1024: a block's columns of W_col (32 x 3072 floats) exceed shared memory."""
+    fused = make_tlstm(tlstm.TensorizedLSTM, torch.float32, seed=35, device=device,
+                       input_size=3, hidden_size=1024, depth=2)
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        fused(torch.randn(2, 2, 3, device=device))

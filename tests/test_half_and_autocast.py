@@ -1,5 +1,5 @@
-"""float16 / bfloat16 modules (the peephole LSTM on each device, the tensorized LSTM on the
-CPU), and autocast on the CPU and on CUDA, for both cells.
+"""float16 / bfloat16 modules on each device, and autocast on the CPU and on CUDA, for both
+cells.
 
 nn.LSTM runs the half types on the CPU and, under autocast, runs in the autocast dtype; the
 fused modules do the same (on the CPU the kernels compute half types in float32). docs/parity.md's
@@ -35,12 +35,19 @@ PEEPHOLE_CASES = {
     ),
     "large": (dict(input_size=16, hidden_size=200, bidirectional=True), 8, 64, None),
 }
+# module kwargs, T, B, lengths, flush
 TENSORIZED_CASES = {
-    "base": (dict(input_size=4, hidden_size=12, depth=3), None, True),
+    "base": (dict(input_size=4, hidden_size=12, depth=3), 6, 3, None, True),
     "k5_proj_packed": (dict(input_size=3, hidden_size=10, depth=2, kernel_size=5, proj_size=4),
-                       [6, 2, 4], True),
+                       6, 3, [6, 2, 4], True),
     "no_flush_flags_off": (dict(input_size=3, hidden_size=9, depth=3, feedback=False,
-                                memory_conv=False), None, False),
+                                memory_conv=False), 6, 3, None, False),
+    "M5": (dict(input_size=3, hidden_size=5, depth=3), 6, 4, None, True),
+    "k5_proj_packed_depth4": (dict(input_size=3, hidden_size=6, depth=4, kernel_size=5,
+                                   proj_size=3), 6, 4, [6, 2, 5, 1], True),
+    "packed_no_flush": (dict(input_size=4, hidden_size=8, depth=3), 7, 5, [2, 7, 7, 1, 4],
+                        False),
+    "M33": (dict(input_size=5, hidden_size=33, depth=3), 5, 5, [5, 1, 4, 2, 5], True),
 }
 
 
@@ -134,14 +141,14 @@ def test_float64_is_left_alone_under_autocast():
 
 def _tensorized_runs(case, dtype, device="cpu", autocast=False):
     """As _peephole_runs, for the tensorized LSTM."""
-    kwargs, lengths, flush = TENSORIZED_CASES[case]
+    kwargs, T, B, lengths, flush = TENSORIZED_CASES[case]
     _, ref64 = th.fused_and_reference(torch.float64, seed=41, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
     fused = tlstm.TensorizedLSTM(**kwargs).to(device, fused_dtype)
     ref_low = tlstm.reference.TensorizedLSTM(**kwargs).to(device, dtype)
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
-    x64, state64 = th.make_inputs(ref64, 6, 3, 42)
+    x64, state64 = th.make_inputs(ref64, T, B, 42)
 
     def run(module, x, state):
         return th.forward_backward(module, x, state, lengths=lengths, flush=flush, seed=43)
@@ -151,11 +158,12 @@ def _tensorized_runs(case, dtype, device="cpu", autocast=False):
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", list(TENSORIZED_CASES))
-def test_tensorized_half_module_on_cpu(case, dtype):
-    got, base, want = _tensorized_runs(case, dtype)
+def test_tensorized_half_module(case, dtype, device):
+    got, base, want = _tensorized_runs(case, dtype, device)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+        assert got[key].device.type == device, (key, got[key].device)
+    assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
 @pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
