@@ -10,16 +10,16 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from helpers import (assert_within_half_bound, make_peephole_inputs, peephole_forward_backward,
-                      peephole_fused_and_reference, rel_err)
+from helpers import (assert_within_half_bound, cuda_recurrences, make_peephole_inputs,
+                     peephole_forward_backward, peephole_fused_and_reference, rel_err)
 
 HALF = [torch.float16, torch.bfloat16]
-# On a GPU machine the CUDA cases run, kernels or not: a build without them fails there.
-CUDA = torch.cuda.is_available()
-# (device, autocast dtype): the CPU under both half types, CUDA under float16
-AUTOCAST = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + (
-    [("cuda", torch.float16)] if CUDA else [])
-AUTOCAST_IDS = [f"{d}-{'bf16' if t == torch.bfloat16 else 'f16'}" for d, t in AUTOCAST]
+# ("device", autocast dtype), with indirect=["device"]: the CPU under both half types, CUDA
+# (each recurrence) under float16
+AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
+            pytest.param("cpu", torch.float16, id="cpu-f16")] + [
+    pytest.param(p.values[0], torch.float16, id=f"{p.values[0]}-f16", marks=p.marks)
+    for p in cuda_recurrences()]
 
 # module kwargs, T, B, lengths
 PEEPHOLE_CASES = {
@@ -101,7 +101,7 @@ def test_peephole_half_module(case, dtype, device):
     assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 @pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
 def test_peephole_under_autocast(case, device, dtype):
     """As nn.LSTM under autocast: outputs and states in the autocast dtype, parameter
@@ -113,7 +113,7 @@ def test_peephole_under_autocast(case, device, dtype):
     assert_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 def test_peephole_autocast_dtypes_match_nn_lstm(device, dtype):
     lstm = torch.nn.LSTM(4, 6, num_layers=2, device=device)
     ours = tlstm.PeepholeLSTM.from_lstm(lstm)
@@ -166,7 +166,7 @@ def test_tensorized_half_module(case, dtype, device):
     assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 @pytest.mark.parametrize("case", list(TENSORIZED_CASES))
 def test_tensorized_under_autocast(case, device, dtype):
     got, base, want = _tensorized_runs(case, dtype, device, autocast=True)
