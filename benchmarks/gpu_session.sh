@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_session.sh build tests sanitizer bench
 #
 #   build       python setup.py build_ext --inplace, for this GPU's architecture only
-#   tests       the CUDA test files (tests/test_*cuda*.py)
+#   tests       the CUDA tests (pytest -m cuda: the CUDA params of every test parametrized by
+#               device, and the CUDA-only tests)
 #   sanitizer   compute-sanitizer memcheck and racecheck over tests/cuda_sanitizer_workload.py
 #   sanitizer-all   the same with initcheck and synccheck too
 #   crossover   stepwise against persistent peephole recurrence by batch and width (JSON)
@@ -42,7 +43,7 @@ for what in "$@"; do
     tests)
         stage tests
         timeout "${TESTS_TIMEOUT:-540}" $PY -m pytest -q -p no:cacheprovider -rfE --tb=short "${TIMEOUT_ARGS[@]}" \
-            --durations=8 tests/test_peephole_cuda.py tests/test_tensorized_cuda.py \
+            --durations=8 -m cuda tests \
             > "$OUT/tests.log" 2>&1 || status=1
         grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -n 60 ;;
     sanitizer|sanitizer-all)

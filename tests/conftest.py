@@ -1,230 +1,29 @@
-"""Shared helpers of the peephole LSTM tests.
-
-Accuracy is measured as in docs/parity.md: error = ||out - ref|| / ||ref|| against the float64
-reference (tlstm.reference.PeepholeLSTM), for outputs, final states and every gradient.
-"""
+"""pytest's hooks and fixtures for the tests; the helpers they share are in tests/helpers.py
+(and tests/tensorized_helpers.py)."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import sys
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import tlstm  # noqa: E402
-from tlstm.parity import rel_err  # noqa: E402,F401  (the measure of docs/parity.md)
-
 # torch.compile's structured-trace logger emits DEBUG records that pytest would print (pages of
 # them) with any failure report; keep them out of the root logger.
 logging.getLogger("torch.__trace").propagate = False
 
-# Tolerances of the contract (relative error against the float64 reference).
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+from helpers import CUDA_OPS, cpu_and_cuda, fail_without_cuda_kernels  # noqa: E402
 
 
-# ---- error measure ----------------------------------------------------------------------------
-
-
-def assert_rel_close(a, b, tol, what=""):
-    err = rel_err(a, b)
-    # `not err <= tol` also fails on NaN
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
-
-
-def assert_within_half_bound(got: dict, base: dict, want: dict, context: str = ""):
-    """docs/parity.md's bound for float16 / bfloat16: each result's error against the float64
-    reference `want` is at most twice the error of `base` (the reference module run in that
-    dtype), plus 1e-3. Every entry is checked and all failures are reported together."""
-    assert set(got) == set(want) == set(base)
-    failures = []
-    for key in sorted(want):
-        bound = 2 * rel_err(base[key], want[key]) + 1e-3
-        err = rel_err(got[key], want[key])
-        if not err <= bound:
-            failures.append(f"{key}: {err:.3e} > {bound:.3e}")
-    assert not failures, f"{context}: " + ", ".join(failures)
-
-
-def assert_results_close(got: dict, ref: dict, tol: float, context: str = ""):
-    """Compares every entry of two result dicts (see peephole_forward_backward); keys must match."""
-    assert set(got) == set(ref), f"{context}: keys differ: {sorted(set(got) ^ set(ref))}"
-    failures = []
-    for key in sorted(ref):
-        err = rel_err(got[key], ref[key])
-        if not err <= tol:
-            failures.append(f"{key}: {err:.3e}")
-    assert not failures, f"{context}: relative error > {tol:.1e} for " + ", ".join(failures)
-
-
-def assert_results_equal(got: dict, ref: dict, context: str = ""):
-    """Bitwise equality of every entry of two result dicts."""
-    assert set(got) == set(ref)
-    bad = [k for k in sorted(ref) if not torch.equal(got[k], ref[k])]
-    assert not bad, f"{context}: not bitwise equal: {bad}"
-
-
-# ---- random data ------------------------------------------------------------------------------
-
-
-def make_gen(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def randn(shape, seed, dtype=torch.float64, scale=1.0):
-    """Deterministic float64 normal numbers (cast to dtype): the same seed gives the same
-    values for every dtype (rounded to float32 for float32)."""
-    return (torch.randn(shape, generator=make_gen(seed), dtype=torch.float64) * scale).to(dtype)
-
-
-def randomize_(module: torch.nn.Module, seed: int, peephole_scale: float = 0.7) -> None:
-    """Fresh random weights: standard LSTM weights U(-k, k) with k = 1/sqrt(H) and peephole
-    weights U(-s, s) with s = peephole_scale (large enough to matter)."""
-    g = make_gen(seed)
-    k = 1.0 / math.sqrt(module.hidden_size)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            s = peephole_scale if name.startswith(("weight_ci", "weight_cf", "weight_co")) else k
-            v = (torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1) * s
-            p.copy_(v)
-
-
-def state_sizes(module, batch):
-    d = 2 if module.bidirectional else 1
-    real = module.proj_size if module.proj_size > 0 else module.hidden_size
-    return (module.num_layers * d, batch, real), (module.num_layers * d, batch, module.hidden_size)
-
-
-def make_peephole_inputs(module, T, B, seed, dtype, batch_first=None, lengths=None, with_hx=True):
-    """Leaf tensors x [T, B, I] (or [B, T, I]), h0, c0 (requires_grad) and the lengths.
-
-    The values are drawn in float64 from `seed` and cast to `dtype`, so the same seed gives the
-    same data for the float32 module and the float64 reference (after a round trip through
-    float32 use `round_through`)."""
-    batch_first = module.batch_first if batch_first is None else batch_first
-    shape = (B, T, module.input_size) if batch_first else (T, B, module.input_size)
-    x = randn(shape, seed, dtype).requires_grad_()
-    hx = None
-    if with_hx:
-        hs, cs = state_sizes(module, B)
-        hx = (
-            randn(hs, seed + 1, dtype, 0.5).requires_grad_(),
-            randn(cs, seed + 2, dtype, 0.5).requires_grad_(),
-        )
-    return x, hx
-
-
-def pack(x, lengths, batch_first):
-    return pack_padded_sequence(
-        x, torch.as_tensor(lengths, dtype=torch.int64), batch_first=batch_first,
-        enforce_sorted=False,
-    )
-
-
-# ---- running a module -------------------------------------------------------------------------
-
-
-def peephole_forward_backward(module, x, hx=None, lengths=None, seed=1234, grads=True):
-    """Runs `module` (packing x with `lengths` when given), then back-propagates a random
-    upstream gradient (drawn from `seed` in float64, cast to the output dtype) through the
-    output and both final states.
-
-    Returns a dict: output, h_n, c_n and grad_input, grad_h0, grad_c0, grad_<param> for every
-    parameter (missing gradients are an error: everything must receive one).
-    """
-    inp = pack(x, lengths, module.batch_first) if lengths is not None else x
-    out, (h_n, c_n) = module(inp, hx)
-    out_t = out.data if isinstance(out, PackedSequence) else out
-    res = {"output": out_t, "h_n": h_n, "c_n": c_n}
-    if isinstance(out, PackedSequence):
-        # compare the packed rows in the original batch order via the unsorted indices
-        res["batch_sizes"] = out.batch_sizes.to(torch.float64)
-        if out.unsorted_indices is not None:
-            res["unsorted_indices"] = out.unsorted_indices.to(torch.float64)
-    if not grads:
-        return {k: v.detach() for k, v in res.items()}
-    dtype = out_t.dtype
-    # drawn in float64 and rounded through float32: identical values for every dtype
-    to = dict(device=out_t.device, dtype=dtype)
-    g_out = randn(out_t.shape, seed, torch.float32).to(**to)
-    g_h = randn(h_n.shape, seed + 1, torch.float32).to(**to)
-    g_c = randn(c_n.shape, seed + 2, torch.float32).to(**to)
-    loss = (out_t * g_out).sum() + (h_n * g_h).sum() + (c_n * g_c).sum()
-    res.update(gradients_of(loss, module, x, hx))
-    return {k: v.detach() for k, v in res.items()}
-
-
-def gradients_of(loss, module, x, state=None):
-    """{grad_input, grad_h0, grad_c0 (when state is given), grad_<param> for every parameter}
-    of `loss`; a leaf that receives no gradient is an error."""
-    leaves = {"grad_input": x}
-    if state is not None:
-        leaves["grad_h0"], leaves["grad_c0"] = state
-    for name, p in module.named_parameters():
-        leaves["grad_" + name] = p
-    computed = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    for name, g in zip(leaves, computed):
-        assert g is not None, f"{name} received no gradient"
-    return dict(zip(leaves, computed))
-
-
-def peephole_fused_and_reference(dtype, seed=0, **kwargs):
-    """A fused module of `dtype` with fresh random weights and a float64 reference with the
-    very same weights (upcast exactly)."""
-    fused = tlstm.PeepholeLSTM(dtype=dtype, **kwargs)
-    randomize_(fused, seed)
-    ref = tlstm.reference.PeepholeLSTM(dtype=torch.float64, **kwargs)
-    ref.load_state_dict(fused.state_dict())
-    for (n1, p1), (n2, p2) in zip(fused.named_parameters(), ref.named_parameters()):
-        assert n1 == n2 and torch.equal(p1.double(), p2)
-    fused.train(False)
-    ref.train(False)
-    return fused, ref
-
-
-def compare_peephole_to_reference(dtype, T, B, seed=0, lengths=None, with_hx=True, **kwargs):
-    """Fused module in `dtype` against the float64 reference: outputs, states, all gradients."""
-    fused, ref = peephole_fused_and_reference(dtype, seed=seed, **kwargs)
-    x, hx = make_peephole_inputs(fused, T, B, seed + 10, dtype, with_hx=with_hx)
-    # the reference sees exactly the same (float32-representable when dtype is float32) data
-    x64 = x.detach().double().requires_grad_()
-    hx64 = None if hx is None else tuple(h.detach().double().requires_grad_() for h in hx)
-    got = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=seed + 20)
-    want = peephole_forward_backward(ref, x64, hx64, lengths=lengths, seed=seed + 20)
-    for key in ("output", "h_n", "c_n"):
-        assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_results_close(got, want, TOL[dtype], context=f"{dtype} {kwargs} lengths={lengths}")
-    return got, want
-
-
-def noncontiguous(t: torch.Tensor) -> torch.Tensor:
-    """The same values in a non-contiguous layout, detached: dims 0 and 1 transposed in memory
-    for >= 2-D tensors (as the modules hand the ops a transposed input with batch_first), a
-    stride of 2 for vectors (or where the transposed layout still counts as contiguous)."""
-    t = t.detach()
-    v = t.transpose(0, 1).contiguous().transpose(0, 1) if t.dim() >= 2 else t
-    if v.is_contiguous():
-        v = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2]
-        v.copy_(t)
-    assert not v.is_contiguous() and torch.equal(v, t)
-    return v
-
-
-def fail_without_cuda_kernels(op: str = "tlstm::peephole_lstm_forward") -> None:
-    """For the CUDA test files, once they know a GPU is there: a build of tlstm without its
-    CUDA kernels on a GPU machine is a failure, not a reason to skip."""
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"):
-        pytest.fail(f"a GPU is available but this build of tlstm has no CUDA kernel for {op} "
-                    "(rebuild with nvcc)")
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: runs on a CUDA device; skipped without one (pytest -m cuda runs them "
+        "all, as benchmarks/gpu_session.sh does)")
 
 
 @pytest.fixture
@@ -238,22 +37,35 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
 
+@pytest.fixture(params=cpu_and_cuda())
+def device(request, monkeypatch):
+    """The device a test runs on, "cpu" or "cuda" (tests/helpers.py: cpu_and_cuda; a test may
+    parametrize "device" itself, indirectly, with other params of the same form).
+
+    For the CUDA params, "cuda-stepwise" and "cuda-persistent", it sets TLSTM_CUDA_RECURRENCE
+    ("cuda" alone unsets it: the library chooses), turns TF32 off (no_tf32) and fails, rather
+    than skips, where the build has no CUDA kernels. Everything is restored after the test."""
+    name = request.param
+    if name == "cpu":
+        return "cpu"
+    kind, _, recurrence = name.partition("-")
+    assert kind == "cuda", name
+    for op in CUDA_OPS:
+        fail_without_cuda_kernels(op)
+    if recurrence:
+        monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", recurrence)
+    else:
+        monkeypatch.delenv("TLSTM_CUDA_RECURRENCE", raising=False)
+    request.getfixturevalue("no_tf32")
+    return "cuda"
+
+
 def pytest_make_parametrize_id(config, val, argname):
     """A bare number as a test id says nothing (test_opcheck_forward[0]): name it after its
     argument (case0, threads2, depth3)."""
     if isinstance(val, int) and not isinstance(val, bool):
         return f"{argname}{val}"
     return None
-
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import tlstm
-from conftest import TOL, assert_results_close, gradients_of, make_gen, pack, randn
+from helpers import TOL, assert_results_close, gradients_of, make_gen, pack, randn
 
 F64 = torch.float64
 F32 = torch.float32
@@ -118,18 +118,20 @@ def results_and_gradients(module, x, state, out, h_n, c_n, seed=1234):
 
 
 def compare_fused_to_reference(dtype, T, B, seed=0, lengths=None, flush=True, with_state=True,
-                               **kwargs):
-    """The fused module in `dtype` against the float64 reference: outputs, final states and
-    every gradient, within the contract's tolerance."""
+                               device="cpu", **kwargs):
+    """The fused module in `dtype` on `device` against the float64 reference on the CPU:
+    outputs, final states and every gradient, within the contract's tolerance."""
     fused, ref = fused_and_reference(dtype, seed=seed, **kwargs)
+    fused = fused.to(device)
     x, state = make_inputs(fused, T, B, seed + 10, dtype, with_state=with_state)
     x64, state64 = as_f64_leaves(x, state)
     got = forward_backward(fused, x, state, lengths=lengths, flush=flush, seed=seed + 20)
     want = forward_backward(ref, x64, state64, lengths=lengths, flush=flush, seed=seed + 20)
     for key in ("output", "h_n", "c_n"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_results_close(got, want, TOL[dtype],
-                         context=f"{dtype} {kwargs} T={T} B={B} lengths={lengths} flush={flush}")
+        assert got[key].device.type == torch.device(device).type, (key, got[key].device)
+    assert_results_close(got, want, TOL[dtype], context=(
+        f"{device} {dtype} {kwargs} T={T} B={B} lengths={lengths} flush={flush}"))
     return got, want
 
 

@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close
+from helpers import TOL, assert_results_close
 
 F64 = torch.float64
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TOL, randn, rel_err
+from helpers import TOL, randn, rel_err
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KWARGS = {
@@ -30,7 +30,7 @@ TIMEOUT_S = 120
 def _model(cell):
     import tlstm
 
-    from conftest import randomize_
+    from helpers import randomize_
     from tensorized_helpers import randomize_tensorized_
 
     if cell == "peephole":

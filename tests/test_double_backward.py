@@ -9,7 +9,7 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import TOL, peephole_fused_and_reference, make_peephole_inputs, rel_err
+from helpers import TOL, peephole_fused_and_reference, make_peephole_inputs, rel_err
 
 F64 = torch.float64
 

@@ -4,7 +4,7 @@ import torch
 
 import tlstm
 import tlstm.functional as TF
-from conftest import TOL, rel_err
+from helpers import TOL, rel_err
 
 F64 = torch.float64
 

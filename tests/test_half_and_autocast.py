@@ -1,38 +1,53 @@
-"""float16 / bfloat16 modules on the CPU, and autocast on the CPU and on CUDA, for both cells.
+"""float16 / bfloat16 modules on each device, and autocast on the CPU and on CUDA, for both
+cells.
 
 nn.LSTM runs the half types on the CPU and, under autocast, runs in the autocast dtype; the
 fused modules do the same (on the CPU the kernels compute half types in float32). docs/parity.md's
 bound for the half types: each result's error against the float64 reference is at most twice
-the error of the reference module run the same way, plus 1e-3."""
+the error of the reference module run the same way (in that dtype, on that device), plus 1e-3."""
 import pytest
 import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import (assert_within_half_bound, make_peephole_inputs, peephole_forward_backward,
-                      peephole_fused_and_reference, rel_err)
+from helpers import (assert_within_half_bound, cuda_recurrences, make_peephole_inputs,
+                     peephole_forward_backward, peephole_fused_and_reference, rel_err)
 
 HALF = [torch.float16, torch.bfloat16]
-# On a GPU machine the CUDA cases run, kernels or not: a build without them fails there.
-CUDA = torch.cuda.is_available()
-# (device, autocast dtype): the CPU under both half types, CUDA under float16
-AUTOCAST = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + (
-    [("cuda", torch.float16)] if CUDA else [])
-AUTOCAST_IDS = [f"{d}-{'bf16' if t == torch.bfloat16 else 'f16'}" for d, t in AUTOCAST]
+# ("device", autocast dtype), with indirect=["device"]: the CPU under both half types, CUDA
+# (each recurrence) under float16
+AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
+            pytest.param("cpu", torch.float16, id="cpu-f16")] + [
+    pytest.param(p.values[0], torch.float16, id=f"{p.values[0]}-f16", marks=p.marks)
+    for p in cuda_recurrences()]
 
+# module kwargs, T, B, lengths
 PEEPHOLE_CASES = {
-    "base": (dict(input_size=5, hidden_size=12), None),
+    "base": (dict(input_size=5, hidden_size=12), 7, 3, None),
     "bidir_two_layers_proj_packed": (
         dict(input_size=4, hidden_size=10, num_layers=2, bidirectional=True, proj_size=6),
-        [7, 3, 5],
+        7, 3, [7, 3, 5],
     ),
+    "H5": (dict(input_size=3, hidden_size=5), 6, 4, None),
+    "bidir_two_layers_proj_packed_H7": (
+        dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True, proj_size=3),
+        6, 4, [6, 2, 5, 1],
+    ),
+    "large": (dict(input_size=16, hidden_size=200, bidirectional=True), 8, 64, None),
 }
+# module kwargs, T, B, lengths, flush
 TENSORIZED_CASES = {
-    "base": (dict(input_size=4, hidden_size=12, depth=3), None, True),
+    "base": (dict(input_size=4, hidden_size=12, depth=3), 6, 3, None, True),
     "k5_proj_packed": (dict(input_size=3, hidden_size=10, depth=2, kernel_size=5, proj_size=4),
-                       [6, 2, 4], True),
+                       6, 3, [6, 2, 4], True),
     "no_flush_flags_off": (dict(input_size=3, hidden_size=9, depth=3, feedback=False,
-                                memory_conv=False), None, False),
+                                memory_conv=False), 6, 3, None, False),
+    "M5": (dict(input_size=3, hidden_size=5, depth=3), 6, 4, None, True),
+    "k5_proj_packed_depth4": (dict(input_size=3, hidden_size=6, depth=4, kernel_size=5,
+                                   proj_size=3), 6, 4, [6, 2, 5, 1], True),
+    "packed_no_flush": (dict(input_size=4, hidden_size=8, depth=3), 7, 5, [2, 7, 7, 1, 4],
+                        False),
+    "M33": (dict(input_size=5, hidden_size=33, depth=3), 5, 5, [5, 1, 4, 2, 5], True),
 }
 
 
@@ -60,7 +75,7 @@ def _compare_runs(run, ref64, fused, ref_low, x64, state64, dtype, device, autoc
 def _peephole_runs(case, dtype, device="cpu", autocast=False):
     """got, base, want (see _compare_runs) of one case, the fused module in `dtype`, or in
     float32 under autocast to `dtype`."""
-    kwargs, lengths = PEEPHOLE_CASES[case]
+    kwargs, T, B, lengths = PEEPHOLE_CASES[case]
     _, ref64 = peephole_fused_and_reference(torch.float64, seed=31, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
     fused = tlstm.PeepholeLSTM(**kwargs).to(device, fused_dtype)
@@ -68,7 +83,7 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
         m.train(False)
-    x64, hx64 = make_peephole_inputs(ref64, 7, 3, 32, torch.float64)
+    x64, hx64 = make_peephole_inputs(ref64, T, B, 32, torch.float64)
 
     def run(module, x, hx):
         return peephole_forward_backward(module, x, hx, lengths=lengths, seed=33)
@@ -78,14 +93,15 @@ def _peephole_runs(case, dtype, device="cpu", autocast=False):
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
-def test_peephole_half_module_on_cpu(case, dtype):
-    got, base, want = _peephole_runs(case, dtype)
+def test_peephole_half_module(case, dtype, device):
+    got, base, want = _peephole_runs(case, dtype, device)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh_l0"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+        assert got[key].device.type == device, (key, got[key].device)
+    assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 @pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
 def test_peephole_under_autocast(case, device, dtype):
     """As nn.LSTM under autocast: outputs and states in the autocast dtype, parameter
@@ -97,7 +113,7 @@ def test_peephole_under_autocast(case, device, dtype):
     assert_within_half_bound(got, base, want, f"{device} autocast {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 def test_peephole_autocast_dtypes_match_nn_lstm(device, dtype):
     lstm = torch.nn.LSTM(4, 6, num_layers=2, device=device)
     ours = tlstm.PeepholeLSTM.from_lstm(lstm)
@@ -125,14 +141,14 @@ def test_float64_is_left_alone_under_autocast():
 
 def _tensorized_runs(case, dtype, device="cpu", autocast=False):
     """As _peephole_runs, for the tensorized LSTM."""
-    kwargs, lengths, flush = TENSORIZED_CASES[case]
+    kwargs, T, B, lengths, flush = TENSORIZED_CASES[case]
     _, ref64 = th.fused_and_reference(torch.float64, seed=41, **kwargs)
     fused_dtype = torch.float32 if autocast else dtype
     fused = tlstm.TensorizedLSTM(**kwargs).to(device, fused_dtype)
     ref_low = tlstm.reference.TensorizedLSTM(**kwargs).to(device, dtype)
     for m in (fused, ref_low):
         m.load_state_dict(ref64.state_dict())
-    x64, state64 = th.make_inputs(ref64, 6, 3, 42)
+    x64, state64 = th.make_inputs(ref64, T, B, 42)
 
     def run(module, x, state):
         return th.forward_backward(module, x, state, lengths=lengths, flush=flush, seed=43)
@@ -142,14 +158,15 @@ def _tensorized_runs(case, dtype, device="cpu", autocast=False):
 
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", list(TENSORIZED_CASES))
-def test_tensorized_half_module_on_cpu(case, dtype):
-    got, base, want = _tensorized_runs(case, dtype)
+def test_tensorized_half_module(case, dtype, device):
+    got, base, want = _tensorized_runs(case, dtype, device)
     for key in ("output", "h_n", "c_n", "grad_input", "grad_weight_hh"):
         assert got[key].dtype == dtype, (key, got[key].dtype)
-    assert_within_half_bound(got, base, want, f"cpu {dtype} {case}")
+        assert got[key].device.type == device, (key, got[key].device)
+    assert_within_half_bound(got, base, want, f"{device} {dtype} {case}")
 
 
-@pytest.mark.parametrize("device,dtype", AUTOCAST, ids=AUTOCAST_IDS)
+@pytest.mark.parametrize("device,dtype", AUTOCAST, indirect=["device"])
 @pytest.mark.parametrize("case", list(TENSORIZED_CASES))
 def test_tensorized_under_autocast(case, device, dtype):
     got, base, want = _tensorized_runs(case, dtype, device, autocast=True)

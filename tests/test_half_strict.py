@@ -20,8 +20,8 @@ import torch
 
 import tlstm
 import tensorized_helpers as th
-from conftest import randn, rel_err
-from conftest import randomize_ as randomize_peephole_
+from helpers import randn, rel_err
+from helpers import randomize_ as randomize_peephole_
 
 F32 = torch.float32
 HALF = {"f16": torch.float16, "bf16": torch.bfloat16}

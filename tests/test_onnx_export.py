@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import rel_err
+from helpers import rel_err
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

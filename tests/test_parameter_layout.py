@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import TOL, make_gen, randn, rel_err
+from helpers import TOL, make_gen, randn, rel_err
 from tensorized_helpers import F64, make_inputs, spec_tlstm
 
 PEEPHOLE_MODULES = {"fused": tlstm.PeepholeLSTM, "reference": tlstm.reference.PeepholeLSTM}

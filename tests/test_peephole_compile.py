@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
     peephole_forward_backward,

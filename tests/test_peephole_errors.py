@@ -1,13 +1,15 @@
 """Bad arguments raise what nn.LSTM raises: same exception type and the same message.
 
 Both modules run on the same bad input; where nn.LSTM's own message is poor, ours must at least
-be clear (name the hidden state and both dtypes / sizes)."""
+be clear (name the hidden state and both dtypes / sizes). With a GPU also tensors on two
+devices."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import tlstm
+from helpers import cuda_param
 
 
 def _outcome(fn):
@@ -229,3 +231,36 @@ def test_hx_as_a_single_tensor_is_a_clear_type_error(hx):
             f"hx must be a tuple (h_0, c_0) of two tensors, got a single tensor of shape "
             f"{list(hx.shape)}"
         )
+
+
+# ---- tensors on two devices (CUDA only) -------------------------------------------------------
+
+ON_CUDA = pytest.mark.parametrize("device", [cuda_param()], indirect=True)
+
+
+def _same_error_as_nn_lstm(fn_lstm, fn_ours):
+    lstm_outcome, our_outcome = _outcome(fn_lstm), _outcome(fn_ours)
+    assert lstm_outcome is not None, "nn.LSTM accepted the input: the test is wrong"
+    assert our_outcome == lstm_outcome
+
+
+@ON_CUDA
+def test_cpu_input_cuda_module_error_matches_nn_lstm(device):
+    lstm, ours = nn.LSTM(4, 5).to(device), tlstm.PeepholeLSTM(4, 5).to(device)
+    x = torch.randn(3, 2, 4)
+    _same_error_as_nn_lstm(lambda: lstm(x), lambda: ours(x))
+
+
+@ON_CUDA
+def test_cuda_input_cpu_module_error_matches_nn_lstm(device):
+    lstm, ours = nn.LSTM(4, 5), tlstm.PeepholeLSTM(4, 5)
+    x = torch.randn(3, 2, 4, device=device)
+    _same_error_as_nn_lstm(lambda: lstm(x), lambda: ours(x))
+
+
+@ON_CUDA
+def test_hidden_on_other_device_error_matches_nn_lstm(device):
+    lstm, ours = nn.LSTM(4, 5).to(device), tlstm.PeepholeLSTM(4, 5).to(device)
+    x = torch.randn(3, 2, 4, device=device)
+    hx = (torch.randn(1, 2, 5), torch.randn(1, 2, 5, device=device))
+    _same_error_as_nn_lstm(lambda: lstm(x, hx), lambda: ours(x, hx))

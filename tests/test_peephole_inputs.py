@@ -1,14 +1,15 @@
-"""Input layouts: hx=None, batch of one, unbatched 2-D input, empty batch, non-contiguous
-inputs, states and weights."""
+"""Input layouts: hx=None, batch of one, unbatched 2-D input, empty batch (on each device),
+non-contiguous inputs, states and weights."""
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 import tlstm
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
+    compare_peephole_to_reference,
     peephole_forward_backward,
     peephole_fused_and_reference,
     make_peephole_inputs,
@@ -55,8 +56,6 @@ def test_hx_none_equals_zeros(cfg, dtype):
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
 def test_batch_of_one(cfg, dtype):
-    from conftest import compare_peephole_to_reference
-
     compare_peephole_to_reference(dtype, 6, 1, seed=cfg, **CONFIGS[cfg])
     compare_peephole_to_reference(dtype, 4, 1, seed=cfg, lengths=[3], **CONFIGS[cfg])
 
@@ -98,27 +97,32 @@ def test_unbatched_equals_batched_squeezed(cfg, with_hx):
         assert rel_err(a, b) <= TOL[F64]
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("kwargs", [
     dict(input_size=3, hidden_size=5),
     dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, proj_size=2,
          batch_first=True),
 ])
-def test_empty_batch_like_nn_lstm(kwargs, with_hx):
-    lstm = nn.LSTM(dtype=F64, **kwargs)
-    module = tlstm.PeepholeLSTM(dtype=F64, **kwargs)
+def test_empty_batch_like_nn_lstm(kwargs, with_hx, dtype, device):
+    """A batch of 0 sequences on `device` gives what nn.LSTM gives (run on the CPU: the shapes
+    and dtypes do not depend on the device), and zero (or no) parameter gradients."""
+    lstm = nn.LSTM(dtype=dtype, **kwargs)
+    module = tlstm.PeepholeLSTM(dtype=dtype, device=device, **kwargs)
     shape = (0, 4, 3) if kwargs.get("batch_first") else (4, 0, 3)
     results = []
-    for m in (lstm, module):
-        x = torch.zeros(shape, dtype=F64, requires_grad=True)
+    for m, dev in ((lstm, "cpu"), (module, device)):
+        x = torch.zeros(shape, dtype=dtype, device=dev, requires_grad=True)
         hx = None
         if with_hx:
             d = 2 if m.bidirectional else 1
             real = m.proj_size or m.hidden_size
-            hx = (torch.zeros(m.num_layers * d, 0, real, dtype=F64, requires_grad=True),
-                  torch.zeros(m.num_layers * d, 0, m.hidden_size, dtype=F64,
+            hx = (torch.zeros(m.num_layers * d, 0, real, dtype=dtype, device=dev,
+                              requires_grad=True),
+                  torch.zeros(m.num_layers * d, 0, m.hidden_size, dtype=dtype, device=dev,
                               requires_grad=True))
         out, (h, c) = m(x, hx)
+        assert out.device == h.device == c.device == x.device
         (out.sum() + h.sum() + c.sum()).backward()
         results.append((out.shape, h.shape, c.shape, out.dtype, x.grad.shape))
         for p in m.parameters():

@@ -6,7 +6,7 @@ test_peephole_vs_reference.py."""
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     TOL,
     peephole_forward_backward,
     peephole_fused_and_reference,

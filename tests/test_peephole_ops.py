@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 import tlstm
-from conftest import TOL, assert_results_close, noncontiguous, randn, rel_err
+from helpers import TOL, assert_results_close, noncontiguous, randn, rel_err
 
 OPS = torch.ops.tlstm
 F64 = torch.float64
@@ -207,7 +207,7 @@ def test_gradcheck_module(packed):
     input, the initial state and every parameter."""
     from torch.func import functional_call
 
-    from conftest import pack
+    from helpers import pack
 
     module = tlstm.PeepholeLSTM(2, 3, num_layers=2, bidirectional=True, proj_size=2,
                                 batch_first=True, dtype=F64)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import tlstm
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
     peephole_forward_backward,
@@ -85,7 +85,7 @@ def test_output_structure_matches_nn_lstm():
         x, hx = make_peephole_inputs(module, T, B, 4, torch.float64)
         for hx_arg in (None, hx):
             if lengths is not None:
-                from conftest import pack
+                from helpers import pack
 
                 inp = pack(x, lengths, kwargs.get("batch_first", False))
             else:

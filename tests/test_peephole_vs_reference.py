@@ -1,28 +1,37 @@
 """Fused tlstm.PeepholeLSTM against the float64 step-by-step reference (docs/cells.md, section 1).
 
 Outputs, h_n, c_n and every gradient (input, h0, c0, every parameter) under a random upstream
-gradient: float64 within 1e-10, float32 (fused) against the float64 reference within 1e-5.
+gradient: float64 within 1e-10, float32 (fused) against the float64 reference within 1e-5. The
+module runs on each device (the `device` fixture: the CPU, and CUDA with both recurrences where
+there is a GPU); the reference always runs on the CPU in float64. On CUDA also: float64 against
+the CPU kernels within 1e-12.
 """
 import zlib
 
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     TOL,
     assert_results_close,
     compare_peephole_to_reference,
-    peephole_forward_backward,
-    peephole_fused_and_reference,
+    cuda_param,
+    cuda_recurrences,
     make_peephole_inputs,
     num_threads,
+    on_device,
+    pack,
+    peephole_forward_backward,
+    peephole_fused_and_reference,
+    randn,
     rel_err,
 )
 
 DTYPES = [torch.float64, torch.float32]
 
-# A covering set of the options (not the full product). Each entry: module kwargs, T, B, lengths.
-SMALL_CASES = {
+# A covering set of the options (not the full product) and a few sizes (hidden sizes that are
+# not multiples of 32, a large batch). Each entry: module kwargs, T, B, lengths.
+CASES = {
     "base": (dict(input_size=3, hidden_size=5), 6, 4, None),
     "identity": (dict(input_size=3, hidden_size=5, activation="identity"), 6, 4, None),
     "two_layers": (dict(input_size=3, hidden_size=5, num_layers=2), 5, 3, None),
@@ -51,22 +60,47 @@ SMALL_CASES = {
         6, 4, [1, 6, 4, 3]),
     "packed_shorter_than_T": (  # the longest sequence is shorter than the padded T
         dict(input_size=3, hidden_size=5, bidirectional=True), 8, 3, [5, 2, 3]),
+    "identity_batch_first_no_bias": (
+        dict(input_size=4, hidden_size=6, activation="identity", batch_first=True, bias=False),
+        5, 3, None),
+    "packed_two_layers_bidir_proj_H7": (
+        dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True, proj_size=3),
+        6, 4, [6, 2, 5, 1]),
+    "packed_bidir_H33": (dict(input_size=3, hidden_size=33, bidirectional=True), 7, 5,
+                         [2, 7, 7, 1, 4]),
+    "no_peephole_H40": (dict(input_size=4, hidden_size=40, peephole=False), 5, 3, None),
+    "large": (dict(input_size=16, hidden_size=200, bidirectional=True), 8, 64, None),
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("case", list(SMALL_CASES))
-def test_small_configs(case, dtype):
-    kwargs, T, B, lengths = SMALL_CASES[case]
+@pytest.mark.parametrize("case", list(CASES))
+def test_configs(case, dtype, device):
+    kwargs, T, B, lengths = CASES[case]
     compare_peephole_to_reference(dtype, T, B, seed=zlib.crc32(case.encode()) % 1000,
-                                  lengths=lengths, **kwargs)
+                                  lengths=lengths, device=device, **kwargs)
+
+
+@pytest.mark.parametrize("device", cuda_recurrences(), indirect=True)
+@pytest.mark.parametrize("case", ["packed_bidir_H33", "packed_two_layers_bidir_proj_H7"])
+def test_cuda_float64_matches_cpu_kernels(case, device):
+    """CUDA float64 against the fused CPU kernels in float64 on the same weights and data:
+    <= 1e-12 (only the order of the sums differs)."""
+    kwargs, T, B, lengths = CASES[case]
+    fused, _ = peephole_fused_and_reference(torch.float64, seed=1, **kwargs)
+    x, hx = make_peephole_inputs(fused, T, B, 2, torch.float64)
+    cpu = peephole_forward_backward(fused, x, hx, lengths=lengths, seed=3)
+    fused.to(device)
+    got = peephole_forward_backward(fused, *on_device(device, x, hx), lengths=lengths, seed=3)
+    assert got["output"].device.type == "cuda"
+    assert_results_close(got, cpu, 1e-12, context=f"cuda vs cpu float64 {case}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", ["base", "two_layers_bidir_proj", "packed_bidir"])
 def test_without_hx(case, dtype):
     """hx=None: no h0/c0 gradients, everything else still matches."""
-    kwargs, T, B, lengths = SMALL_CASES[case]
+    kwargs, T, B, lengths = CASES[case]
     compare_peephole_to_reference(dtype, T, B, seed=7, lengths=lengths, with_hx=False, **kwargs)
 
 
@@ -136,10 +170,32 @@ def test_odd_hidden_sizes_threaded(H, restore_threads):
                                    lengths=[(b % 3) + 1 for b in range(300)])
 
 
-def test_float32_long_sequence_T1000():
+@pytest.mark.parametrize("hidden_size", [1, 31, 33, 100])
+def test_hidden_sizes_not_multiples_of_32(hidden_size, device):
+    compare_peephole_to_reference(torch.float64, 6, 3, seed=5, device=device, input_size=5,
+                                  hidden_size=hidden_size)
+
+
+@pytest.mark.parametrize("device", [cuda_param("stepwise")], indirect=True)
+def test_hidden_size_2048(device):
+    """CUDA only (the float64 reference takes seconds on the CPU at this width), and stepwise
+    only: the persistent kernel keeps W_hh in shared memory, where H = 2048 does not fit
+    (test_cuda_streams_and_limits.py checks that forcing it is a clear error)."""
+    compare_peephole_to_reference(torch.float64, 3, 2, seed=5, device=device, input_size=5,
+                                  hidden_size=2048)
+
+
+LONG_CASES = {
+    "bidir_H6": dict(input_size=3, hidden_size=6, bidirectional=True),
+    "H8": dict(input_size=3, hidden_size=8),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_CASES))
+def test_float32_long_sequence_T1000(case, device):
     """float32 stays within 1e-5 of the float64 reference over T = 1000 steps."""
-    compare_peephole_to_reference(torch.float32, 1000, 3, seed=11, input_size=3, hidden_size=6,
-                               bidirectional=True)
+    compare_peephole_to_reference(torch.float32, 1000, 3, seed=11, device=device,
+                                  **LONG_CASES[case])
 
 
 def test_peephole_weights_matter():
@@ -162,8 +218,6 @@ def test_peephole_weights_matter():
 def test_loss_on_some_results_only(used, size):
     """Gradients when the loss ignores some of output, h_n and c_n (their upstream gradients are
     then absent, not zero tensors)."""
-    from conftest import randn
-
     H, B = (5, 3) if size == "small" else (72, 40)
     kwargs = dict(input_size=4, hidden_size=H, num_layers=2, bidirectional=True,
                   proj_size=3 if size == "small" else 24)
@@ -172,8 +226,6 @@ def test_loss_on_some_results_only(used, size):
     lengths = [(b % 5) + 1 for b in range(B)]
     results = []
     for module in (fused, ref):
-        from conftest import pack
-
         out, (h_n, c_n) = module(pack(x, lengths, False), hx)
         terms = {"output": out.data, "h_n": h_n, "c_n": c_n}
         loss = sum((terms[k] * randn(terms[k].shape, 3 + i, torch.float64)).sum()

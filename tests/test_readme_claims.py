@@ -23,7 +23,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close, assert_results_equal, randn, rel_err
+from helpers import TOL, assert_results_close, assert_results_equal, randn, rel_err
 from tensorized_helpers import F64, make_tlstm
 
 FUSED = {"peephole": tlstm.PeepholeLSTM, "tensorized": tlstm.TensorizedLSTM}

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close, rel_err
+from helpers import TOL, assert_results_close, rel_err
 from tensorized_helpers import F64, config_id, make_inputs, make_tlstm, results_and_gradients
 
 Reference = tlstm.reference.TensorizedLSTM

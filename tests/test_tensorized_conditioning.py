@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tlstm
-from conftest import rel_err
+from helpers import rel_err
 
 F64 = torch.float64
 

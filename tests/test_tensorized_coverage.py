@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close, noncontiguous
+from helpers import TOL, assert_results_close, noncontiguous
 from tensorized_helpers import (
     F32,
     F64,

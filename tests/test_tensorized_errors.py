@@ -1,12 +1,14 @@
 """Bad constructor arguments and bad inputs of TensorizedLSTM (fused and reference): the error
-types and the key parts of the messages promised by the API."""
+types and the key parts of the messages promised by the API. With a GPU also tensors on two
+devices, for the module and for the backward op called directly."""
 import re
 
 import pytest
 import torch
 
 import tlstm
-from conftest import pack
+from helpers import cuda_param, pack
+from tensorized_helpers import F32, backward_op_args, fused_and_reference, make_inputs, op_args
 
 MODULES = {"fused": tlstm.TensorizedLSTM, "reference": tlstm.reference.TensorizedLSTM}
 
@@ -176,3 +178,38 @@ def test_state_must_be_a_pair(module, count):
     with pytest.raises(TypeError) as exc:
         module(torch.randn(3, 2, 4), (torch.zeros(2, P, 5),) * count)
     assert str(exc.value) == f"state must be a tuple (H, C) of two tensors, got {count}"
+
+
+# ---- tensors on two devices (CUDA only) -------------------------------------------------------
+
+ON_CUDA = pytest.mark.parametrize("device", [cuda_param()], indirect=True)
+
+
+@ON_CUDA
+def test_state_on_the_cpu_is_refused(device):
+    fused, _ = fused_and_reference(F32, seed=31, input_size=3, hidden_size=5, depth=3)
+    fused = fused.to(device)
+    x = torch.randn(4, 2, 3, device=device)
+    zeros = torch.zeros(2, fused.rows, 5)
+    with pytest.raises(RuntimeError, match="Input and state tensors are not at the same device"):
+        fused(x, (zeros, zeros))
+    with pytest.raises(RuntimeError,
+                       match="Input and parameter tensors are not at the same device"):
+        fused.to("cpu")(x)
+
+
+@ON_CUDA
+@pytest.mark.parametrize("name", ["norm_weight", "q", "norm_hat", "cells"])
+def test_backward_op_refuses_a_buffer_on_the_cpu(name, device):
+    """The backward op, called directly, names a parameter or saved buffer that is not on the
+    input's device instead of reading host memory from a kernel."""
+    fused, _ = fused_and_reference(F32, seed=32, input_size=3, hidden_size=5, depth=3)
+    fused = fused.to(device)
+    x, (h0, c0) = make_inputs(fused, 4, 2, 33)
+    with torch.no_grad():
+        args = op_args(fused, x, h0, c0)
+        outs = torch.ops.tlstm.tensorized_lstm_forward(*args, True)
+        bargs = backward_op_args(args, outs, [torch.ones_like(t) for t in outs[:3]],
+                                 **{name: lambda t: t.cpu()})
+        with pytest.raises(RuntimeError, match=f"expected {name} on device cuda:0 .*got cpu"):
+            torch.ops.tlstm.tensorized_lstm_backward(*bargs)

@@ -8,7 +8,7 @@ from torch.autograd import gradcheck
 from torch.func import functional_call
 
 import tlstm
-from conftest import TOL, assert_results_close, noncontiguous, num_threads, pack, randn, rel_err
+from helpers import TOL, assert_results_close, noncontiguous, num_threads, pack, randn, rel_err
 from tensorized_helpers import (
     F64,
     backward_op_args,

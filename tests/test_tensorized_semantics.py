@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close, num_threads, pack, randn, rel_err
+from helpers import TOL, assert_results_close, num_threads, pack, randn, rel_err
 from tensorized_helpers import (
     F32,
     F64,

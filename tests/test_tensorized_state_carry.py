@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tlstm
-from conftest import TOL, assert_results_close, rel_err
+from helpers import TOL, assert_results_close, rel_err
 from tensorized_helpers import (F32, F64, config_id, make_inputs, make_tlstm,
                                 results_and_gradients)
 

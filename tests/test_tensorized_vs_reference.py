@@ -1,14 +1,27 @@
-"""Fused tlstm.TensorizedLSTM (CPU kernels) against the float64 reference module (docs/cells.md,
+"""Fused tlstm.TensorizedLSTM against the float64 reference module (docs/cells.md,
 docs/parity.md): outputs, final states and every gradient (input, H_0, C_0, each parameter)
 under random upstream gradients, in float64 (<= 1e-10) and float32 (<= 1e-5 against the
 float64 reference), over depths, kernel sizes, every flag, projections, packed input, flush,
-batch_first, T = 1 and 1 or 2 threads. Also the reference and the fused module against
-`spec_tlstm`, an implementation of docs/cells.md written independently of the library."""
+batch_first, T = 1 and 1 or 2 threads; the table of cases also on CUDA, with both recurrences,
+where there is a GPU (the reference always runs on the CPU in float64). On CUDA also: float64
+against the CPU kernels and the persistent recurrence against the stepwise, both within 1e-12.
+Also the reference and the fused module against `spec_tlstm`, an implementation of
+docs/cells.md written independently of the library."""
 import pytest
 import torch
 
 import tlstm
-from conftest import TOL, assert_results_close, num_threads, pack
+from helpers import (
+    RECURRENCES,
+    TOL,
+    assert_results_close,
+    cpu_threads_and_cuda,
+    cuda_param,
+    cuda_recurrences,
+    num_threads,
+    on_device,
+    pack,
+)
 from tensorized_helpers import (
     F32,
     F64,
@@ -90,17 +103,75 @@ CASES = {
     "batch_first_no_flush_proj": (dict(input_size=3, hidden_size=5, depth=2, batch_first=True,
                                        proj_size=3), 4, 2, None, False),
     "wide": (dict(input_size=5, hidden_size=8, depth=3, kernel_size=5), 4, 2, None, True),
+    "base": (dict(input_size=3, hidden_size=5, depth=3), 6, 4, None, True),
+    "k5_proj_packed": (dict(input_size=3, hidden_size=6, depth=4, kernel_size=5, proj_size=3),
+                       6, 4, [6, 2, 5, 1], True),
+    "packed_no_flush": (dict(input_size=4, hidden_size=8, depth=3), 7, 5, [2, 7, 7, 1, 4],
+                        False),
+    "no_flush_depth5": (dict(input_size=3, hidden_size=5, depth=5), 5, 3, None, False),
+    "no_feedback_no_memconv": (dict(input_size=3, hidden_size=7, depth=4, feedback=False,
+                                    memory_conv=False), 5, 3, None, True),
+    "no_cn_no_bias_batch_first": (dict(input_size=4, hidden_size=6, depth=3, channel_norm=False,
+                                       bias=False, batch_first=True), 5, 3, [5, 3, 4], True),
+    "depth1": (dict(input_size=3, hidden_size=5, depth=1), 4, 2, None, True),
+    "M33": (dict(input_size=5, hidden_size=33, depth=3), 5, 5, [5, 1, 4, 2, 5], True),
+    "M100": (dict(input_size=7, hidden_size=100, depth=3, kernel_size=5), 4, 3, None, False),
 }
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("device,threads", cpu_threads_and_cuda(), indirect=["device"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_cases(case, dtype, threads):
+def test_cases(case, dtype, device, threads):
     kwargs, T, B, lengths, flush = CASES[case]
     with num_threads(threads):
         compare_fused_to_reference(dtype, T=T, B=B, seed=len(case), lengths=lengths,
-                                   flush=flush, **kwargs)
+                                   flush=flush, device=device, **kwargs)
+
+
+@pytest.mark.parametrize("device", cuda_recurrences(), indirect=True)
+@pytest.mark.parametrize("case", ["base", "k5_proj_packed", "packed_no_flush", "M33"])
+def test_cuda_float64_matches_cpu_kernels(case, device):
+    """CUDA float64 against the fused CPU kernels in float64 on the same weights and data:
+    <= 1e-12 (only the order of the sums differs)."""
+    kwargs, T, B, lengths, flush = CASES[case]
+    fused = make_tlstm(tlstm.TensorizedLSTM, F64, seed=3, **kwargs)
+    x, state = make_inputs(fused, T, B, 4)
+    cpu = forward_backward(fused, x, state, lengths=lengths, flush=flush, seed=5)
+    fused.to(device)
+    got = forward_backward(fused, *on_device(device, x, state), lengths=lengths, flush=flush,
+                           seed=5)
+    assert got["output"].device.type == "cuda"
+    assert_results_close(got, cpu, 1e-12, context=f"cuda vs cpu float64 {case}")
+
+
+@pytest.mark.parametrize("device", [cuda_param()], indirect=True)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_persistent_matches_stepwise_in_float64(case, device, monkeypatch):
+    """The persistent kernel and the step kernels in float64 on the same inputs: <= 1e-12 (only
+    the order of the GEMM's sums differs)."""
+    kwargs, T, B, lengths, flush = CASES[case]
+    fused = make_tlstm(tlstm.TensorizedLSTM, F64, seed=41, **kwargs).to(device)
+    x, state = make_inputs(fused, T, B, 42)
+    results = {}
+    for recurrence in RECURRENCES:
+        monkeypatch.setenv("TLSTM_CUDA_RECURRENCE", recurrence)
+        results[recurrence] = forward_backward(fused, x, state, lengths=lengths, flush=flush,
+                                               seed=43)
+    assert results["persistent"]["output"].device.type == "cuda"
+    assert_results_close(results["persistent"], results["stepwise"], 1e-12,
+                         context=f"cuda persistent vs stepwise {case}")
+
+
+@pytest.mark.parametrize("device", cuda_recurrences(), indirect=True)
+def test_large_batch_rows_channels(device):
+    """A large B*P*M (B=64, P=6, M=256) in float32 against the float64 reference (the
+    persistent kernel stages 384 rows of X_col in chunks of 41 columns here). CUDA only: the
+    float64 reference takes some 20 s on the CPU at this size, where test_threaded_size covers
+    the CPU kernels' split of the work."""
+    lengths = [(7 * b) % 8 + 1 for b in range(64)]
+    compare_fused_to_reference(F32, T=8, B=64, seed=21, lengths=lengths, device=device,
+                               input_size=32, hidden_size=256, depth=6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
