@@ -1,4 +1,5 @@
-"""ONNX export of the peephole LSTM as ONNX's own ``LSTM`` operator, which has peepholes.
+"""ONNX export: the peephole LSTM as ONNX's own ``LSTM`` operator, which has peepholes, and
+the tensorized LSTM as a ``Loop`` of standard operators.
 
 ``import tlstm`` registers the translation below with the ONNX exporter of PyTorch (the
 ``torch.export``-based one, ``torch.onnx.export(..., dynamo=True)``) whenever onnxscript is
@@ -12,6 +13,10 @@ them i, f, g, o, so the rows of the weights and biases are gathered in that orde
 is [w_ci, w_co, w_cf]; ``B`` is [b_ih; b_hh]; lengths become ``sequence_lens``; the identity
 activation is ONNX's ``Affine`` with alpha 1 and beta 0. ONNX's LSTM has no projection, so a
 model with ``proj_size > 0`` is refused with an error that says so.
+
+The tensorized LSTM (``tlstm::tensorized_lstm_forward``, the 2-D tLSTM) becomes one ``Loop``
+over its steps of standard ops, for the torch.export-based exporter only; the TorchScript-based
+one refuses it and says to pass ``dynamo=True``.
 """
 from __future__ import annotations
 
