@@ -264,3 +264,20 @@ def test_tensorized_lstm_packed_export_is_refused(tmp_path):
     with pytest.raises(Exception, match="passes it a PackedSequence is not supported"):
         torch.onnx.export(TensorizedPacked().eval(),
                           (torch.randn(6, 3, 4), torch.tensor([6, 2, 4])), dynamo=True)
+
+
+def test_tensorized_lstm_exports_in_float64(tmp_path):
+    """No Conv in the step (ONNX Runtime has none in float64 on the CPU): float64 runs too, and
+    agrees to float64's precision."""
+    torch.manual_seed(3)
+    module = TensorizedOnly().double()
+    randomize_norms(module)
+    dims = ({0: torch.export.Dim("T", min=2), 1: torch.export.Dim("B", min=2)},)
+    _, session = export(module, (torch.randn(5, 2, 4, dtype=torch.float64),), dims,
+                        tmp_path / "model.onnx")
+    for T, B in ((5, 2), (8, 3)):
+        x = torch.randn(T, B, 4, dtype=torch.float64)
+        with torch.no_grad():
+            want = module(x)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert rel_err(torch.from_numpy(got[0]), want) <= 1e-10, (T, B)

@@ -154,8 +154,9 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     """The ONNX translation of ``tlstm::tensorized_lstm_forward`` (the 2-D tLSTM, docs/cells.md
     sections 2-5, as tlstm/reference.py steps it): the projected inputs x~_t (one MatMul over the
     sequence, padded with b^x for the flush steps and past each length), then one ``Loop`` over
-    the S = T + delay steps (T without flush) whose body is the step: a ``Conv`` over the rows of
-    [x~_t; H_{t-1}], the channel norms from ``ReduceMean``, the gates, the memory convolution
+    the S = T + delay steps (T without flush) whose body is the step: the row convolution over
+    [x~_t; H_{t-1}] as one ``MatMul`` of its taps side by side (ONNX Runtime has no float64
+    ``Conv`` on the CPU), the channel norms from ``ReduceMean``, the gates, the memory convolution
     (``Softmax`` over the taps, a ``Gather`` of the replicate-padded neighbours), and the top row
     as the loop's scan output. T and B stay dynamic. The saved tensors of a training forward
     come out empty, as for the peephole LSTM."""
@@ -205,6 +206,9 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     neighbour = [[min(max(p - c + k, 1), P) - 1 for k in range(K)] for p in range(1, P + 1)]
     neighbour = op.Constant(value=ir.tensor(neighbour, dtype=ir.DataType.INT64))  # [P, K]
     eps = like(1e-5)
+    # The row convolution as one MatMul: weight_hh [G, M, K'] -> [K'*M, G], tap-major
+    taps_per_row = K if feedback else c + 1
+    weight_taps = op.Reshape(op.Transpose(weight_hh, perm=[2, 1, 0]), ints([taps_per_row * M, G]))
 
     # The loop body, recorded as a subgraph: swap the recorder's node list (and its cache of
     # constants, so that none made inside is reused outside) while the step is traced.
@@ -233,12 +237,14 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
 
     x_row = op.Gather(x_proj, step, axis=0)  # [B, M]
     hcat = op.Concat(op.Unsqueeze(x_row, ints([1])), H, axis=1)  # [B, P+1, M]: rows 0..P
-    pads = [c, c] if feedback else [c, 0]
-    conv_inputs = [op.Transpose(hcat, perm=[0, 2, 1]), weight_hh]
+    # Row i of the padded Hcat is row i - c of Hcat (zeros outside 0..P); tap k of hidden row r
+    # reads row r - c + k, so the K' taps of rows 1..P are K' slices of it, side by side.
+    padded = op.Pad(hcat, ints([0, c, 0, 0, c if feedback else 0, 0]))
+    taps = op.Concat(*(op.Slice(padded, ints([1 + k]), ints([1 + k + P]), ints([1]))
+                       for k in range(taps_per_row)), axis=2)  # [B, P, K'*M]
+    A = op.MatMul(taps, weight_taps)  # [B, P, G]
     if bias_hh is not None:
-        conv_inputs.append(bias_hh)
-    A = op.Conv(*conv_inputs, pads=pads)  # [B, G, P+1]
-    A = op.Transpose(op.Slice(A, ints([1]), ints([P + 1]), ints([2])), perm=[0, 2, 1])
+        A = op.Add(A, bias_hh)
 
     def channels(start, stop):
         return op.Slice(A, ints([start]), ints([stop]), ints([2]))
