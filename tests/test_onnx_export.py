@@ -124,3 +124,160 @@ def test_projection_is_refused_with_a_clear_error(dynamo, tmp_path):
     with pytest.raises(Exception, match="proj_size > 0 cannot be exported to ONNX"):
         torch.onnx.export(module.eval(), (torch.randn(5, 2, 4),), str(tmp_path / "m.onnx"),
                           dynamo=dynamo)
+
+
+# -- the tensorized LSTM: one Loop over the steps, of standard ops (dynamo=True only) ----------
+
+TENSORIZED_CONFIGS = [
+    dict(depth=3),
+    dict(depth=1),
+    dict(depth=2, kernel_size=5),
+    dict(depth=4, memory_conv=False, feedback=False),
+    dict(depth=3, channel_norm=False, bias=False),
+    dict(depth=2, kernel_size=5, proj_size=3, batch_first=True),
+    dict(depth=3, flush=False),
+]
+
+
+class TensorizedWithState(torch.nn.Module):
+    """A TensorizedLSTM given an initial state, with or without flush; returns the output and
+    the state."""
+
+    def __init__(self, flush=True, **config):
+        super().__init__()
+        self.lstm = tlstm.TensorizedLSTM(6, 8, **config)
+        self.flush = flush
+
+    def forward(self, x, h0, c0):
+        output, (h_n, c_n) = self.lstm(x, (h0, c0), flush=self.flush)
+        return output, h_n, c_n
+
+
+def randomize_norms(module):
+    """Channel-norm gains start at 0.5 and offsets at 0: make every one matter."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("norm_"):
+                p.uniform_(0.2, 1.0) if name == "norm_weight" else p.uniform_(-0.3, 0.3)
+
+
+def non_standard_ops(model):
+    return {(node.domain, node.op_type) for node in model.graph.node
+            if node.domain not in ("", "ai.onnx")}
+
+
+@pytest.mark.parametrize("config", TENSORIZED_CONFIGS, ids=config_id)
+def test_tensorized_lstm_exports_as_a_loop(config, tmp_path):
+    torch.manual_seed(0)
+    module = TensorizedWithState(**config)
+    randomize_norms(module)
+    lstm = module.lstm
+    batch_first = lstm.batch_first
+    time_dim, batch_dim = (1, 0) if batch_first else (0, 1)
+    state = (3, lstm.rows, 8)
+    args = (torch.randn((3, 7, 6) if batch_first else (7, 3, 6)), torch.randn(state),
+            torch.randn(state))
+    B = torch.export.Dim("B", min=2)
+    dims = ({time_dim: torch.export.Dim("T", min=2), batch_dim: B}, {0: B}, {0: B})
+    model, session = export(module, args, dims, tmp_path / "model.onnx")
+    assert "Loop" in {node.op_type for node in model.graph.node}
+    assert not non_standard_ops(model)
+
+    for T, B_ in ((7, 3), (12, 5), (2, 2)):
+        inputs = (torch.randn((B_, T, 6) if batch_first else (T, B_, 6)),
+                  torch.randn(B_, lstm.rows, 8), torch.randn(B_, lstm.rows, 8))
+        with torch.no_grad():
+            want = module(*inputs)
+        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
+        assert len(got) == 3
+        for g, w in zip(got, want):
+            assert rel_err(torch.from_numpy(g), w) <= 1e-5, (T, B_)
+
+    # The bound can fail: a weight moved by 1e-3 after the export takes the module away.
+    with torch.no_grad():
+        lstm.weight_hh.add_(1e-3 * torch.randn_like(lstm.weight_hh))
+        want = module(*inputs)
+    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
+    assert rel_err(torch.from_numpy(got[1]), want[1]) > 1e-5
+
+
+class TensorizedWithLengths(torch.nn.Module):
+    """The op with per-sequence lengths, as the module runs a packed batch."""
+
+    def __init__(self, flush):
+        super().__init__()
+        self.lstm = tlstm.TensorizedLSTM(4, 5, depth=3)
+        self.flush = flush
+
+    def forward(self, x, h0, c0, lengths):
+        m = self.lstm
+        return tlstm.ops.tensorized_lstm_sequence(
+            x, h0, c0, m.weight_ih, m.bias_ih, m.weight_hh, m.bias_hh, m.norm_weight,
+            m.norm_bias, lengths, m.depth, m.kernel_size, m.feedback, m.memory_conv, self.flush)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_tensorized_lstm_lengths_export(flush, tmp_path):
+    torch.manual_seed(2)
+    module = TensorizedWithLengths(flush)
+    randomize_norms(module)
+    P = module.lstm.rows
+    args = (torch.randn(6, 4, 4), torch.randn(4, P, 5), torch.randn(4, P, 5),
+            torch.tensor([6, 3, 5, 1]))
+    B = torch.export.Dim("B", min=2)
+    dims = ({0: torch.export.Dim("T", min=2), 1: B}, {0: B}, {0: B}, {0: B})
+    _, session = export(module, args, dims, tmp_path / "model.onnx")
+    for T, lengths in ((6, [6, 3, 5, 1]), (9, [2, 9, 4]), (5, [0, 5])):
+        B_ = len(lengths)
+        inputs = (torch.randn(T, B_, 4), torch.randn(B_, P, 5), torch.randn(B_, P, 5),
+                  torch.tensor(lengths))
+        with torch.no_grad():
+            want = module(*inputs)
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+        got = session.run(None, feed)
+        for g, w in zip(got, want):
+            assert rel_err(torch.from_numpy(g), w) <= 1e-5, (T, lengths)
+
+
+class TensorizedOnly(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = tlstm.TensorizedLSTM(4, 5, depth=2)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+class TensorizedPacked(TensorizedOnly):
+    def forward(self, x, lengths):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        return torch.nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0])[0]
+
+
+def test_tensorized_lstm_torchscript_export_is_refused(tmp_path):
+    with pytest.raises(NotImplementedError, match="Use torch.onnx.export\\(..., dynamo=True\\)"):
+        torch.onnx.export(TensorizedOnly().eval(), (torch.randn(5, 2, 4),),
+                          str(tmp_path / "m.onnx"), dynamo=False)
+
+
+def test_tensorized_lstm_packed_export_is_refused(tmp_path):
+    with pytest.raises(Exception, match="passes it a PackedSequence is not supported"):
+        torch.onnx.export(TensorizedPacked().eval(),
+                          (torch.randn(6, 3, 4), torch.tensor([6, 2, 4])), dynamo=True)
+
+
+def test_tensorized_lstm_exports_in_float64(tmp_path):
+    """No Conv in the step (ONNX Runtime has none in float64 on the CPU): float64 runs too, and
+    agrees to float64's precision."""
+    torch.manual_seed(3)
+    module = TensorizedOnly().double()
+    randomize_norms(module)
+    dims = ({0: torch.export.Dim("T", min=2), 1: torch.export.Dim("B", min=2)},)
+    _, session = export(module, (torch.randn(5, 2, 4, dtype=torch.float64),), dims,
+                        tmp_path / "model.onnx")
+    for T, B in ((5, 2), (8, 3)):
+        x = torch.randn(T, B, 4, dtype=torch.float64)
+        with torch.no_grad():
+            want = module(x)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert rel_err(torch.from_numpy(got[0]), want) <= 1e-10, (T, B)

@@ -1,4 +1,5 @@
-"""ONNX export of the peephole LSTM as ONNX's own ``LSTM`` operator, which has peepholes.
+"""ONNX export: the peephole LSTM as ONNX's own ``LSTM`` operator, which has peepholes, and
+the tensorized LSTM as a ``Loop`` of standard operators.
 
 ``import tlstm`` registers the translation below with the ONNX exporter of PyTorch (the
 ``torch.export``-based one, ``torch.onnx.export(..., dynamo=True)``) whenever onnxscript is
@@ -12,12 +13,19 @@ them i, f, g, o, so the rows of the weights and biases are gathered in that orde
 is [w_ci, w_co, w_cf]; ``B`` is [b_ih; b_hh]; lengths become ``sequence_lens``; the identity
 activation is ONNX's ``Affine`` with alpha 1 and beta 0. ONNX's LSTM has no projection, so a
 model with ``proj_size > 0`` is refused with an error that says so.
+
+The tensorized LSTM (``tlstm::tensorized_lstm_forward``, the 2-D tLSTM) becomes one ``Loop``
+over its steps of standard ops, for the torch.export-based exporter only; the TorchScript-based
+one refuses it and says to pass ``dynamo=True``.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 _ONNX_INT32 = 6
+_loop_bodies = itertools.count()  # names the values of each Loop body apart, SSA over a model
 
 
 def _gate_rows_iofc(hidden_size: int) -> list[int]:
@@ -130,9 +138,175 @@ def _peephole_lstm_forward_torchscript(g, input, h0, c0, weight_ih, weight_hh, b
             g.op("Squeeze", c_n, const([0])), empty, empty, empty)
 
 
+def _refuse_tensorized_torchscript(*args, **kwargs):
+    raise NotImplementedError(
+        "tlstm.TensorizedLSTM does not export with the TorchScript-based exporter "
+        "(torch.onnx.export(..., dynamo=False)): its recurrence needs an ONNX Loop with a "
+        "subgraph, which only the translation for the torch.export-based exporter builds. Use "
+        "torch.onnx.export(..., dynamo=True)."
+    )
+
+
+def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=None,
+                            bias_hh=None, norm_weight=None, norm_bias=None, lengths=None,
+                            depth=1, kernel_size=3, feedback=True, memory_conv=True, flush=True,
+                            training=False):
+    """The ONNX translation of ``tlstm::tensorized_lstm_forward`` (the 2-D tLSTM, docs/cells.md
+    sections 2-5, as tlstm/reference.py steps it): the projected inputs x~_t (one MatMul over the
+    sequence, padded with b^x for the flush steps and past each length), then one ``Loop`` over
+    the S = T + delay steps (T without flush) whose body is the step: the row convolution over
+    [x~_t; H_{t-1}] as one ``MatMul`` of its taps side by side (ONNX Runtime has no float64
+    ``Conv`` on the CPU), the channel norms from ``ReduceMean``, the gates, the memory convolution
+    (``Softmax`` over the taps, a ``Gather`` of the replicate-padded neighbours), and the top row
+    as the loop's scan output. T and B stay dynamic. The saved tensors of a training forward
+    come out empty, as for the peephole LSTM."""
+    import onnx_ir as ir
+    from onnx_ir import convenience as ir_convenience
+    from onnxscript import evaluator
+    from onnxscript import opset18 as op
+
+    M = weight_ih.shape[0]
+    K = kernel_size
+    c = (K - 1) // 2
+    P = (depth - 1) * c + 1
+    G = 4 * M + (K if memory_conv else 0)
+    delay = depth - 1 if flush else 0
+    dtype = input.dtype
+
+    def ints(values):
+        return op.Constant(value_ints=list(values))
+
+    def scalar_int(value):
+        return op.Constant(value_int=value)
+
+    def like(value):  # a float scalar in the input's dtype
+        return op.CastLike(op.Constant(value_float=value), input)
+
+    # x~ for every step: [S, B, M]; b^x past the end of the input and of each sequence
+    x_proj = op.MatMul(input, op.Transpose(weight_ih, perm=[1, 0]))
+    padding_row = bias_ih if bias_ih is not None else op.Expand(like(0.0), ints([M]))
+    if bias_ih is not None:
+        x_proj = op.Add(x_proj, bias_ih)
+    shape = op.Shape(input)
+    T = op.Gather(shape, scalar_int(0), axis=0)  # int64 scalars
+    B = op.Gather(shape, scalar_int(1), axis=0)
+    batch_and_channels = op.Concat(op.Unsqueeze(B, ints([0])), ints([M]), axis=0)
+    if delay:
+        tail = op.Expand(padding_row, op.Concat(ints([delay]), batch_and_channels, axis=0))
+        x_proj = op.Concat(x_proj, tail, axis=0)
+    S = op.Add(T, scalar_int(delay)) if delay else T
+    steps = op.Range(scalar_int(0), S, scalar_int(1))  # [S]
+    if lengths is not None:
+        lengths = op.Cast(lengths, to=ir.DataType.INT64)
+        real = op.Less(op.Unsqueeze(steps, ints([1])), op.Unsqueeze(lengths, ints([0])))
+        x_proj = op.Where(op.Unsqueeze(real, ints([2])), x_proj, padding_row)  # [S, B, M]
+        last_input_step = lengths  # [B]
+    else:
+        last_input_step = op.Expand(T, op.Unsqueeze(B, ints([0])))
+    neighbour = [[min(max(p - c + k, 1), P) - 1 for k in range(K)] for p in range(1, P + 1)]
+    neighbour = op.Constant(value=ir.tensor(neighbour, dtype=ir.DataType.INT64))  # [P, K]
+    eps = like(1e-5)
+    # The row convolution as one MatMul: weight_hh [G, M, K'] -> [K'*M, G], tap-major
+    taps_per_row = K if feedback else c + 1
+    weight_taps = op.Reshape(op.Transpose(weight_hh, perm=[2, 1, 0]), ints([taps_per_row * M, G]))
+
+    # The loop body, recorded as a subgraph: swap the recorder's node list (and its cache of
+    # constants, so that none made inside is reused outside) while the step is traced.
+    tracer = evaluator.default()
+    prefix = f"tlstm_step{next(_loop_bodies)}"
+    outer_nodes, outer_constants = tracer.nodes, tracer.constant_farm
+    tracer.nodes, tracer.constant_farm = [], {}
+    state_type = ir.TensorType(dtype)
+    body_inputs = [
+        ir.Value(name=f"{prefix}_s", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64)),
+        ir.Value(name=f"{prefix}_cond", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.BOOL)),
+        *(ir.Value(name=f"{prefix}_{n}", shape=ir.Shape([None, P, M]), type=state_type)
+          for n in ("H", "C", "H_n", "C_n")),
+    ]
+    step, cond, H, C, H_n, C_n = body_inputs
+
+    def channel_norm(z, use):
+        if norm_weight is None:
+            return z
+        last = ints([-1])
+        centred = op.Sub(z, op.ReduceMean(z, last, keepdims=1))
+        var = op.ReduceMean(op.Mul(centred, centred), last, keepdims=1)
+        gamma = op.Gather(norm_weight, scalar_int(use), axis=0)
+        beta = op.Gather(norm_bias, scalar_int(use), axis=0)
+        return op.Add(op.Mul(op.Div(centred, op.Sqrt(op.Add(var, eps))), gamma), beta)
+
+    x_row = op.Gather(x_proj, step, axis=0)  # [B, M]
+    hcat = op.Concat(op.Unsqueeze(x_row, ints([1])), H, axis=1)  # [B, P+1, M]: rows 0..P
+    # Row i of the padded Hcat is row i - c of Hcat (zeros outside 0..P); tap k of hidden row r
+    # reads row r - c + k, so the K' taps of rows 1..P are K' slices of it, side by side.
+    padded = op.Pad(hcat, ints([0, c, 0, 0, c if feedback else 0, 0]))
+    taps = op.Concat(*(op.Slice(padded, ints([1 + k]), ints([1 + k + P]), ints([1]))
+                       for k in range(taps_per_row)), axis=2)  # [B, P, K'*M]
+    A = op.MatMul(taps, weight_taps)  # [B, P, G]
+    if bias_hh is not None:
+        A = op.Add(A, bias_hh)
+
+    def channels(start, stop):
+        return op.Slice(A, ints([start]), ints([stop]), ints([2]))
+
+    gate_i = op.Sigmoid(channel_norm(channels(0, M), 0))
+    gate_f = op.Sigmoid(channel_norm(channels(M, 2 * M), 1))
+    gate_g = op.Tanh(channel_norm(channels(2 * M, 3 * M), 2))
+    gate_o = op.Sigmoid(channel_norm(channels(3 * M, 4 * M), 3))
+    C_conv = C
+    if memory_conv:
+        Q = op.Softmax(channels(4 * M, G), axis=-1)  # [B, P, K]
+        shifted = op.Gather(C, neighbour, axis=1)  # [B, P, K, M]
+        C_conv = op.ReduceSum(op.Mul(op.Unsqueeze(Q, ints([3])), shifted), ints([2]),
+                              keepdims=0)
+    C_new = op.Add(op.Mul(gate_g, gate_i), op.Mul(C_conv, gate_f))
+    H_new = op.Mul(op.Tanh(channel_norm(C_new, 4)), gate_o)
+    per_sequence = ints([-1, 1, 1])
+    if lengths is not None:  # sequence b runs lengths[b] + delay steps; then its state stays
+        running = op.Reshape(op.Less(step, op.Add(lengths, scalar_int(delay))), per_sequence)
+        H_new, C_new = op.Where(running, H_new, H), op.Where(running, C_new, C)
+    reads_input = op.Reshape(op.Less(step, last_input_step), per_sequence)
+    H_n_new, C_n_new = op.Where(reads_input, H_new, H_n), op.Where(reads_input, C_new, C_n)
+    top = op.Gather(H_new, scalar_int(P - 1), axis=1)  # [B, M]
+    body_outputs = [op.Identity(cond), op.Identity(H_new), op.Identity(C_new),
+                    op.Identity(H_n_new), op.Identity(C_n_new), op.Identity(top)]
+    for value, value_type in zip(body_outputs, [ir.TensorType(ir.DataType.BOOL)]
+                                 + [state_type] * 5):
+        value.type = value_type
+    for n, node in enumerate(tracer.nodes):  # names of their own: the model must stay SSA
+        for k, value in enumerate(node.outputs):
+            value.name = f"{prefix}_{n}_{k}"
+    body = ir.Graph(body_inputs, body_outputs, nodes=tracer.nodes,
+                    name=prefix)
+    tracer.nodes, tracer.constant_farm = outer_nodes, outer_constants
+
+    loop = ir.Node(
+        "", "Loop",
+        inputs=[S, op.Constant(value=ir.tensor(True)), h0, c0, h0, c0],
+        attributes=ir_convenience.convert_attributes({"body": body}),
+        num_outputs=5, version=tracer.opset.version,
+    )
+    tracer.nodes.append(loop)
+    _, _, h_n, c_n, tops = loop.outputs  # tops [S, B, M]
+    for value in loop.outputs:
+        value.type = state_type
+    output = op.Slice(tops, ints([delay]), op.Unsqueeze(S, ints([0])), ints([0])) if delay \
+        else op.Identity(tops)
+    if lengths is not None:  # zero past each length
+        real = op.Less(op.Unsqueeze(op.Range(scalar_int(0), T, scalar_int(1)), ints([1])),
+                       op.Unsqueeze(lengths, ints([0])))
+        output = op.Mul(output, op.CastLike(op.Unsqueeze(real, ints([2])), output))
+    empty = op.CastLike(op.ConstantOfShape(ints([0])), input)
+    math_dtype = ir.DataType.FLOAT if dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) \
+        else dtype
+    empty_math = op.Cast(op.ConstantOfShape(ints([0])), to=math_dtype)
+    return output, h_n, c_n, empty, empty, empty, empty_math, empty_math, empty_math
+
+
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
-    return {torch.ops.tlstm.peephole_lstm_forward.default: peephole_lstm_forward}
+    return {torch.ops.tlstm.peephole_lstm_forward.default: peephole_lstm_forward,
+            torch.ops.tlstm.tensorized_lstm_forward.default: tensorized_lstm_forward}
 
 
 def register() -> bool:
@@ -141,9 +315,12 @@ def register() -> bool:
     reads); False where onnxscript is missing."""
     torch.onnx.register_custom_op_symbolic("tlstm::peephole_lstm_forward",
                                            _peephole_lstm_forward_torchscript, 14)
+    torch.onnx.register_custom_op_symbolic("tlstm::tensorized_lstm_forward",
+                                           _refuse_tensorized_torchscript, 14)
     try:
         from onnxscript.function_libs.torch_lib.registration import torch_op
     except ImportError:
         return False
     torch_op("tlstm::peephole_lstm_forward", trace_only=True)(peephole_lstm_forward)
+    torch_op("tlstm::tensorized_lstm_forward", trace_only=True)(tensorized_lstm_forward)
     return True

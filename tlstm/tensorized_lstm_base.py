@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence
 from .sequences import (SequenceBatch, check_same_device, check_state_pair,
                         refuse_unexpected_arguments)
 
@@ -205,6 +206,12 @@ class TensorizedLSTMBase(nn.Module):
             raise TypeError(f"flush should be of type bool, got: {type(flush).__name__}")
         if state is not None:
             check_state_pair(state, "state", "(H, C)")
+        if isinstance(input, PackedSequence) and torch.compiler.is_exporting():
+            raise NotImplementedError(
+                "TensorizedLSTM: exporting a model that passes it a PackedSequence is not "
+                "supported (torch.export cannot trace the packed layout, whose shape is data); "
+                "export it with a padded batch, or call tlstm.ops.tensorized_lstm_sequence with "
+                "per-sequence lengths, which exports (ONNX, dynamo=True)")
         seq = SequenceBatch(input, self.batch_first, self._check_input, "TensorizedLSTM")
         if not seq.packed:
             if state is not None and not seq.is_batched:
