@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
-import pytest
-import torch
+# torch.compile's caches key a compiled graph by its code, not by what a custom op's shape
+# function says: graphs compiled against another build of tlstm (another checkout, an older
+# commit) would be reused with that build's output shapes. Each run compiles into a cache of its
+# own, removed at the end, unless TORCHINDUCTOR_CACHE_DIR is set.
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="tlstm-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _OWN_INDUCTOR_CACHE
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -73,3 +84,8 @@ def restore_threads():
     prev = torch.get_num_threads()
     yield
     torch.set_num_threads(prev)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE is not None:
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
