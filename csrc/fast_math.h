@@ -3,7 +3,9 @@
 // On the host they are branch-free (range reduction and polynomials, 2^n built with integer
 // operations only), so that GCC vectorizes the loops of the CPU kernels that call them; this
 // needs -fno-trapping-math, which setup.py passes. Accuracy against the correctly rounded
-// value: exp within 2 ulp (float) and 3 ulp (double) over the whole finite range. On the
+// value: exp within 2 ulp (float) and 3 ulp (double) where the result is normal; past the
+// range it saturates to infinity or 0 as std::exp does (so sigmoid is exactly 0 or 1 there, as
+// torch's is), and results that would be subnormal come out near the smallest normal. On the
 // device they are CUDA's own functions.
 #pragma once
 
@@ -26,6 +28,7 @@ inline To bits_as(From v) {
 }
 
 inline float host_exp(float x) {
+  const float arg = x;
   x = x < -87.0f ? -87.0f : x;  // keeps 2^n normal and finite
   x = x > 88.0f ? 88.0f : x;
   // Adding 1.5 * 2^23 rounds x * log2(e) to the integer n, held in the low mantissa bits.
@@ -42,10 +45,13 @@ inline float host_exp(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t scale = (bits_as<int32_t>(t) - bits_as<int32_t>(shifter) + 127) << 23;
-  return p * bits_as<float>(scale);
+  const float e = p * bits_as<float>(scale);
+  // past the range, saturate as expf does (sigmoid(-100) is then 0 as in torch, not 6e-39)
+  return arg > 88.7228394f ? INFINITY : (arg < -103.972076f ? 0.0f : e);
 }
 
 inline double host_exp(double x) {
+  const double arg = x;
   x = x < -708.0 ? -708.0 : x;
   x = x > 709.0 ? 709.0 : x;
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52
@@ -62,7 +68,9 @@ inline double host_exp(double x) {
                     2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
   const double p = 1.0 + 2.0 * P / (Q - P);
   const int64_t scale = (bits_as<int64_t>(t) - bits_as<int64_t>(shifter) + 1023) << 52;
-  return p * bits_as<double>(scale);
+  const double e = p * bits_as<double>(scale);
+  // past the range, saturate as exp does: sigmoid(-720) is 0 as in torch, not 1.2e-308
+  return arg > 709.782712893384 ? INFINITY : (arg < -745.133219101941 ? 0.0 : e);
 }
 
 // tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); below |x| = 0.625, where that loses
