@@ -49,3 +49,17 @@ def test_json_directory_is_made_before_any_work(tmp_path):
     # a path that names a file stays that file
     assert bench.result_path(str(tmp_path / "run.json"), "cpu", "0" * 40) == str(
         tmp_path / "run.json")
+
+
+def test_progress_eta_weighs_each_configuration_by_its_work():
+    """The ETA extrapolates from the work done, not the count of configurations: after the
+    cheap tenth of the work took 10 s, 90 s are left (counting configurations said 10 s)."""
+    from tlstm import bench
+
+    progress = bench.Progress([1.0, 9.0], enabled=False)
+    progress.update("first", 1.0)
+    assert progress.eta(10.0) == pytest.approx(90.0)
+    small = bench.Config("tensorized", 100, 16, 128, 128, L=1, K=3)
+    deep = bench.Config("tensorized", 100, 16, 128, 128, L=4, K=3)
+    assert bench.work_estimate(deep, "fwd") > 3 * bench.work_estimate(small, "fwd")
+    assert bench.work_estimate(small, "fwdbwd") == 3 * bench.work_estimate(small, "fwd")
