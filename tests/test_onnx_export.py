@@ -42,6 +42,13 @@ def export(module, args, dynamic_shapes, path, exporter="dynamo"):
     return onnx.load(str(path)), ort.InferenceSession(str(path))
 
 
+def run_onnx(session, *inputs):
+    """The session's outputs, as tensors, for the inputs the module took (in the export's
+    order)."""
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+    return [torch.from_numpy(v) for v in session.run(None, feed)]
+
+
 def lstm_nodes(model):
     return [node for node in model.graph.node if node.op_type == "LSTM"]
 
@@ -74,10 +81,10 @@ def test_peephole_lstm_exports_to_onnx_lstm_with_peepholes(config, exporter, tmp
         xs = torch.randn(shape)
         with torch.no_grad():
             want, (h_n, c_n) = module(xs)
-        got = session.run(None, {session.get_inputs()[0].name: xs.numpy()})
-        assert rel_err(torch.from_numpy(got[0]), want) <= 1e-5, (T, B)
-        assert rel_err(torch.from_numpy(got[1]), h_n) <= 1e-5, (T, B)
-        assert rel_err(torch.from_numpy(got[2]), c_n) <= 1e-5, (T, B)
+        got = run_onnx(session, xs)
+        assert rel_err(got[0], want) <= 1e-5, (T, B)
+        assert rel_err(got[1], h_n) <= 1e-5, (T, B)
+        assert rel_err(got[2], c_n) <= 1e-5, (T, B)
 
 
 class WithStateAndLengths(torch.nn.Module):
@@ -112,10 +119,8 @@ def test_initial_state_and_lengths_export(reverse, tmp_path):
                   torch.tensor(lengths))
         with torch.no_grad():
             want = module(*inputs)
-        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-        got = session.run(None, feed)
-        for g, w in zip(got, want):
-            assert rel_err(torch.from_numpy(g), w) <= 1e-5, (T, lengths)
+        for g, w in zip(run_onnx(session, *inputs), want):
+            assert rel_err(g, w) <= 1e-5, (T, lengths)
 
 
 @pytest.mark.parametrize("dynamo", [True, False])
@@ -188,17 +193,16 @@ def test_tensorized_lstm_exports_as_a_loop(config, tmp_path):
                   torch.randn(B_, lstm.rows, 8), torch.randn(B_, lstm.rows, 8))
         with torch.no_grad():
             want = module(*inputs)
-        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
+        got = run_onnx(session, *inputs)
         assert len(got) == 3
         for g, w in zip(got, want):
-            assert rel_err(torch.from_numpy(g), w) <= 1e-5, (T, B_)
+            assert rel_err(g, w) <= 1e-5, (T, B_)
 
     # The bound can fail: a weight moved by 1e-3 after the export takes the module away.
     with torch.no_grad():
         lstm.weight_hh.add_(1e-3 * torch.randn_like(lstm.weight_hh))
         want = module(*inputs)
-    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
-    assert rel_err(torch.from_numpy(got[1]), want[1]) > 1e-5
+    assert rel_err(run_onnx(session, *inputs)[1], want[1]) > 1e-5
 
 
 class TensorizedWithLengths(torch.nn.Module):
@@ -233,10 +237,8 @@ def test_tensorized_lstm_lengths_export(flush, tmp_path):
                   torch.tensor(lengths))
         with torch.no_grad():
             want = module(*inputs)
-        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-        got = session.run(None, feed)
-        for g, w in zip(got, want):
-            assert rel_err(torch.from_numpy(g), w) <= 1e-5, (T, lengths)
+        for g, w in zip(run_onnx(session, *inputs), want):
+            assert rel_err(g, w) <= 1e-5, (T, lengths)
 
 
 class TensorizedOnly(torch.nn.Module):
@@ -279,5 +281,4 @@ def test_tensorized_lstm_exports_in_float64(tmp_path):
         x = torch.randn(T, B, 4, dtype=torch.float64)
         with torch.no_grad():
             want = module(x)
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        assert rel_err(torch.from_numpy(got[0]), want) <= 1e-10, (T, B)
+        assert rel_err(run_onnx(session, x)[0], want) <= 1e-10, (T, B)
