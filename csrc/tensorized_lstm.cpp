@@ -30,13 +30,13 @@ Tensor tap_weight(const Tensor& weight_col, const TensorizedSizes& n, int64_t k)
 // `lowest` on (rows first + d, ..., d = k - c): with lowest = 1 the taps that read hidden rows,
 // with lowest = 0 also the one that reads the input row. Taps past row P are zero: never here.
 struct TapRows {
-  int64_t k, d, first, count;
+  int64_t d, first, count;
 };
 
 TapRows tap_rows(const TensorizedSizes& n, int64_t k, int64_t lowest) {
   const int64_t d = k - n.c;
   const int64_t first = std::max<int64_t>(1, lowest - d), last = std::min(n.P, n.P - d);
-  return {k, d, first, std::max<int64_t>(0, last - first + 1)};
+  return {d, first, std::max<int64_t>(0, last - first + 1)};
 }
 
 // The taps that read hidden rows, tap c (d = 0, every row) first: its product initializes the
@@ -189,11 +189,10 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.norm_hat = at::empty({n.channel_norm ? slots : 0, n.P, n.B, 5, n.M}, op_math);
   buf.norm_rstd = at::empty({n.channel_norm ? slots : 0, n.P, n.B, 5}, op_math);
   buf.output = at::empty({n.T, n.B, n.M}, options);
-  if (training) {  // the input rows, kept for the weight gradients (slot S has none)
+  if (training) {  // the input rows, kept for the weight gradients (slot S has none); in
+                   // inference nothing reads row 0
     buf.hcat.narrow(0, 0, n.S).select(1, 0).copy_(buf.x_in);
     buf.hcat.select(0, n.S).select(0, 0).zero_();
-  } else {
-    buf.hcat.select(1, 0).zero_();
   }
   buf.hcat.select(0, 0).narrow(0, 1, n.P).copy_(h0.transpose(0, 1));
   buf.cells.select(0, 0).copy_(c0.transpose(0, 1));

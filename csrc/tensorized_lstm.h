@@ -207,8 +207,7 @@ inline RowSizes row_sizes(const TensorizedSizes& n) {
 
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers& buf) {
-  return {buf.x_in.data_ptr<scalar_t>(),
-          ptr_or_null<scalar_t>(buf.input_pre),
+  return {ptr_or_null<scalar_t>(buf.input_pre),
           buf.zero_gates.data_ptr<scalar_t>(),
           buf.bias_hh.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(buf.norm_weight),

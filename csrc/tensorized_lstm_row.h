@@ -111,7 +111,6 @@ struct ForwardRowsParams {
 // slots from here.
 template <typename scalar_t, typename acc_t>
 struct ForwardSequence {
-  const scalar_t* x_in;        // [S, B, M] the input row of each step
   const scalar_t* input_pre;   // [c', S, B, G] its term of A in hidden rows 1..c' (c' = min(c, P))
   const scalar_t* zero_gates;  // [G] zeros
   const scalar_t* bias_hh;     // [G]

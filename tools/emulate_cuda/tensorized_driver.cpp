@@ -145,7 +145,7 @@ void run(const Config& c, Inputs& in, FILE* out) {
   std::vector<scalar_t> state_hidden(h0);  // the returned state, h0 and c0 until overwritten
   std::vector<acc_t> state_cell(c0);
   std::vector<scalar_t> zero_gates(n.G, scalar_t(0));
-  ForwardSequence<scalar_t, acc_t> fs{x_in.data(), input_pre.data(), zero_gates.data(), bias_hh.data(),
+  ForwardSequence<scalar_t, acc_t> fs{input_pre.data(), zero_gates.data(), bias_hh.data(),
       kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, hcat.data(), pre.data(),
       cells.data(), gates.data(), kMemoryConv ? q.data() : nullptr,
       kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr, output.data(),
