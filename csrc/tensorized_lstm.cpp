@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -16,65 +17,127 @@ namespace {
 constexpr const char* kForward = "tlstm.tensorized_lstm_forward";
 constexpr const char* kBackward = "tlstm.tensorized_lstm_backward";
 
-// W_col [K'*M, G], W_col[k*M + m, o] = weight_hh[o, m, k]: rows k*M .. k*M + M are tap k's
+// W_col [K'^axes*M, G], W_col[k*M + m, o] = weight_hh[o, m, k] with k the tap's index among
+// weight_hh's flattened taps (k1 * K' + k2 on the plane): rows k*M .. k*M + M are tap k's
 // weight W_k [M, G].
 Tensor unfolded_weight(const Tensor& weight_hh, const TensorizedSizes& n) {
-  return weight_hh.permute({2, 1, 0}).reshape({n.taps * n.M, n.G}).contiguous();
+  return weight_hh.flatten(2).permute({2, 1, 0}).reshape({n.tap_count * n.M, n.G}).contiguous();
 }
 
 Tensor tap_weight(const Tensor& weight_col, const TensorizedSizes& n, int64_t k) {
   return weight_col.narrow(0, k * n.M, n.M);  // [M, G]
 }
 
-// The hidden rows [first, first + count) (1-based) whose tap k reads Hcat rows from
-// `lowest` on (rows first + d, ..., d = k - c): with lowest = 1 the taps that read hidden rows,
-// with lowest = 0 also the one that reads the input row. Taps past row P are zero: never here.
-struct TapRows {
-  int64_t d, first, count;
+// A run of locations that one tap maps onto another run: locations dst .. dst + count - 1 read
+// src .. src + count - 1 (0-based location indices, l - 1).
+struct TapBlock {
+  int64_t dst, src, count;
 };
 
-TapRows tap_rows(const TensorizedSizes& n, int64_t k, int64_t lowest) {
-  const int64_t d = k - n.c;
-  const int64_t first = std::max<int64_t>(1, lowest - d), last = std::min(n.P, n.P - d);
-  return {d, first, std::max<int64_t>(0, last - first + 1)};
+// The hidden locations [first, last] (1-based) along one axis whose tap offset d stays inside
+// 1..P.
+std::pair<int64_t, int64_t> axis_range(const TensorizedSizes& n, int64_t d) {
+  return {std::max<int64_t>(1, 1 - d), std::min(n.P, n.P - d)};
 }
 
-// The taps that read hidden rows, tap c (d = 0, every row) first: its product initializes the
-// step's sums, the others add to theirs. Each with its weight, prepared once per call.
+// Where tap k reads a hidden location: its runs of locations. One run on rows; on the plane
+// one per row of the plane, or a single one where the tap keeps the column (k2 = c).
+std::vector<TapBlock> hidden_blocks(const TensorizedSizes& n, int64_t k) {
+  const int64_t d1 = (n.axes == 1 ? k : k / n.taps) - n.c;
+  const int64_t d2 = n.axes == 1 ? 0 : k % n.taps - n.c;
+  const auto [first1, last1] = axis_range(n, d1);
+  if (last1 < first1) return {};
+  if (n.axes == 1) return {{first1 - 1, first1 - 1 + d1, last1 - first1 + 1}};
+  const auto [first2, last2] = axis_range(n, d2);
+  if (last2 < first2) return {};
+  if (d2 == 0) return {{(first1 - 1) * n.P, (first1 - 1 + d1) * n.P, (last1 - first1 + 1) * n.P}};
+  std::vector<TapBlock> blocks;
+  for (int64_t p1 = first1; p1 <= last1; ++p1) {
+    const int64_t dst = (p1 - 1) * n.P + first2 - 1;
+    blocks.push_back({dst, dst + d1 * n.P + d2, last2 - first2 + 1});
+  }
+  return blocks;
+}
+
+// The locations that read the input (Hcat's location 0), by input slot (input_slot of
+// tensorized_lstm_row.h): 0-based location and the tap that reads it.
+struct InputRead {
+  int64_t location, tap;
+};
+
+std::vector<InputRead> input_reads(const TensorizedSizes& n) {
+  const int64_t corner = std::min(n.c, n.P);
+  std::vector<InputRead> reads;
+  if (n.axes == 1) {
+    for (int64_t p = 1; p <= corner; ++p) reads.push_back({p - 1, n.c - p});
+  } else {
+    for (int64_t p1 = 1; p1 <= corner; ++p1) {
+      for (int64_t p2 = 1; p2 <= corner; ++p2) {
+        reads.push_back({(p1 - 1) * n.P + p2 - 1, (n.c - p1) * n.taps + n.c - p2});
+      }
+    }
+  }
+  return reads;
+}
+
+// The taps that read hidden locations, the centre tap (offset 0, every location) first: its
+// product initializes the step's sums, the others add to theirs. Each with its weight,
+// prepared once per call.
 struct RecurrentTap {
-  TapRows rows;
+  std::vector<TapBlock> blocks;
   std::unique_ptr<RepeatedRightOperand> weight;
 };
 
 std::vector<RecurrentTap> recurrent_taps(const TensorizedSizes& n, PrepareRightOperand prepare,
                                          const std::function<Tensor(int64_t)>& weight_of) {
+  const int64_t centre = n.axes == 1 ? n.c : n.c * n.taps + n.c;
   std::vector<RecurrentTap> taps;
-  for (int64_t i = 0; i < n.taps; ++i) {
-    const int64_t k = i == 0 ? n.c : (i <= n.c ? i - 1 : i);
-    const TapRows rows = tap_rows(n, k, 1);
-    if (rows.count > 0) taps.push_back({rows, repeated_right_operand(prepare, weight_of(k))});
+  for (int64_t i = 0; i < n.tap_count; ++i) {
+    const int64_t k = i == 0 ? centre : (i <= centre ? i - 1 : i);
+    auto blocks = hidden_blocks(n, k);
+    if (!blocks.empty()) {
+      taps.push_back({std::move(blocks), repeated_right_operand(prepare, weight_of(k))});
+    }
   }
   return taps;
 }
 
-// Rows [first, first + count) of a [rows, B, X] tensor seen as [rows * B, X] (contiguous).
-Tensor row_block(const Tensor& t, int64_t first, int64_t count) {
+// Locations [first, first + count) of a [N, B, X] tensor seen as [N * B, X] (contiguous).
+Tensor location_block(const Tensor& t, int64_t first, int64_t count) {
   const int64_t B = t.size(1);
   return t.view({t.size(0) * B, t.size(2)}).narrow(0, first * B, count * B);
 }
 
-// The input rows' term of A for hidden rows 1..c' (c' = min(c, P)), every step: [c', S, B, G].
-Tensor input_row_terms(const TensorizedForwardBuffers& buf, const Tensor& weight_col,
-                       MatmulOut matmul_out_backend) {
+// The input's term of A at the locations that read it, every step: [c'^axes, S, B, G].
+Tensor input_terms(const TensorizedForwardBuffers& buf, const Tensor& weight_col,
+                   MatmulOut matmul_out_backend) {
   const auto& n = buf.n;
-  const int64_t rows = std::min(n.c, n.P);
-  Tensor terms = at::empty({rows, n.S, n.B, n.G}, buf.x_in.options());
+  const auto reads = input_reads(n);
+  Tensor terms = at::empty({int64_t(reads.size()), n.S, n.B, n.G}, buf.x_in.options());
   const Tensor x_in = buf.x_in.view({n.S * n.B, n.M});
-  for (int64_t p = 1; p <= rows; ++p) {  // hidden row p reads the input row by tap c - p
-    Tensor out = terms.select(0, p - 1).view({n.S * n.B, n.G});
-    matmul_out(matmul_out_backend, out, x_in, tap_weight(weight_col, n, n.c - p));
+  for (size_t slot = 0; slot < reads.size(); ++slot) {
+    Tensor out = terms.select(0, int64_t(slot)).view({n.S * n.B, n.G});
+    matmul_out(matmul_out_backend, out, x_in, tap_weight(weight_col, n, reads[slot].tap));
   }
   return terms;
+}
+
+// The shape of h0 and the other states: [B, P, M] or [B, P, P, M].
+std::vector<int64_t> state_shape(const TensorizedSizes& n) {
+  return n.axes == 1 ? std::vector<int64_t>{n.B, n.P, n.M}
+                     : std::vector<int64_t>{n.B, n.P, n.P, n.M};
+}
+const char* state_letters(const TensorizedSizes& n) {
+  return n.axes == 1 ? "[B, P, M]" : "[B, P, P, M]";
+}
+
+// A state [B, P, M] or [B, P, P, M] as the kernels' [N, B, M] (a view where it can be one), and
+// back.
+Tensor locations_first(const Tensor& state, const TensorizedSizes& n) {
+  return state.reshape({n.B, n.N, n.M}).transpose(0, 1);
+}
+Tensor state_of(const Tensor& locations, const TensorizedSizes& n) {
+  return locations.transpose(0, 1).contiguous().view(state_shape(n));
 }
 }  // namespace
 
@@ -92,19 +155,27 @@ TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tens
   TORCH_CHECK(kernel_size >= 3 && kernel_size % 2 == 1, op,
               ": kernel_size must be an odd integer >= 3, got ", kernel_size);
   TORCH_CHECK(depth >= 1, op, ": depth must be >= 1, got ", depth);
-  TORCH_CHECK(h0.dim() == 3, op, ": expected h0 of shape [B, P, M], got ",
-              shape_string(h0.sizes()));
+  TORCH_CHECK(weight_hh.dim() == 3 || weight_hh.dim() == 4, op,
+              ": expected weight_hh of shape [G, M, K'] (the 2-D cell) or [G, M, K', K'] (the "
+              "3-D cell), got ", shape_string(weight_hh.sizes()));
   TensorizedSizes n;
+  n.axes = weight_hh.dim() - 2;
+  TORCH_CHECK(h0.dim() == n.axes + 2, op, ": expected h0 of shape ",
+              n.axes == 1 ? "[B, P, M]" : "[B, P, P, M]", " for weight_hh of shape ",
+              shape_string(weight_hh.sizes()), ", got ", shape_string(h0.sizes()));
   n.T = input.size(0);
   n.B = input.size(1);
   n.I = input.size(2);
-  n.M = h0.size(2);
+  n.M = h0.size(-1);
   n.K = kernel_size;
   n.c = (kernel_size - 1) / 2;
   n.L = depth;
   n.P = (depth - 1) * n.c + 1;
   n.taps = feedback ? n.K : n.c + 1;
-  n.G = 4 * n.M + (memory_conv ? n.K : 0);
+  n.N = n.axes == 1 ? n.P : n.P * n.P;
+  n.tap_count = n.axes == 1 ? n.taps : n.taps * n.taps;
+  n.Kq = n.axes == 1 ? n.K : n.K * n.K;
+  n.G = 4 * n.M + (memory_conv ? n.Kq : 0);
   n.delay = flush ? depth - 1 : 0;
   n.S = n.T + n.delay;
   n.channel_norm = channel_norm;
@@ -112,8 +183,12 @@ TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tens
   n.flush = flush;
   TORCH_CHECK(n.M > 0, op, ": expected a hidden size M > 0, got h0 of shape ",
               shape_string(h0.sizes()));
-  check_shape(op, "h0", h0, {n.B, n.P, n.M}, "[B, P, M] with P = (depth-1)*(kernel_size-1)/2+1");
-  check_shape(op, "weight_hh", weight_hh, {n.G, n.M, n.taps}, "[G, M, K']");
+  check_shape(op, "h0", h0, state_shape(n),
+              (std::string(state_letters(n)) + " with P = (depth-1)*(kernel_size-1)/2+1").c_str());
+  check_shape(op, "weight_hh", weight_hh,
+              n.axes == 1 ? std::vector<int64_t>{n.G, n.M, n.taps}
+                          : std::vector<int64_t>{n.G, n.M, n.taps, n.taps},
+              n.axes == 1 ? "[G, M, K']" : "[G, M, K', K']");
   if (channel_norm) {
     for (const auto& [name, t] :
          {std::pair<const char*, const Tensor*>{"norm_weight", &*norm_weight},
@@ -140,7 +215,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
                                 {"weight_ih", &weight_ih}, {"weight_hh", &weight_hh}}) {
     check_same_dtype_device(kForward, name, *t, input_);
   }
-  check_shape(kForward, "c0", c0, {n.B, n.P, n.M}, "[B, P, M]");
+  check_shape(kForward, "c0", c0, state_shape(n), state_letters(n));
   check_shape(kForward, "weight_ih", weight_ih, {n.M, n.I}, "[M, I]");
   if (bias_ih.has_value()) {
     check_same_dtype_device(kForward, "bias_ih", *bias_ih, input_);
@@ -175,50 +250,51 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
                  ? bias_ih->expand({n.S, n.B, n.M}).clone(at::MemoryFormat::Contiguous)
                  : at::zeros({n.S, n.B, n.M}, options);
   buf.x_in.narrow(0, 0, n.T).add_(x_proj);
-  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
-  // The taps that read the input row, for all steps at once (they do not depend on the state).
-  buf.input_pre = input_row_terms(buf, weight_col, kernels.matmul_out);
+  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'^axes*M, G]
+  // The taps that read the input, for all steps at once (they do not depend on the state).
+  buf.input_pre = input_terms(buf, weight_col, kernels.matmul_out);
   buf.zero_gates = at::zeros({n.G}, options);
 
   const int64_t slots = training ? n.S : 1;
-  buf.hcat = at::empty({training ? n.S + 1 : 2, n.P + 1, n.B, n.M}, options);
-  buf.pre = at::empty({n.P, n.B, n.G}, options);
-  buf.cells = at::empty({training ? n.S + 1 : 2, n.P, n.B, n.M}, op_math);
-  buf.gates = at::empty({slots, n.P, n.B, 4 * n.M}, options);
-  buf.q = at::empty({n.memory_conv ? slots : 0, n.P, n.B, n.K}, options);
-  buf.norm_hat = at::empty({n.channel_norm ? slots : 0, n.P, n.B, 5, n.M}, op_math);
-  buf.norm_rstd = at::empty({n.channel_norm ? slots : 0, n.P, n.B, 5}, op_math);
+  buf.hcat = at::empty({training ? n.S + 1 : 2, n.N + 1, n.B, n.M}, options);
+  buf.pre = at::empty({n.N, n.B, n.G}, options);
+  buf.cells = at::empty({training ? n.S + 1 : 2, n.N, n.B, n.M}, op_math);
+  buf.gates = at::empty({slots, n.N, n.B, 4 * n.M}, options);
+  buf.q = at::empty({n.memory_conv ? slots : 0, n.N, n.B, n.Kq}, options);
+  buf.norm_hat = at::empty({n.channel_norm ? slots : 0, n.N, n.B, 5, n.M}, op_math);
+  buf.norm_rstd = at::empty({n.channel_norm ? slots : 0, n.N, n.B, 5}, op_math);
   buf.output = at::empty({n.T, n.B, n.M}, options);
-  if (training) {  // the input rows, kept for the weight gradients (slot S has none); in
-                   // inference nothing reads row 0
+  if (training) {  // the inputs, kept for the weight gradients (slot S has none); in
+                   // inference nothing reads location 0
     buf.hcat.narrow(0, 0, n.S).select(1, 0).copy_(buf.x_in);
     buf.hcat.select(0, n.S).select(0, 0).zero_();
   }
-  buf.hcat.select(0, 0).narrow(0, 1, n.P).copy_(h0.transpose(0, 1));
-  buf.cells.select(0, 0).copy_(c0.transpose(0, 1));
+  buf.hcat.select(0, 0).narrow(0, 1, n.N).copy_(locations_first(h0, n));
+  buf.cells.select(0, 0).copy_(locations_first(c0, n));
   // The rows overwrite these at each sequence's last input step (never, where it is 0).
   // (copies: the rows write into them, and a transposed h0 may already be contiguous)
-  buf.state_hidden = h0.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
-  buf.state_cell = c0.transpose(0, 1).to(op_math, /*non_blocking=*/false, /*copy=*/true,
-                                         at::MemoryFormat::Contiguous);
+  buf.state_hidden = locations_first(h0, n).clone(at::MemoryFormat::Contiguous);
+  buf.state_cell = locations_first(c0, n).to(op_math, /*non_blocking=*/false, /*copy=*/true,
+                                             at::MemoryFormat::Contiguous);
 
   if (kernels.forward_sequence == nullptr || !kernels.forward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand,
                                      [&](int64_t k) { return tap_weight(weight_col, n, k); });
     for (int64_t s = 0; s < n.S; ++s) {
-      const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [P+1, B, M]
+      const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [N+1, B, M]
       for (size_t i = 0; i < taps.size(); ++i) {
-        const TapRows& t = taps[i].rows;
-        Tensor out = row_block(buf.pre, t.first - 1, t.count);
-        taps[i].weight->matmul_out(out, row_block(hcat_s, t.first + t.d, t.count),
-                                   /*accumulate=*/i > 0);
+        for (const TapBlock& t : taps[i].blocks) {
+          Tensor out = location_block(buf.pre, t.dst, t.count);
+          taps[i].weight->matmul_out(out, location_block(hcat_s, 1 + t.src, t.count),
+                                     /*accumulate=*/i > 0);
+        }
       }
       kernels.forward_rows(buf, s);
     }
   }
 
-  Tensor h_n = buf.state_hidden.transpose(0, 1).contiguous();
-  Tensor c_n = buf.state_cell.transpose(0, 1).contiguous().to(input.scalar_type());
+  Tensor h_n = state_of(buf.state_hidden, n);
+  Tensor c_n = state_of(buf.state_cell, n).to(input.scalar_type());
   if (!training) {
     buf.hcat = at::empty({0}, options);
     buf.gates = at::empty({0}, options);
@@ -243,10 +319,14 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
                                 int64_t kernel_size, bool feedback, bool memory_conv, bool flush,
                                 bool need_grad_input, const TensorizedStepKernels& kernels) {
   // tensorized_sizes reads the state's sizes from its h0 argument: name grad_h_n here first
-  if (input_.dim() == 3 && weight_ih.dim() == 2 && depth >= 1 && kernel_size >= 3) {
+  if (input_.dim() == 3 && weight_ih.dim() == 2 && depth >= 1 && kernel_size >= 3 &&
+      (weight_hh.dim() == 3 || weight_hh.dim() == 4)) {
+    const int64_t P = (depth - 1) * ((kernel_size - 1) / 2) + 1;
+    const bool plane = weight_hh.dim() == 4;
     check_shape(kBackward, "grad_h_n", grad_h_n,
-                {input_.size(1), (depth - 1) * ((kernel_size - 1) / 2) + 1, weight_ih.size(0)},
-                "[B, P, M]");
+                plane ? std::vector<int64_t>{input_.size(1), P, P, weight_ih.size(0)}
+                      : std::vector<int64_t>{input_.size(1), P, weight_ih.size(0)},
+                plane ? "[B, P, P, M]" : "[B, P, M]");
   }
   const auto n = tensorized_sizes(kBackward, input_, grad_h_n, weight_hh, norm_weight, norm_bias,
                                   depth, kernel_size, feedback, memory_conv, flush);
@@ -263,16 +343,16 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     check_op_math_buffer(kBackward, name, *t, input_);
   }
   check_shape(kBackward, "grad_output", grad_output, {n.T, n.B, n.M}, "[T, B, M]");
-  check_shape(kBackward, "grad_c_n", grad_c_n, {n.B, n.P, n.M}, "[B, P, M]");
+  check_shape(kBackward, "grad_c_n", grad_c_n, state_shape(n), state_letters(n));
   check_shape(kBackward, "weight_ih", weight_ih, {n.M, n.I}, "[M, I]");
-  check_shape(kBackward, "hcat", hcat, {n.S + 1, n.P + 1, n.B, n.M}, "[S+1, P+1, B, M]");
-  check_shape(kBackward, "gates", gates, {n.S, n.P, n.B, 4 * n.M}, "[S, P, B, 4M]");
-  check_shape(kBackward, "q", q, {n.memory_conv ? n.S : 0, n.P, n.B, n.K}, "[S, P, B, K]");
-  check_shape(kBackward, "norm_hat", norm_hat, {n.channel_norm ? n.S : 0, n.P, n.B, 5, n.M},
-              "[S, P, B, 5, M]");
-  check_shape(kBackward, "norm_rstd", norm_rstd, {n.channel_norm ? n.S : 0, n.P, n.B, 5},
-              "[S, P, B, 5]");
-  check_shape(kBackward, "cells", cells, {n.S + 1, n.P, n.B, n.M}, "[S+1, P, B, M]");
+  check_shape(kBackward, "hcat", hcat, {n.S + 1, n.N + 1, n.B, n.M}, "[S+1, N+1, B, M]");
+  check_shape(kBackward, "gates", gates, {n.S, n.N, n.B, 4 * n.M}, "[S, N, B, 4M]");
+  check_shape(kBackward, "q", q, {n.memory_conv ? n.S : 0, n.N, n.B, n.Kq}, "[S, N, B, Kq]");
+  check_shape(kBackward, "norm_hat", norm_hat, {n.channel_norm ? n.S : 0, n.N, n.B, 5, n.M},
+              "[S, N, B, 5, M]");
+  check_shape(kBackward, "norm_rstd", norm_rstd, {n.channel_norm ? n.S : 0, n.N, n.B, 5},
+              "[S, N, B, 5]");
+  check_shape(kBackward, "cells", cells, {n.S + 1, n.N, n.B, n.M}, "[S+1, N, B, M]");
   if (lengths.has_value()) check_lengths(kBackward, *lengths, input_, n.B, n.T);
 
   const Tensor input = input_.contiguous();
@@ -289,16 +369,16 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.lengths = contiguous_or_undefined(lengths);
   buf.grad_output = grad_output.contiguous();
   // dL/dH_n and dL/dC_n enter at each sequence's last input step, not after the last step.
-  buf.grad_state_hidden = grad_h_n.transpose(0, 1).to(op_math).contiguous();
-  buf.grad_state_cell = grad_c_n.transpose(0, 1).to(op_math).contiguous();
-  buf.grad_hidden = at::zeros({2, n.P, n.B, n.M}, op_math);
-  buf.grad_cell = at::zeros({2, n.P, n.B, n.M}, op_math);
-  buf.grad_pre = at::empty({n.S, n.P, n.B, n.G}, options);
-  buf.grad_cconv = at::empty({n.P, n.B, n.M}, op_math);
-  buf.grad_taps = at::empty({n.P, n.B, n.M}, options);
-  buf.grad_norm_rows = at::zeros({n.channel_norm ? n.P : 0, n.B, 10, n.M}, op_math);
-  buf.row_scratch = at::empty({n.P, n.B, 3, n.M}, op_math);
-  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'*M, G]
+  buf.grad_state_hidden = locations_first(grad_h_n, n).to(op_math).contiguous();
+  buf.grad_state_cell = locations_first(grad_c_n, n).to(op_math).contiguous();
+  buf.grad_hidden = at::zeros({2, n.N, n.B, n.M}, op_math);
+  buf.grad_cell = at::zeros({2, n.N, n.B, n.M}, op_math);
+  buf.grad_pre = at::empty({n.S, n.N, n.B, n.G}, options);
+  buf.grad_cconv = at::empty({n.N, n.B, n.M}, op_math);
+  buf.grad_taps = at::empty({n.N, n.B, n.M}, options);
+  buf.grad_norm_rows = at::zeros({n.channel_norm ? n.N : 0, n.B, 10, n.M}, op_math);
+  buf.row_scratch = at::empty({n.N, n.B, 3, n.M}, op_math);
+  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'^axes*M, G]
   // W_k^T [G, M] of tap k: dA sent back through the tap (a GEMM on a row-major operand).
   const auto tap_weight_t = [&](int64_t k) { return tap_weight(weight_col, n, k).t().contiguous(); };
 
@@ -307,12 +387,13 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     int64_t cur = 0;
     for (int64_t s = n.S - 1; s >= 0; --s) {
       kernels.backward_rows(buf, s, cur);
-      const Tensor grad_pre_s = buf.grad_pre.select(0, s);  // [P, B, G]
+      const Tensor grad_pre_s = buf.grad_pre.select(0, s);  // [N, B, G]
       for (size_t i = 0; i < taps.size(); ++i) {  // dL/dH_{s-1} = sum of dA W_k^T, by tap
-        const TapRows& t = taps[i].rows;
-        Tensor out = row_block(buf.grad_taps, t.first + t.d - 1, t.count);
-        taps[i].weight->matmul_out(out, row_block(grad_pre_s, t.first - 1, t.count),
-                                   /*accumulate=*/i > 0);
+        for (const TapBlock& t : taps[i].blocks) {
+          Tensor out = location_block(buf.grad_taps, t.src, t.count);
+          taps[i].weight->matmul_out(out, location_block(grad_pre_s, t.dst, t.count),
+                                     /*accumulate=*/i > 0);
+        }
       }
       kernels.gather_rows(buf, s, cur);
       cur = 1 - cur;
@@ -320,25 +401,44 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   }
   const int64_t cur = n.S % 2;  // the slot of dL/dH_0, dL/dC_0 after S steps
 
-  // The input rows' gradient, dL/dx_in [S, B, M]: from hidden rows 1..c' through their taps.
+  // The input's gradient, dL/dx_in [S, B, M]: from the locations that read it, through their
+  // taps.
+  const auto reads = input_reads(n);
   Tensor grad_x_in = at::zeros({n.S, n.B, n.M}, options);
-  for (int64_t p = 1; p <= std::min(n.c, n.P); ++p) {
-    const Tensor grad_pre_p = buf.grad_pre.select(1, p - 1).reshape({n.S * n.B, n.G});
-    grad_x_in.view({n.S * n.B, n.M}).add_(matmul(kernels.matmul_out, grad_pre_p, tap_weight_t(n.c - p)));
+  for (const InputRead& read : reads) {
+    const Tensor grad_pre_l = buf.grad_pre.select(1, read.location).reshape({n.S * n.B, n.G});
+    grad_x_in.view({n.S * n.B, n.M}).add_(matmul(kernels.matmul_out, grad_pre_l, tap_weight_t(read.tap)));
   }
   // Parameter gradients of all steps, as GEMMs after the loop: tap k's weight from the Hcat
-  // rows it read (the input row included) against the rows' dA.
-  Tensor grad_weight_col = at::zeros({n.taps, n.M, n.G}, options);
-  for (int64_t k = 0; k < n.taps; ++k) {
-    const TapRows t = tap_rows(n, k, 0);
-    if (t.count == 0) continue;
-    const Tensor read = buf.hcat.narrow(0, 0, n.S).narrow(1, t.first + t.d, t.count)
-                            .reshape({n.S * t.count * n.B, n.M});
-    const Tensor grad = buf.grad_pre.narrow(1, t.first - 1, t.count)
-                            .reshape({n.S * t.count * n.B, n.G});
+  // locations it read (the input included) against the locations' dA, gathered into one GEMM
+  // per tap.
+  Tensor grad_weight_col = at::zeros({n.tap_count, n.M, n.G}, options);
+  const auto index_options = at::TensorOptions().dtype(at::kLong);
+  for (int64_t k = 0; k < n.tap_count; ++k) {
+    std::vector<int64_t> dst, src;  // 0-based locations; Hcat's index (0: the input)
+    for (const InputRead& read : reads) {
+      if (read.tap == k) {
+        dst.push_back(read.location);
+        src.push_back(0);
+      }
+    }
+    for (const TapBlock& t : hidden_blocks(n, k)) {
+      for (int64_t i = 0; i < t.count; ++i) {
+        dst.push_back(t.dst + i);
+        src.push_back(1 + t.src + i);
+      }
+    }
+    if (dst.empty()) continue;
+    const int64_t count = int64_t(dst.size());
+    const auto to_index = [&](const std::vector<int64_t>& v) {
+      return at::tensor(v, index_options).to(input_.device());
+    };
+    const Tensor read = buf.hcat.narrow(0, 0, n.S).index_select(1, to_index(src))
+                            .reshape({n.S * count * n.B, n.M});
+    const Tensor grad = buf.grad_pre.index_select(1, to_index(dst)).reshape({n.S * count * n.B, n.G});
     grad_weight_col.select(0, k).copy_(matmul(kernels.matmul_out, read.t(), grad));
   }
-  Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).contiguous();  // [G, M, K']
+  Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).reshape(weight_hh.sizes()).contiguous();
   Tensor grad_bias_hh = buf.grad_pre.view({-1, n.G}).sum(0);
   // The input row of step s is x~_s + b_ih while s < lengths[b] (and s < T), else b_ih alone.
   Tensor grad_bias_ih = grad_x_in.sum(at::IntArrayRef{0, 1});
@@ -358,15 +458,15 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     grad_norm_weight = sums.narrow(0, 0, 5).clone();  // clones: outputs must not share storage
     grad_norm_bias = sums.narrow(0, 5, 5).clone();
   }
-  Tensor grad_h0 = buf.grad_hidden.select(0, cur);  // [P, B, M]
+  Tensor grad_h0 = buf.grad_hidden.select(0, cur);  // [N, B, M]
   Tensor grad_c0 = buf.grad_cell.select(0, cur);
   if (buf.lengths.defined()) {  // a sequence of length 0 returns its initial state as it is
     const auto unread = buf.lengths.eq(0).view({1, n.B, 1}).to(grad_h0.scalar_type());
     grad_h0 = grad_h0 + buf.grad_state_hidden * unread;
     grad_c0 = grad_c0 + buf.grad_state_cell * unread;
   }
-  grad_h0 = grad_h0.transpose(0, 1).contiguous().to(input.scalar_type(), false, true);
-  grad_c0 = grad_c0.transpose(0, 1).contiguous().to(input.scalar_type(), false, true);
+  grad_h0 = state_of(grad_h0, n).to(input.scalar_type(), false, true);
+  grad_c0 = state_of(grad_c0, n).to(input.scalar_type(), false, true);
   return {grad_input,     grad_h0,      grad_c0,          grad_weight_ih, grad_bias_ih,
           grad_weight_hh, grad_bias_hh, grad_norm_weight, grad_norm_bias};
 }

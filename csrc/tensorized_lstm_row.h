@@ -1,8 +1,13 @@
-// The row math of the tensorized LSTM (docs/cells.md, section 2), written once for both devices
-// as peephole_lstm_cell.h is for the peephole cell: a step's forward and backward pass over one
-// (b, p) row, and the buffers' slots of every step. The CPU kernels (cpu/tensorized_lstm_cpu.cpp)
-// and both CUDA recurrences (cuda/tensorized_rows.cuh, cuda/tensorized_persistent.cuh) call the
-// very same functions.
+// The row math of the tensorized LSTM (docs/cells.md, sections 2 and 7), written once for both
+// devices as peephole_lstm_cell.h is for the peephole cell: a step's forward and backward pass
+// over one (b, location) row, and the buffers' slots of every step. The CPU kernels
+// (cpu/tensorized_lstm_cpu.cpp) and both CUDA recurrences (cuda/tensorized_rows.cuh,
+// cuda/tensorized_persistent.cuh) call the very same functions.
+//
+// One code serves both shapes of the hidden tensor: its locations are numbered 1..N, the P rows
+// of the 2-D cell (N = P) or the P x P plane of the 3-D cell (N = P*P, location (p1, p2) at
+// (p1 - 1) * P + p2), and the little geometry that differs (which location a memory tap reads,
+// which locations read the input) is in the functions of RowSizes below.
 //
 // A row is run by a team of lanes: lane l takes the channels m = l, l + kStride, ... and a
 // channel norm's statistics are the team's sums. On CUDA the team is the 32 lanes of a warp
@@ -43,16 +48,50 @@ struct SerialTeam {
 };
 
 // The sizes the row code reads (a plain copy of TensorizedSizes' numbers for the device), and
-// where the rows sit in the buffers: hidden row p (1..P) of sequence b is buffer row
-// (p - 1) * B + b, so that a hidden row of every sequence is one contiguous [B, ...] block and a
-// tap's rows one block [rows, B, ...] (the step GEMMs of tensorized_lstm.cpp run on them).
+// where the rows sit in the buffers: location l (1..N) of sequence b is buffer row
+// (l - 1) * B + b, so that a location of every sequence is one contiguous [B, ...] block and a
+// run of locations one block [locations, B, ...] (the step GEMMs of tensorized_lstm.cpp run on
+// them).
 struct RowSizes {
   int64_t T, B, M, P, K, c, taps, G, S, delay;
+  int64_t axes;  // 1: P rows (the 2-D cell), 2: a P x P plane (the 3-D cell)
+  int64_t N;     // locations: P, or P * P
+  int64_t Kq;    // memory-convolution taps: K, or K * K (tap (k1, k2) at k1 * K + k2)
 
   C10_HOST_DEVICE int64_t sequence_of(int64_t row) const { return row % B; }
-  C10_HOST_DEVICE int64_t hidden_row_of(int64_t row) const { return row / B + 1; }
-  C10_HOST_DEVICE int64_t row_at(int64_t b, int64_t p) const { return (p - 1) * B + b; }
+  C10_HOST_DEVICE int64_t location_of(int64_t row) const { return row / B + 1; }
+  C10_HOST_DEVICE int64_t row_at(int64_t b, int64_t l) const { return (l - 1) * B + b; }
+  // (p1, p2) of location l on the plane (1-based); on rows, p1 = l
+  C10_HOST_DEVICE int64_t first_coordinate(int64_t l) const {
+    return axes == 1 ? l : (l - 1) / P + 1;
+  }
+  C10_HOST_DEVICE int64_t second_coordinate(int64_t l) const {
+    return axes == 1 ? 1 : l - (first_coordinate(l) - 1) * P;
+  }
 };
+
+// The memory convolution's replicate padding: a tap below row 1 reads row 1, above P row P.
+C10_HOST_DEVICE inline int64_t clamp_row(int64_t r, int64_t P) {
+  return r < 1 ? 1 : (r > P ? P : r);
+}
+
+// The location whose C_{t-1} memory tap k of location l reads: clamp(p - c + k) on each axis.
+C10_HOST_DEVICE inline int64_t memory_neighbour(const RowSizes& n, int64_t l, int64_t k) {
+  if (n.axes == 1) return clamp_row(l - n.c + k, n.P);
+  const int64_t k1 = k / n.K, k2 = k - k1 * n.K;
+  return (clamp_row(n.first_coordinate(l) - n.c + k1, n.P) - 1) * n.P +
+         clamp_row(n.second_coordinate(l) - n.c + k2, n.P);
+}
+
+// Which of input_pre's slots holds the input's term of A at location l, or -1 where no tap of
+// l reads the input: rows 1..c (slot p - 1), or the c' x c' corner (p1, p2 <= c, slot
+// (p1 - 1) * c' + p2 - 1, c' = min(c, P)).
+C10_HOST_DEVICE inline int64_t input_slot(const RowSizes& n, int64_t l) {
+  const int64_t p1 = n.first_coordinate(l), p2 = n.second_coordinate(l);
+  if (p1 > n.c || p2 > n.c) return -1;
+  const int64_t corner = n.c < n.P ? n.c : n.P;
+  return n.axes == 1 ? p1 - 1 : (p1 - 1) * corner + p2 - 1;
+}
 
 // lengths[b] clamped to [0, T]; T without lengths. The op checks the values on the CPU only,
 // so that on a GPU a value below 0 acts as 0 and one above T as T.
@@ -74,33 +113,28 @@ C10_HOST_DEVICE inline bool row_running(const int64_t* lengths, int64_t b, const
   return s < sequence_length(lengths, b, n.T) + n.delay;
 }
 
-// The memory convolution's replicate padding: a tap below row 1 reads row 1, above P row P.
-C10_HOST_DEVICE inline int64_t clamp_row(int64_t r, int64_t P) {
-  return r < 1 ? 1 : (r > P ? P : r);
-}
-
 // ---- the buffers of one step ---------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
 struct ForwardRowsParams {
-  const scalar_t* pre;        // [P*B, G] the hidden rows' taps (the buffer rows of RowSizes)
-  const scalar_t* input_pre;  // [c', B, G] the input row's, for hidden rows 1..c'; stride below
-  int64_t input_pre_stride;   // S*B*G: from one hidden row's input term to the next's
+  const scalar_t* pre;        // [N*B, G] the hidden locations' taps (buffer rows of RowSizes)
+  const scalar_t* input_pre;  // [c'^axes, B, G] the input's, by input_slot; stride below
+  int64_t input_pre_stride;   // S*B*G: from one input slot to the next
   const scalar_t* zero_gates; // [G] zeros: the input term of the rows above c
   const scalar_t* bias;       // [G]
   const scalar_t* gamma;      // [5, M]
   const scalar_t* beta;       // [5, M]
-  const scalar_t* hidden_prev;  // [P*B, M]
-  scalar_t* hidden_next;      // [P*B, M]
-  const acc_t* cells_prev;    // [P*B, M]
-  acc_t* cells_next;          // [P*B, M]
-  scalar_t* gates;            // [P*B, 4M]
-  scalar_t* q;                // [P*B, K]
-  acc_t* norm_hat;            // [P*B, 5, M]
-  acc_t* norm_rstd;           // [P*B, 5]
+  const scalar_t* hidden_prev;  // [N*B, M]
+  scalar_t* hidden_next;      // [N*B, M]
+  const acc_t* cells_prev;    // [N*B, M]
+  acc_t* cells_next;          // [N*B, M]
+  scalar_t* gates;            // [N*B, 4M]
+  scalar_t* q;                // [N*B, Kq]
+  acc_t* norm_hat;            // [N*B, 5, M]
+  acc_t* norm_rstd;           // [N*B, 5]
   scalar_t* output;           // [T, B, M]
-  scalar_t* state_hidden;     // [P*B, M] the returned H (after each sequence's last input step)
-  acc_t* state_cell;          // [P*B, M] the returned C
+  scalar_t* state_hidden;     // [N*B, M] the returned H (after each sequence's last input step)
+  acc_t* state_cell;          // [N*B, M] the returned C
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -111,34 +145,34 @@ struct ForwardRowsParams {
 // slots from here.
 template <typename scalar_t, typename acc_t>
 struct ForwardSequence {
-  const scalar_t* input_pre;   // [c', S, B, G] its term of A in hidden rows 1..c' (c' = min(c, P))
+  const scalar_t* input_pre;   // [c'^axes, S, B, G] the input's term of A by input_slot
   const scalar_t* zero_gates;  // [G] zeros
   const scalar_t* bias_hh;     // [G]
   const scalar_t* gamma;       // [5, M] or null
   const scalar_t* beta;        // [5, M] or null
-  scalar_t* hcat;              // [S+1 or 2, P+1, B, M] Hcat_{s-1}: the input row (training
+  scalar_t* hcat;              // [S+1 or 2, N+1, B, M] Hcat_{s-1}: the input row (training
                                // only), then H_{s-1}
-  scalar_t* pre;               // [P*B, G]
-  acc_t* cells;                // [S+1 or 2, P*B, M]
-  scalar_t* gates;             // [slots, P*B, 4M]
-  scalar_t* q;                 // [slots, P*B, K] or null
-  acc_t* norm_hat;             // [slots, P*B, 5, M] or null
-  acc_t* norm_rstd;            // [slots, P*B, 5] or null
+  scalar_t* pre;               // [N*B, G]
+  acc_t* cells;                // [S+1 or 2, N*B, M]
+  scalar_t* gates;             // [slots, N*B, 4M]
+  scalar_t* q;                 // [slots, N*B, Kq] or null
+  acc_t* norm_hat;             // [slots, N*B, 5, M] or null
+  acc_t* norm_rstd;            // [slots, N*B, 5] or null
   scalar_t* output;            // [T, B, M]
-  scalar_t* state_hidden;      // [P*B, M]
-  acc_t* state_cell;           // [P*B, M]
+  scalar_t* state_hidden;      // [N*B, M]
+  acc_t* state_cell;           // [N*B, M]
   const int64_t* lengths;      // [B] or null
   RowSizes n;
   bool training;
 
-  // Hcat_{s-1}, read by step s: [P+1, B, M]
+  // Hcat_{s-1}, read by step s: [N+1, B, M]
   C10_HOST_DEVICE scalar_t* hcat_of(int64_t s) const {
-    return hcat + (training ? s : s % 2) * (n.P + 1) * n.B * n.M;
+    return hcat + (training ? s : s % 2) * (n.N + 1) * n.B * n.M;
   }
-  // H_{s-1} [P*B, M], read by step s (H_s goes to the next slot)
+  // H_{s-1} [N*B, M], read by step s (H_s goes to the next slot)
   C10_HOST_DEVICE scalar_t* hidden_before(int64_t s) const { return hcat_of(s) + n.B * n.M; }
   C10_HOST_DEVICE ForwardRowsParams<scalar_t, acc_t> rows(int64_t s) const {
-    const int64_t rows = n.B * n.P, slot = training ? s : 0;
+    const int64_t rows = n.B * n.N, slot = training ? s : 0;
     const int64_t cell_prev = training ? s : s % 2, cell_next = training ? s + 1 : (s + 1) % 2;
     return {pre,
             input_pre + s * n.B * n.G,
@@ -152,7 +186,7 @@ struct ForwardSequence {
             cells + cell_prev * rows * n.M,
             cells + cell_next * rows * n.M,
             gates + slot * rows * 4 * n.M,
-            q == nullptr ? nullptr : q + slot * rows * n.K,
+            q == nullptr ? nullptr : q + slot * rows * n.Kq,
             norm_hat == nullptr ? nullptr : norm_hat + slot * rows * 5 * n.M,
             norm_rstd == nullptr ? nullptr : norm_rstd + slot * rows * 5,
             output,
@@ -166,23 +200,23 @@ struct ForwardSequence {
 
 template <typename scalar_t, typename acc_t>
 struct BackwardRowsParams {
-  const scalar_t* gates;       // [P*B, 4M]
-  const scalar_t* q;           // [P*B, K]
-  const acc_t* norm_hat;       // [P*B, 5, M]
-  const acc_t* norm_rstd;      // [P*B, 5]
+  const scalar_t* gates;       // [N*B, 4M]
+  const scalar_t* q;           // [N*B, Kq]
+  const acc_t* norm_hat;       // [N*B, 5, M]
+  const acc_t* norm_rstd;      // [N*B, 5]
   const scalar_t* gamma;       // [5, M]
   const scalar_t* beta;        // [5, M]
-  const acc_t* cells_prev;     // [P*B, M]
-  const acc_t* cells;          // [P*B, M]
-  const acc_t* grad_hidden;    // [P*B, M] dL/dH_s from later steps
-  const acc_t* grad_cell;      // [P*B, M] dL/dC_s from later steps
+  const acc_t* cells_prev;     // [N*B, M]
+  const acc_t* cells;          // [N*B, M]
+  const acc_t* grad_hidden;    // [N*B, M] dL/dH_s from later steps
+  const acc_t* grad_cell;      // [N*B, M] dL/dC_s from later steps
   const scalar_t* grad_output; // [T, B, M]
-  const acc_t* grad_state_hidden;  // [P*B, M] dL/dH_n, entering at the last input step
-  const acc_t* grad_state_cell;    // [P*B, M] dL/dC_n
-  scalar_t* grad_pre;          // [P*B, G] out
-  acc_t* grad_cconv;           // [P*B, M] out
-  acc_t* grad_norm;            // [P*B, 10, M] accumulated
-  acc_t* scratch;              // [P*B, 3, M]: dL/dC, Cconv, dL/dO of the row
+  const acc_t* grad_state_hidden;  // [N*B, M] dL/dH_n, entering at the last input step
+  const acc_t* grad_state_cell;    // [N*B, M] dL/dC_n
+  scalar_t* grad_pre;          // [N*B, G] out
+  acc_t* grad_cconv;           // [N*B, M] out
+  acc_t* grad_norm;            // [N*B, 10, M] accumulated
+  acc_t* scratch;              // [N*B, 3, M]: dL/dC, Cconv, dL/dO of the row
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -190,14 +224,14 @@ struct BackwardRowsParams {
 
 template <typename scalar_t, typename acc_t>
 struct GatherParams {
-  const scalar_t* grad_taps;    // [P*B, M] dL/dH_{s-1} through the taps (the step GEMMs), or
-  const scalar_t* grad_col;     // [P*B, K', M] dL/dX_col, summed here (col2im), when not null
-  const acc_t* grad_cconv;      // [P*B, M]
-  const scalar_t* q;            // [P*B, K]
-  const acc_t* grad_hidden;     // [P*B, M] dL/dH_s
-  const acc_t* grad_cell;       // [P*B, M] dL/dC_s
-  acc_t* grad_hidden_prev;      // [P*B, M] out
-  acc_t* grad_cell_prev;        // [P*B, M] out
+  const scalar_t* grad_taps;    // [N*B, M] dL/dH_{s-1} through the taps (the step GEMMs), or
+  const scalar_t* grad_col;     // [N*B, K', M] dL/dX_col, summed here (col2im), when not null
+  const acc_t* grad_cconv;      // [N*B, M]
+  const scalar_t* q;            // [N*B, Kq]
+  const acc_t* grad_hidden;     // [N*B, M] dL/dH_s
+  const acc_t* grad_cell;       // [N*B, M] dL/dC_s
+  acc_t* grad_hidden_prev;      // [N*B, M] out
+  acc_t* grad_cell_prev;        // [N*B, M] out
   const int64_t* lengths;
   RowSizes n;
   int64_t s;
@@ -208,25 +242,25 @@ struct GatherParams {
 // parity, for the persistent kernel, whose gather of step s+1 runs beside the rows of step s.
 template <typename scalar_t, typename acc_t>
 struct BackwardSequence {
-  const scalar_t* gates;       // [S, P*B, 4M]
-  const scalar_t* q;           // [S, P*B, K] or null
-  const acc_t* norm_hat;       // [S, P*B, 5, M] or null
-  const acc_t* norm_rstd;      // [S, P*B, 5] or null
+  const scalar_t* gates;       // [S, N*B, 4M]
+  const scalar_t* q;           // [S, N*B, Kq] or null
+  const acc_t* norm_hat;       // [S, N*B, 5, M] or null
+  const acc_t* norm_rstd;      // [S, N*B, 5] or null
   const scalar_t* gamma;       // [5, M] or null
   const scalar_t* beta;        // [5, M] or null
-  const acc_t* cells;          // [S+1, P*B, M]
-  acc_t* grad_hidden;          // [2, P*B, M]
-  acc_t* grad_cell;            // [2, P*B, M]
+  const acc_t* cells;          // [S+1, N*B, M]
+  acc_t* grad_hidden;          // [2, N*B, M]
+  acc_t* grad_cell;            // [2, N*B, M]
   const scalar_t* grad_output; // [T, B, M]
-  const acc_t* grad_state_hidden;  // [P*B, M]
-  const acc_t* grad_state_cell;    // [P*B, M]
-  scalar_t* grad_pre;          // [S, P*B, G]
-  acc_t* grad_cconv;           // [1 or 2, P*B, M]
-  int64_t cconv_stride;        // 0, or P*B*M
-  acc_t* grad_norm;            // [P*B, 10, M] or null
-  acc_t* scratch;              // [P*B, 3, M]
-  scalar_t* grad_taps;         // [P*B, M] (the step kernels) or null
-  scalar_t* grad_col;          // [P*B, K', M] (the persistent kernel) or null
+  const acc_t* grad_state_hidden;  // [N*B, M]
+  const acc_t* grad_state_cell;    // [N*B, M]
+  scalar_t* grad_pre;          // [S, N*B, G]
+  acc_t* grad_cconv;           // [1 or 2, N*B, M]
+  int64_t cconv_stride;        // 0, or N*B*M
+  acc_t* grad_norm;            // [N*B, 10, M] or null
+  acc_t* scratch;              // [N*B, 3, M]
+  scalar_t* grad_taps;         // [N*B, M] (the step kernels) or null
+  scalar_t* grad_col;          // [N*B, K', M] (the persistent kernel) or null
   const int64_t* lengths;      // [B] or null
   RowSizes n;
 
@@ -235,9 +269,9 @@ struct BackwardSequence {
   }
   // rows of step s: from dL/dH_s, dL/dC_s in slot cur
   C10_HOST_DEVICE BackwardRowsParams<scalar_t, acc_t> rows(int64_t s, int64_t cur) const {
-    const int64_t rows = n.B * n.P;
+    const int64_t rows = n.B * n.N;
     return {gates + s * rows * 4 * n.M,
-            q == nullptr ? nullptr : q + s * rows * n.K,
+            q == nullptr ? nullptr : q + s * rows * n.Kq,
             norm_hat == nullptr ? nullptr : norm_hat + s * rows * 5 * n.M,
             norm_rstd == nullptr ? nullptr : norm_rstd + s * rows * 5,
             gamma,
@@ -259,11 +293,11 @@ struct BackwardSequence {
   }
   // gather of step s: slot cur to slot 1 - cur
   C10_HOST_DEVICE GatherParams<scalar_t, acc_t> gather(int64_t s, int64_t cur) const {
-    const int64_t rows = n.B * n.P;
+    const int64_t rows = n.B * n.N;
     return {grad_taps,
             grad_col,
             grad_cconv_of(s),
-            q == nullptr ? nullptr : q + s * rows * n.K,
+            q == nullptr ? nullptr : q + s * rows * n.Kq,
             grad_hidden + cur * rows * n.M,
             grad_cell + cur * rows * n.M,
             grad_hidden + (1 - cur) * rows * n.M,
@@ -301,13 +335,13 @@ C10_HOST_DEVICE inline acc_t gate_input(const scalar_t* a, const scalar_t* in,
   return acc_t(a[o]) + acc_t(bias[o]) + acc_t(in[o]);
 }
 
-// The input row's term of A for row `row` of step p.s (zeros when its taps do not read it).
+// The input's term of A for row `row` of step p.s (zeros when its taps do not read it).
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline const scalar_t* input_term(const ForwardRowsParams<scalar_t, acc_t>& p,
                                                   int64_t row) {
-  const int64_t pr = p.n.hidden_row_of(row);
-  return pr <= p.n.c ? p.input_pre + (pr - 1) * p.input_pre_stride + p.n.sequence_of(row) * p.n.G
-                     : p.zero_gates;
+  const int64_t slot = input_slot(p.n, p.n.location_of(row));
+  return slot >= 0 ? p.input_pre + slot * p.input_pre_stride + p.n.sequence_of(row) * p.n.G
+                   : p.zero_gates;
 }
 
 template <bool kTanh, bool kNorm, class Team, typename scalar_t, typename acc_t>
@@ -338,8 +372,8 @@ C10_HOST_DEVICE inline void forward_gate(const Team& team,
   }
 }
 
-// Step p.s of one (b, p) row. qk: room for K values of the team's lane (the softmax weights,
-// which every lane computes: K is small).
+// Step p.s of one (b, location) row. qk: room for Kq values of the team's lane (the softmax
+// weights, which every lane computes: Kq is small).
 template <bool kNorm, bool kMemoryConv, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
                                                    const ForwardRowsParams<scalar_t, acc_t>& p,
@@ -347,8 +381,8 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
   const RowSizes n = p.n;
   const int64_t M = n.M, lane = team.lane();
   constexpr int kStride = Team::kStride;
-  const int64_t b = n.sequence_of(row), pr = n.hidden_row_of(row);  // hidden row pr of 1..P
-  const bool top = pr == n.P && p.s >= n.delay;
+  const int64_t b = n.sequence_of(row), l = n.location_of(row);  // location l of 1..N
+  const bool top = l == n.N && p.s >= n.delay;  // the output's: row P, or (P, P)
   scalar_t* y = top ? p.output + ((p.s - n.delay) * n.B + b) * M : nullptr;
   scalar_t* h_out = p.hidden_next + row * M;
   acc_t* c_out = p.cells_next + row * M;
@@ -364,7 +398,7 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
       }
     }
     if (kMemoryConv) {
-      for (int64_t k = lane; k < n.K; k += kStride) p.q[row * n.K + k] = scalar_t(0);
+      for (int64_t k = lane; k < n.Kq; k += kStride) p.q[row * n.Kq + k] = scalar_t(0);
     }
     if (kNorm) {
       for (int64_t g = lane; g < 5; g += kStride) p.norm_rstd[row * 5 + g] = acc_t(0);
@@ -378,30 +412,33 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
   forward_gate<false, kNorm>(team, p, row, in, 3);  // o
   const scalar_t* a = p.pre + row * n.G;
   const scalar_t* g_out = p.gates + row * 4 * M;
-  // Q = softmax of the K logits, rounded to the saved dtype, so that the backward's Q is the
-  // forward's; then the memory convolution and the new cell.
-  const acc_t* c_prev = p.cells_prev + b * M;  // row 1 of this sequence, then every B*M
+  // Q = softmax of the Kq logits, rounded to the saved dtype, so that the backward's Q is the
+  // forward's; then the memory convolution (into c_out: Cconv = sum_k Q_k C_{t-1} at tap k's
+  // location, tap by tap) and the new cell.
   if (kMemoryConv) {
     acc_t top_logit = -INFINITY, total = 0;
-    for (int64_t k = 0; k < n.K; ++k) {
+    for (int64_t k = 0; k < n.Kq; ++k) {
       qk[k] = gate_input<scalar_t, acc_t>(a, in, p.bias, 4 * M + k);
       top_logit = top_logit < qk[k] ? qk[k] : top_logit;
     }
-    for (int64_t k = 0; k < n.K; ++k) total += (qk[k] = exp_(qk[k] - top_logit));
-    for (int64_t k = 0; k < n.K; ++k) qk[k] = acc_t(scalar_t(qk[k] / total));
-    for (int64_t k = lane; k < n.K; k += kStride) p.q[row * n.K + k] = scalar_t(qk[k]);
+    for (int64_t k = 0; k < n.Kq; ++k) total += (qk[k] = exp_(qk[k] - top_logit));
+    for (int64_t k = 0; k < n.Kq; ++k) qk[k] = acc_t(scalar_t(qk[k] / total));
+    for (int64_t k = lane; k < n.Kq; k += kStride) p.q[row * n.Kq + k] = scalar_t(qk[k]);
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) c_out[m] = 0;
+    for (int64_t k = 0; k < n.Kq; ++k) {
+      const acc_t* c_k = p.cells_prev + n.row_at(b, memory_neighbour(n, l, k)) * M;
+      const acc_t q_k = qk[k];
+      TLSTM_ELEMENTWISE
+      for (int64_t m = lane; m < M; m += kStride) c_out[m] += q_k * c_k[m];
+    }
+  } else {
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) c_out[m] = p.cells_prev[row * M + m];
   }
   TLSTM_ELEMENTWISE
   for (int64_t m = lane; m < M; m += kStride) {
-    acc_t cconv = 0;
-    if (kMemoryConv) {
-      for (int64_t k = 0; k < n.K; ++k) {
-        cconv += qk[k] * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
-      }
-    } else {
-      cconv = p.cells_prev[row * M + m];
-    }
-    c_out[m] = acc_t(g_out[2 * M + m]) * acc_t(g_out[m]) + cconv * acc_t(g_out[M + m]);
+    c_out[m] = acc_t(g_out[2 * M + m]) * acc_t(g_out[m]) + c_out[m] * acc_t(g_out[M + m]);
   }
   team.sync();
   // H = O tanh(CN_c(C)); the top row is an output, and the returned state is taken after each
@@ -493,8 +530,8 @@ C10_HOST_DEVICE inline void backward_gate(const Team& team,
   }
 }
 
-// Step p.s of one (b, p) row backward: dL/dA of the row, dL/dCconv and the CN parameters'
-// sums. dq: room for K values of the team's lane.
+// Step p.s of one (b, location) row backward: dL/dA of the row, dL/dCconv and the CN
+// parameters' sums. dq: room for Kq values of the team's lane.
 template <bool kNorm, bool kMemoryConv, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
                                                     const BackwardRowsParams<scalar_t, acc_t>& p,
@@ -502,14 +539,14 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
   const RowSizes n = p.n;
   const int64_t M = n.M, lane = team.lane();
   constexpr int kStride = Team::kStride;
-  const int64_t b = n.sequence_of(row), pr = n.hidden_row_of(row);
+  const int64_t b = n.sequence_of(row), l = n.location_of(row);
   scalar_t* da = p.grad_pre + row * n.G;
   if (!row_running(p.lengths, b, n, p.s)) {  // finished: nothing reaches A
     for (int64_t o = lane; o < n.G; o += kStride) da[o] = scalar_t(0);
     return;
   }
   const scalar_t* g = p.gates + row * 4 * M;
-  const scalar_t* go = (pr == n.P && p.s >= n.delay)  // the top row is output s - delay
+  const scalar_t* go = (l == n.N && p.s >= n.delay)  // the top location is output s - delay
                            ? p.grad_output + ((p.s - n.delay) * n.B + b) * M
                            : nullptr;
   acc_t* d_c = p.scratch + (row * 3 + 0) * M;
@@ -558,8 +595,7 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
     s2 = team.sum(s2) / acc_t(M);
   }
   // dL/dC; the memory convolution's input Cconv and dL/dQ.
-  const acc_t* c_prev = p.cells_prev + b * M;  // row 1 of this sequence, then every B*M
-  const scalar_t* qr = kMemoryConv ? p.q + row * n.K : nullptr;
+  const scalar_t* qr = kMemoryConv ? p.q + row * n.Kq : nullptr;
   const acc_t* grad_cell = p.grad_cell + row * M;  // dL/dC from later steps (and dL/dC_n)
   if (returned) {
     const acc_t* grad_state = p.grad_state_cell + row * M;
@@ -577,33 +613,35 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
                                        : d_c[m]);
     d_c[m] = dc;
   }
-  for (int64_t k = 0; k < n.K; ++k) dq[k] = 0;
-  for (int64_t m = lane; m < M; m += kStride) {
-    const acc_t dc = d_c[m];
-    acc_t cc = 0;
-    if (kMemoryConv) {
-      for (int64_t k = 0; k < n.K; ++k) {
-        cc += acc_t(qr[k]) * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
-      }
-    } else {
-      cc = p.cells_prev[row * M + m];
+  // Cconv again (sum_k Q_k C_{t-1} at tap k's location, tap by tap, as the forward summed it)
+  if (kMemoryConv) {
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) cconv[m] = 0;
+    for (int64_t k = 0; k < n.Kq; ++k) {
+      const acc_t* c_k = p.cells_prev + n.row_at(b, memory_neighbour(n, l, k)) * M;
+      const acc_t q_k = acc_t(qr[k]);
+      TLSTM_ELEMENTWISE
+      for (int64_t m = lane; m < M; m += kStride) cconv[m] += q_k * c_k[m];
     }
-    cconv[m] = cc;
-    const acc_t dcc = dc * acc_t(g[M + m]);  // C = G I + Cconv F
-    p.grad_cconv[row * M + m] = dcc;
-    if (kMemoryConv) {  // dL/dQ_k = dCconv . C_{t-1, row of tap k}
-      for (int64_t k = 0; k < n.K; ++k) {
-        dq[k] += dcc * c_prev[(clamp_row(pr - n.c + k, n.P) - 1) * n.B * M + m];
-      }
-    }
+  } else {
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) cconv[m] = p.cells_prev[row * M + m];
   }
-  if (kMemoryConv) {  // through the softmax: dA^q_k = Q_k (dQ_k - sum_j Q_j dQ_j)
+  acc_t* grad_cconv = p.grad_cconv + row * M;
+  TLSTM_ELEMENTWISE
+  for (int64_t m = lane; m < M; m += kStride) grad_cconv[m] = d_c[m] * acc_t(g[M + m]);  // C = G I + Cconv F
+  if (kMemoryConv) {
+    // dL/dQ_k = dCconv . C_{t-1} at tap k's location; then through the softmax:
+    // dA^q_k = Q_k (dQ_k - sum_j Q_j dQ_j)
     acc_t weighted = 0;
-    for (int64_t k = 0; k < n.K; ++k) {
-      dq[k] = team.sum(dq[k]);
+    for (int64_t k = 0; k < n.Kq; ++k) {
+      const acc_t* c_k = p.cells_prev + n.row_at(b, memory_neighbour(n, l, k)) * M;
+      acc_t sum = 0;
+      for (int64_t m = lane; m < M; m += kStride) sum += grad_cconv[m] * c_k[m];
+      dq[k] = team.sum(sum);
       weighted += acc_t(qr[k]) * dq[k];
     }
-    for (int64_t k = lane; k < n.K; k += kStride) {
+    for (int64_t k = lane; k < n.Kq; k += kStride) {
       da[4 * M + k] = scalar_t(acc_t(qr[k]) * (dq[k] - weighted));
     }
   }
@@ -617,7 +655,7 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
 
 // ---- gather --------------------------------------------------------------------------------
 
-// Channel m of hidden row r of sequence b, after the rows of step s: dL/dH_{s-1} (what the taps
+// Channel m of location r of sequence b, after the rows of step s: dL/dH_{s-1} (what the taps
 // sent back, plus nothing else: H_{s-1} enters step s only through the taps) and dL/dC_{s-1}
 // (the memory convolution's or the cell's own). Finished sequences pass dL/dH_s and dL/dC_s
 // through. Gathers rather than scatters: each output has one writer and a fixed order of sums.
@@ -632,7 +670,7 @@ C10_HOST_DEVICE inline void tensorized_gather_element(const GatherParams<scalar_
     return;
   }
   acc_t dh = 0;
-  if (p.grad_col != nullptr) {  // col2im: tap k of hidden row pr = r + c - k read row r
+  if (p.grad_col != nullptr) {  // col2im (rows only): tap k of row pr = r + c - k read row r
     for (int64_t k = 0; k < n.taps; ++k) {
       const int64_t pr = r + n.c - k;
       if (pr >= 1 && pr <= n.P) dh += acc_t(p.grad_col[(n.row_at(b, pr) * n.taps + k) * n.M + m]);
@@ -642,15 +680,25 @@ C10_HOST_DEVICE inline void tensorized_gather_element(const GatherParams<scalar_
   }
   p.grad_hidden_prev[state] = dh;
   acc_t dc = 0;
-  if (kMemoryConv) {  // tap k of row pr read C_{s-1} row clamp(pr - c + k, 1, P)
-    const int64_t lo = r - n.c < 1 ? 1 : r - n.c, hi = r + n.c > n.P ? n.P : r + n.c;
-    for (int64_t pr = lo; pr <= hi; ++pr) {
-      const int64_t row = n.row_at(b, pr);
-      acc_t weight = 0;
-      for (int64_t k = 0; k < n.K; ++k) {
-        if (clamp_row(pr - n.c + k, n.P) == r) weight += acc_t(p.q[row * n.K + k]);
+  if (kMemoryConv) {  // the locations near r whose memory taps read C_{s-1} at r
+    const int64_t r1 = n.first_coordinate(r), r2 = n.second_coordinate(r);
+    const int64_t lo1 = r1 - n.c < 1 ? 1 : r1 - n.c, hi1 = r1 + n.c > n.P ? n.P : r1 + n.c;
+    const int64_t lo2 = n.axes == 1 ? 1 : (r2 - n.c < 1 ? 1 : r2 - n.c);
+    const int64_t hi2 = n.axes == 1 ? 1 : (r2 + n.c > n.P ? n.P : r2 + n.c);
+    const int64_t K2 = n.axes == 1 ? 1 : n.K;  // taps along the second axis
+    for (int64_t l1 = lo1; l1 <= hi1; ++l1) {
+      for (int64_t l2 = lo2; l2 <= hi2; ++l2) {
+        const int64_t row = n.row_at(b, n.axes == 1 ? l1 : (l1 - 1) * n.P + l2);
+        acc_t weight = 0;  // the sum of Q over the taps of (l1, l2) that read r
+        for (int64_t k1 = 0; k1 < n.K; ++k1) {
+          if (clamp_row(l1 - n.c + k1, n.P) != r1) continue;
+          for (int64_t k2 = 0; k2 < K2; ++k2) {
+            if (n.axes == 2 && clamp_row(l2 - n.c + k2, n.P) != r2) continue;
+            weight += acc_t(p.q[row * n.Kq + k1 * K2 + k2]);
+          }
+        }
+        dc += weight * p.grad_cconv[row * n.M + m];
       }
-      dc += weight * p.grad_cconv[row * n.M + m];
     }
   } else {
     dc = p.grad_cconv[state];

@@ -2,8 +2,8 @@
 state is a P x P plane of locations, the input enters at corner (0, 0) and the output leaves at
 (P, P). Checked against an implementation written here one location and one tap at a time, for
 the delay (y_t sees x_t, never x_{t+1}), streaming, the returned state, gradcheck, and depth 1
-with K=3 being nn.LSTM on x~ through taps (0, 0) and (1, 1). The fused kernels do not exist
-yet: the fused module says so."""
+with K=3 being nn.LSTM on x~ through taps (0, 0) and (1, 1). The fused module is checked against
+both in test_tensorized_3d_vs_reference.py."""
 import pytest
 import torch
 from torch import nn
@@ -206,7 +206,3 @@ def test_parameters_and_state_shapes():
     with pytest.raises(ValueError, match="tensor_dim must be 2"):
         Reference(3, M, depth=2, tensor_dim=4)
 
-
-def test_fused_module_says_its_kernels_do_not_exist_yet():
-    with pytest.raises(NotImplementedError, match="tlstm.reference.TensorizedLSTM"):
-        tlstm.TensorizedLSTM(3, 4, depth=2, tensor_dim=3)

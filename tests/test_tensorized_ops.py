@@ -35,6 +35,9 @@ GRADCHECK_CASES = {
     "no_memconv": (dict(depth=3, memory_conv=False), None, True),
     "no_cn_no_bias": (dict(depth=2, channel_norm=False, bias=False), [3, 2], True),
     "depth1": (dict(depth=1), None, True),
+    "plane_lengths": (dict(depth=3, tensor_dim=3), [4, 1, 3], True),
+    "plane_k5_no_feedback_no_flush": (dict(depth=2, kernel_size=5, feedback=False,
+                                           tensor_dim=3), None, False),
 }
 
 
@@ -128,6 +131,9 @@ OPCHECK_CASES = {
     "no_feedback_no_memconv": (dict(depth=3, feedback=False, memory_conv=False), None, True),
     "no_cn_no_bias": (dict(depth=2, channel_norm=False, bias=False), [4, 4, 1], False),
     "depth1": (dict(depth=1), None, True),
+    "plane_lengths": (dict(depth=3, tensor_dim=3), [4, 1, 3], True),
+    "plane_k5_no_feedback_no_flush": (dict(depth=2, kernel_size=5, feedback=False,
+                                           tensor_dim=3), None, False),
 }
 
 
@@ -310,13 +316,14 @@ def test_op_argument_checks():
 # ---- torch.compile ---------------------------------------------------------------------------
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("tensor_dim", [2, 3])
+def test_compile_fullgraph_matches_eager(tensor_dim):
     """torch.compile(fullgraph=True) traces the module (batch_first: a transposed input view,
     projection, initial state) without graph breaks, with eager's outputs and gradients."""
     torch._dynamo.reset()
     try:
         model = make_tlstm(tlstm.TensorizedLSTM, F64, seed=21, input_size=3, hidden_size=4,
-                           depth=3, proj_size=2, batch_first=True)
+                           depth=3, proj_size=2, batch_first=True, tensor_dim=tensor_dim)
         compiled = torch.compile(model, fullgraph=True)
         for seed in (22, 25):  # the second call reuses the graph
             x, state = make_inputs(model, 5, 3, seed=seed)

@@ -75,8 +75,10 @@ class TensorizedLSTM(TensorizedLSTMBase):
         bias: b^x and b^h.
         proj_size: > 0 adds the output projection y = h_top W_proj^T.
         batch_first: input and output [B, T, *]; the state stays [B, P, M].
-        tensor_dim: 2, or 3 for the paper's 3-D tLSTM (a P x P x M state, docs/cells.md
-            section 7), which only the reference module runs so far.
+        tensor_dim: 2, or 3 for the paper's 3-D tLSTM: a P x P x M state updated by a 2-D
+            convolution with K x K taps, the input entering at location (0, 0) and the output
+            read at (P, P) (docs/cells.md, section 7); state [B, P, P, M], ``weight_hh``
+            [G, M, K', K'] (Conv2d layout) and G = 4M + K*K.
 
     ``forward(input, state=None, flush=True)`` returns ``output, (H, C)``; see
     ``TensorizedLSTMBase.forward``. Parameters: ``weight_ih`` [M, I], ``bias_ih`` [M],
@@ -84,15 +86,6 @@ class TensorizedLSTM(TensorizedLSTMBase):
     [5, M] (channel_norm), ``weight_proj`` [proj_size, M], with G = 4M + K (4M without the
     memory convolution) and K' = K (or (K+1)/2 without feedback).
     """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.tensor_dim == 3:
-            raise NotImplementedError(
-                "tlstm.TensorizedLSTM(tensor_dim=3): the fused kernels of the 3-D tLSTM are not "
-                "written yet; tlstm.reference.TensorizedLSTM(..., tensor_dim=3), the step-by-step "
-                "PyTorch module with the same parameters, runs it"
-            )
 
     def _run_sequence(self, x, h0, c0, lengths, flush):
         return ops.tensorized_lstm_sequence(

@@ -6,6 +6,8 @@ which calls the op's own backward op. Dimension letters follow csrc/dimensions.h
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _C  # noqa: F401  (loads the library that defines torch.ops.tlstm)
@@ -289,11 +291,11 @@ torch.library.register_autograd(
 
 def tensorized_lstm_sequence(
     input: torch.Tensor,  # [T, B, I]
-    h0: torch.Tensor,  # [B, P, M]
-    c0: torch.Tensor,  # [B, P, M]
+    h0: torch.Tensor,  # [B, P, M], or [B, P, P, M] for the 3-D cell
+    c0: torch.Tensor,  # as h0
     weight_ih: torch.Tensor,  # [M, I]
     bias_ih: torch.Tensor | None,  # [M]
-    weight_hh: torch.Tensor,  # [G, M, K']
+    weight_hh: torch.Tensor,  # [G, M, K'], or [G, M, K', K'] for the 3-D cell
     bias_hh: torch.Tensor | None,  # [G]
     norm_weight: torch.Tensor | None,  # [5, M]
     norm_bias: torch.Tensor | None,  # [5, M]
@@ -304,9 +306,11 @@ def tensorized_lstm_sequence(
     memory_conv: bool,
     flush: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Runs the tensorized LSTM over a sequence; returns the top-row outputs [T, B, M] (y_t =
-    h_{t+delay, P}, zero past each length) and H, C [B, P, M] after step T (after step
-    lengths[b] for sequence b), the last step that reads an input, with or without flush.
+    """Runs the tensorized LSTM over a sequence; returns the top outputs [T, B, M] (y_t =
+    h_{t+delay} at row P, or at (P, P) for the 3-D cell, zero past each length) and H, C (as
+    h0) after step T (after step lengths[b] for sequence b), the last step that reads an input,
+    with or without flush. The cell's shape is weight_hh's: [G, M, K'] the 2-D cell, [G, M, K',
+    K'] the 3-D one.
 
     Lengths outside [0, T] are an error on the CPU; on a GPU they are not checked (that would
     synchronise) and act as the nearest bound. Dtypes as for peephole_lstm_layer."""
@@ -328,24 +332,26 @@ def _tensorized_lstm_forward_fake(
     depth, kernel_size, feedback, memory_conv, flush, training,
 ):
     T, B, _ = input.shape
-    _, P, M = h0.shape
+    M = h0.shape[-1]
+    N = math.prod(h0.shape[1:-1])  # locations: P, or P * P
+    memory_taps = kernel_size ** (weight_hh.dim() - 2)
     S = T + (depth - 1 if flush else 0)
     op_math = op_math_dtype(input.dtype)
     output = input.new_empty(T, B, M)
-    h_n, c_n = input.new_empty(B, P, M), input.new_empty(B, P, M)
+    h_n, c_n = input.new_empty(h0.shape), input.new_empty(h0.shape)
     if not training:
         return (output, h_n, c_n, input.new_empty(0), input.new_empty(0), input.new_empty(0),
                 input.new_empty(0, dtype=op_math), input.new_empty(0, dtype=op_math),
                 input.new_empty(0, dtype=op_math))
     norm_slots = S if norm_weight is not None else 0
-    return (  # rows in the kernels' order: hidden row first
+    return (  # rows in the kernels' order: location first
         output, h_n, c_n,
-        input.new_empty(S + 1, P + 1, B, M),
-        input.new_empty(S, P, B, 4 * M),
-        input.new_empty(S if memory_conv else 0, P, B, kernel_size),
-        input.new_empty(norm_slots, P, B, 5, M, dtype=op_math),
-        input.new_empty(norm_slots, P, B, 5, dtype=op_math),
-        input.new_empty(S + 1, P, B, M, dtype=op_math),
+        input.new_empty(S + 1, N + 1, B, M),
+        input.new_empty(S, N, B, 4 * M),
+        input.new_empty(S if memory_conv else 0, N, B, memory_taps),
+        input.new_empty(norm_slots, N, B, 5, M, dtype=op_math),
+        input.new_empty(norm_slots, N, B, 5, dtype=op_math),
+        input.new_empty(S + 1, N, B, M, dtype=op_math),
     )
 
 
@@ -384,10 +390,11 @@ def _tensorized_lstm_setup_context(ctx, inputs, output):
 def _tensorized_lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_buffer_grads):
     (input, weight_ih, weight_hh, norm_weight, norm_bias, lengths, *saved) = ctx.saved_tensors
     T, B, _ = input.shape
-    P, M = saved[-1].shape[1], weight_ih.shape[0]  # cells [S+1, P, B, M]
-    shape = (B, P, M)
+    depth, kernel_size = ctx.config[:2]
+    P = (depth - 1) * ((kernel_size - 1) // 2) + 1
+    shape = (B,) + (P,) * (weight_hh.dim() - 2) + (weight_ih.shape[0],)  # as h0
     if grad_output is None:
-        grad_output = input.new_zeros(T, B, shape[2])
+        grad_output = input.new_zeros(T, B, shape[-1])
     if grad_h_n is None:
         grad_h_n = input.new_zeros(shape)
     if grad_c_n is None:

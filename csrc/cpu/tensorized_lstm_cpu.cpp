@@ -1,5 +1,5 @@
 // CPU backend of the tensorized LSTM ops: the three row passes of a step (tensorized_lstm.h),
-// each parallel over the P*B rows of the step. The forward and
+// each parallel over the N*B rows of the step. The forward and
 // backward rows run the row code that CUDA runs too (tensorized_lstm_row.h), with a team of
 // one lane, compiled for the running CPU's vector extension (cpu_capability.h).
 #include <ATen/Dispatch.h>
@@ -30,8 +30,8 @@ int64_t rows_per_task(int64_t row_elements) {
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
 void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
   const auto p = forward_sequence<scalar_t>(buf).rows(s);
-  at::parallel_for(0, p.n.B * p.n.P, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> qk(p.n.K);
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> qk(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
       for (int64_t row = begin; row < end; ++row) {
         tensorized_forward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, qk.data());
@@ -43,8 +43,8 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
 void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).rows(s, cur);
-  at::parallel_for(0, p.n.B * p.n.P, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> dq(p.n.K);
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> dq(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
       for (int64_t row = begin; row < end; ++row) {
         tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, dq.data());
@@ -58,9 +58,9 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
 template <typename scalar_t, bool kMemoryConv>
 void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).gather(s, cur);
-  at::parallel_for(0, p.n.B * p.n.P, rows_per_task(p.n.K * p.n.M), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.Kq * p.n.M), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = p.n.sequence_of(row), r = p.n.hidden_row_of(row);
+      const int64_t b = p.n.sequence_of(row), r = p.n.location_of(row);
       for (int64_t m = 0; m < p.n.M; ++m) tensorized_gather_element<kMemoryConv>(p, b, r, m);
     }
   });
@@ -101,7 +101,8 @@ struct CpuBackend {
       .backward_rows = backward_rows_cpu,
       .gather_rows = gather_rows_cpu,
   };
-  static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/) {
+  static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/,
+                          int64_t /*memory_taps*/) {
     check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
   }
   using Guard = NoDeviceGuard;

@@ -43,7 +43,7 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
 
 void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
   const auto& n = buf.n;
-  const int64_t rows = n.B * n.P;
+  const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.pre.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
@@ -60,7 +60,7 @@ void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
 
 void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  const int64_t rows = n.B * n.P;
+  const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
@@ -77,7 +77,7 @@ void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
 
 void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  const int64_t total = n.P * n.B * n.M;
+  const int64_t total = n.N * n.B * n.M;
   if (total == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
@@ -111,7 +111,7 @@ constexpr int64_t kPersistentMaxMultiplyAdds = int64_t(1) << 29;
 // are wanted for this call; false otherwise (the driver then runs the steps).
 template <class Fn>
 bool dispatch_persistent(const TensorizedSizes& n, at::ScalarType dtype, const Fn& fn) {
-  if (n.B == 0 || n.S == 0) return false;
+  if (n.B == 0 || n.S == 0 || n.axes != 1) return false;  // (the 3-D cell: the steps)
   bool ran = false;
   dispatch_dtype(dtype, [&](auto scalar) {
     const int64_t x_col = n.B * n.P * n.taps * n.M;  // elements, and the GEMM's rows x depth
@@ -205,11 +205,13 @@ struct CudaBackend {
       .forward_sequence = forward_sequence_cuda,
       .backward_sequence = backward_sequence_cuda,
   };
-  static void check_input(const char* op, const Tensor& input, int64_t kernel_size) {
+  static void check_input(const char* op, const Tensor& input, int64_t kernel_size,
+                          int64_t memory_taps) {
     check_floating(op, input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}, "CUDA");
     TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device, got ", input.device());
-    TORCH_CHECK(kernel_size <= kMaxKernelSize, op, " on CUDA supports kernel_size up to ",
-                kMaxKernelSize, ", got ", kernel_size);
+    TORCH_CHECK(memory_taps <= kMaxMemoryTaps, op, " on CUDA supports up to ", kMaxMemoryTaps,
+                " memory taps (kernel_size up to 25, or 5 with tensor_dim=3), got kernel_size ",
+                kernel_size, " (", memory_taps, " taps)");
   }
   using Guard = c10::cuda::CUDAGuard;
 };

@@ -1,6 +1,6 @@
 // Device code of the tensorized LSTM's persistent kernels: the whole recurrence of one
 // direction in one cooperative launch (launched by tensorized_lstm_cuda.cu when they are
-// chosen). Plain device code: tools/emulate_cuda compiles this header on the CPU.
+// chosen), for the 2-D cell (its locations are the P rows; the 3-D cell runs the steps). Plain device code: tools/emulate_cuda compiles this header on the CPU.
 //
 // For small B*P a step's three launches (im2col, GEMM, rows) cost more host time than the GPU
 // spends on them (measured on an H100: 41-48 us a step at every depth). Here one launch runs
@@ -32,7 +32,7 @@ template <typename scalar_t, typename acc_t>
 __device__ void scatter_hidden_row(const ForwardSequence<scalar_t, acc_t>& seq, scalar_t* x_col,
                                    int64_t s_next, int64_t row, int lane) {
   const RowSizes& n = seq.n;
-  const int64_t b = n.sequence_of(row), p = n.hidden_row_of(row);
+  const int64_t b = n.sequence_of(row), p = n.location_of(row);
   const scalar_t* h = seq.hidden_before(s_next) + row * n.M;
   for (int64_t k = 0; k < n.taps; ++k) {
     const int64_t reader = p + n.c - k;  // tap k of row `reader` reads row p
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   TLSTM_DYNAMIC_SHARED(shared);
   const ForwardSequence<scalar_t, acc_t>& seq = p.seq;
   const RowSizes n = seq.n;
-  const int64_t rows = n.B * n.P, width = n.taps * n.M, w = p.units;
+  const int64_t rows = n.B * n.N, width = n.taps * n.M, w = p.units;
   const int64_t o0 = int64_t(blockIdx.x) * w;
   const BlockMatmulShape& shape = p.shape;
   const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < rows * width;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t mm = idx % n.M, k = (idx / n.M) % n.taps, row = idx / width;
-    const int64_t r = n.hidden_row_of(row) - n.c + k;
+    const int64_t r = n.location_of(row) - n.c + k;
     p.x_col[idx] = r >= 1 && r <= n.P ? h0[n.row_at(n.sequence_of(row), r) * n.M + mm]
                                       : scalar_t(0);
   }
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   TLSTM_DYNAMIC_SHARED(shared);
   const BackwardSequence<scalar_t, acc_t>& seq = p.seq;
   const RowSizes n = seq.n;
-  const int64_t rows = n.B * n.P, width = n.taps * n.M, w = p.units;
+  const int64_t rows = n.B * n.N, width = n.taps * n.M, w = p.units;
   const int64_t j0 = int64_t(blockIdx.x) * w;
   const BlockMatmulShape& shape = p.shape;
   const BlockMatmulSmem<scalar_t, acc_t> m(shared, shape);

@@ -2,7 +2,7 @@
 // backward rows and the gather. tensorized_lstm_cuda.cu launches them once per step around
 // cuBLAS's step GEMMs; the persistent kernels (tensorized_persistent.cuh) call the same row code.
 //
-// The rows give one warp to each (b, p) row: a WarpTeam runs the row math of
+// The rows give one warp to each (b, location) row: a WarpTeam runs the row math of
 // tensorized_lstm_row.h, which the CPU runs with a one-lane team. The gather is element-wise. Plain device code: tools/emulate_cuda compiles this header on the CPU.
 #pragma once
 
@@ -16,8 +16,9 @@
 namespace tlstm {
 
 constexpr int kWarpsPerBlock = kThreads / 32;
-// The rows keep the softmax weights and dL/dQ of a row in registers: kernel sizes up to this.
-constexpr int kMaxKernelSize = 15;
+// The rows keep the softmax weights and dL/dQ of a row in registers: memory taps (K, or K*K
+// for the 3-D cell) up to this.
+constexpr int kMaxMemoryTaps = 25;
 
 template <typename acc_t>
 __device__ inline acc_t warp_all_sum(acc_t v) {
@@ -53,21 +54,21 @@ __device__ inline void for_each_warp_row(int64_t rows, const Fn& fn) {
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __device__ inline void warp_forward_row(const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
                                         int lane) {
-  acc_t qk[kMaxKernelSize];
+  acc_t qk[kMaxMemoryTaps];
   tensorized_forward_row<kNorm, kMemoryConv>(WarpTeam{lane}, p, row, qk);
 }
 
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __device__ inline void warp_backward_row(const BackwardRowsParams<scalar_t, acc_t>& p,
                                          int64_t row, int lane) {
-  acc_t dq[kMaxKernelSize];  // dL/dQ_k, summed per lane, then over the warp
+  acc_t dq[kMaxMemoryTaps];  // dL/dQ_k, summed per lane, then over the warp
   tensorized_backward_row<kNorm, kMemoryConv>(WarpTeam{lane}, p, row, dq);
 }
 
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __global__ void __launch_bounds__(kThreads)
     tensorized_forward_rows_kernel(ForwardRowsParams<scalar_t, acc_t> p) {
-  for_each_warp_row(p.n.B * p.n.P, [&](int64_t row, int lane) {
+  for_each_warp_row(p.n.B * p.n.N, [&](int64_t row, int lane) {
     warp_forward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, lane);
   });
 }
@@ -75,29 +76,29 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t, bool kNorm, bool kMemoryConv>
 __global__ void __launch_bounds__(kThreads)
     tensorized_backward_rows_kernel(BackwardRowsParams<scalar_t, acc_t> p) {
-  for_each_warp_row(p.n.B * p.n.P, [&](int64_t row, int lane) {
+  for_each_warp_row(p.n.B * p.n.N, [&](int64_t row, int lane) {
     warp_backward_row<scalar_t, acc_t, kNorm, kMemoryConv>(p, row, lane);
   });
 }
 
 // ---- gather ------------------------------------------------------------------------------
 
-// Element-wise over the P*B*M channels of the hidden rows (tensorized_gather_element).
+// Element-wise over the N*B*M channels of the hidden locations (tensorized_gather_element).
 template <typename scalar_t, typename acc_t, bool kMemoryConv>
 __global__ void tensorized_gather_kernel(GatherParams<scalar_t, acc_t> p) {
   const RowSizes n = p.n;
-  const int64_t total = n.P * n.B * n.M;
+  const int64_t total = n.N * n.B * n.M;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t m = idx % n.M, row = idx / n.M;
-    tensorized_gather_element<kMemoryConv>(p, n.sequence_of(row), n.hidden_row_of(row), m);
+    tensorized_gather_element<kMemoryConv>(p, n.sequence_of(row), n.location_of(row), m);
   }
 }
 
-// Gather of one hidden row by a warp (the persistent kernel's).
+// Gather of one location by a warp (the persistent kernel's).
 template <typename scalar_t, typename acc_t, bool kMemoryConv>
 __device__ void gather_row(const GatherParams<scalar_t, acc_t>& p, int64_t row, int lane) {
-  const int64_t b = p.n.sequence_of(row), r = p.n.hidden_row_of(row);
+  const int64_t b = p.n.sequence_of(row), r = p.n.location_of(row);
   for (int64_t m = lane; m < p.n.M; m += 32) tensorized_gather_element<kMemoryConv>(p, b, r, m);
 }
 

@@ -95,6 +95,7 @@ void run(const Config& c, Inputs& in, FILE* out) {
   n.T = c.T; n.B = c.B; n.M = c.M; n.K = c.K; n.c = (c.K - 1) / 2; n.P = (c.L - 1) * n.c + 1;
   n.taps = c.feedback ? n.K : n.c + 1; n.G = 4 * n.M + (kMemoryConv ? n.K : 0);
   n.delay = c.flush ? c.L - 1 : 0; n.S = n.T + n.delay;
+  n.axes = 1; n.N = n.P; n.Kq = n.K;  // the 2-D cell: its locations are the P rows
   const int64_t rows = n.B * n.P, width = n.taps * n.M, slots = c.training ? n.S : 1;
   const int64_t input_rows = std::min(n.c, n.P);  // c': the hidden rows that read the input row
   const int64_t hcat_slot = (n.P + 1) * n.B * n.M;
