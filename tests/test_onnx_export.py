@@ -141,6 +141,9 @@ TENSORIZED_CONFIGS = [
     dict(depth=3, channel_norm=False, bias=False),
     dict(depth=2, kernel_size=5, proj_size=3, batch_first=True),
     dict(depth=3, flush=False),
+    dict(depth=3, tensor_dim=3),
+    dict(depth=2, kernel_size=5, feedback=False, tensor_dim=3),
+    dict(depth=1, tensor_dim=3, flush=False),
 ]
 
 
@@ -179,7 +182,7 @@ def test_tensorized_lstm_exports_as_a_loop(config, tmp_path):
     lstm = module.lstm
     batch_first = lstm.batch_first
     time_dim, batch_dim = (1, 0) if batch_first else (0, 1)
-    state = (3, lstm.rows, 8)
+    state = (3, *lstm.state_shape)
     args = (torch.randn((3, 7, 6) if batch_first else (7, 3, 6)), torch.randn(state),
             torch.randn(state))
     B = torch.export.Dim("B", min=2)
@@ -190,7 +193,7 @@ def test_tensorized_lstm_exports_as_a_loop(config, tmp_path):
 
     for T, B_ in ((7, 3), (12, 5), (2, 2)):
         inputs = (torch.randn((B_, T, 6) if batch_first else (T, B_, 6)),
-                  torch.randn(B_, lstm.rows, 8), torch.randn(B_, lstm.rows, 8))
+                  torch.randn(B_, *lstm.state_shape), torch.randn(B_, *lstm.state_shape))
         with torch.no_grad():
             want = module(*inputs)
         got = run_onnx(session, *inputs)

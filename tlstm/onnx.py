@@ -14,7 +14,7 @@ is [w_ci, w_co, w_cf]; ``B`` is [b_ih; b_hh]; lengths become ``sequence_lens``; 
 activation is ONNX's ``Affine`` with alpha 1 and beta 0. ONNX's LSTM has no projection, so a
 model with ``proj_size > 0`` is refused with an error that says so.
 
-The tensorized LSTM (``tlstm::tensorized_lstm_forward``, the 2-D tLSTM) becomes one ``Loop``
+The tensorized LSTM (``tlstm::tensorized_lstm_forward``, 2-D or 3-D) becomes one ``Loop``
 over its steps of standard ops, for the torch.export-based exporter only; the TorchScript-based
 one refuses it and says to pass ``dynamo=True``.
 """
@@ -151,15 +151,17 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
                             bias_hh=None, norm_weight=None, norm_bias=None, lengths=None,
                             depth=1, kernel_size=3, feedback=True, memory_conv=True, flush=True,
                             training=False):
-    """The ONNX translation of ``tlstm::tensorized_lstm_forward`` (the 2-D tLSTM, docs/cells.md
-    sections 2-5, as tlstm/reference.py steps it): the projected inputs x~_t (one MatMul over the
-    sequence, padded with b^x for the flush steps and past each length), then one ``Loop`` over
-    the S = T + delay steps (T without flush) whose body is the step: the row convolution over
-    [x~_t; H_{t-1}] as one ``MatMul`` of its taps side by side (ONNX Runtime has no float64
-    ``Conv`` on the CPU), the channel norms from ``ReduceMean``, the gates, the memory convolution
-    (``Softmax`` over the taps, a ``Gather`` of the replicate-padded neighbours), and the top row
-    as the loop's scan output. T and B stay dynamic. The saved tensors of a training forward
-    come out empty, as for the peephole LSTM."""
+    """The ONNX translation of ``tlstm::tensorized_lstm_forward`` (the 2-D and the 3-D tLSTM,
+    docs/cells.md sections 2-7, as tlstm/reference.py steps them): the projected inputs x~_t (one
+    MatMul over the sequence, padded with b^x for the flush steps and past each length), then one
+    ``Loop`` over the S = T + delay steps (T without flush) whose body is the step on the
+    locations flattened to N = P (or P*P): the convolution over Hcat as one ``Gather`` of every
+    location's taps (a table of which Hcat location each tap reads: the input, a hidden location,
+    or a zero) and one ``MatMul`` of the taps side by side (ONNX Runtime has no float64 ``Conv``
+    on the CPU), the channel norms from ``ReduceMean``, the gates, the memory convolution
+    (``Softmax`` over the taps, a ``Gather`` of the replicate-padded neighbours), and the top
+    location as the loop's scan output. T and B stay dynamic. The saved tensors of a training
+    forward come out empty, as for the peephole LSTM."""
     import onnx_ir as ir
     from onnx_ir import convenience as ir_convenience
     from onnxscript import evaluator
@@ -169,7 +171,11 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     K = kernel_size
     c = (K - 1) // 2
     P = (depth - 1) * c + 1
-    G = 4 * M + (K if memory_conv else 0)
+    axes = len(weight_hh.shape) - 2  # 1: rows, 2: the plane
+    taps_per_axis = K if feedback else c + 1
+    tap_table, neighbour_table = _tensorized_tables(P, K, c, taps_per_axis, axes)
+    N = len(tap_table)  # locations: P, or P * P
+    G = 4 * M + (K ** axes if memory_conv else 0)
     delay = depth - 1 if flush else 0
     dtype = input.dtype
 
@@ -203,12 +209,14 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
         last_input_step = lengths  # [B]
     else:
         last_input_step = op.Expand(T, op.Unsqueeze(B, ints([0])))
-    neighbour = [[min(max(p - c + k, 1), P) - 1 for k in range(K)] for p in range(1, P + 1)]
-    neighbour = op.Constant(value=ir.tensor(neighbour, dtype=ir.DataType.INT64))  # [P, K]
+    neighbour = op.Constant(value=ir.tensor(neighbour_table, dtype=ir.DataType.INT64))  # [N, Kq]
+    tap_reads = op.Constant(value=ir.tensor(tap_table, dtype=ir.DataType.INT64))  # [N, K'^axes]
+    taps = len(tap_table[0])
     eps = like(1e-5)
-    # The row convolution as one MatMul: weight_hh [G, M, K'] -> [K'*M, G], tap-major
-    taps_per_row = K if feedback else c + 1
-    weight_taps = op.Reshape(op.Transpose(weight_hh, perm=[2, 1, 0]), ints([taps_per_row * M, G]))
+    # The convolution as one MatMul: weight_hh [G, M, K'(, K')] -> [K'^axes*M, G], tap-major
+    weight_taps = op.Reshape(op.Transpose(op.Reshape(weight_hh, ints([G, M, taps])),
+                                          perm=[2, 1, 0]), ints([taps * M, G]))
+    h0, c0 = (op.Reshape(t, ints([0, N, M])) for t in (h0, c0))  # [B, N, M]
 
     # The loop body, recorded as a subgraph: swap the recorder's node list (and its cache of
     # constants, so that none made inside is reused outside) while the step is traced.
@@ -220,7 +228,7 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     body_inputs = [
         ir.Value(name=f"{prefix}_s", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64)),
         ir.Value(name=f"{prefix}_cond", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.BOOL)),
-        *(ir.Value(name=f"{prefix}_{n}", shape=ir.Shape([None, P, M]), type=state_type)
+        *(ir.Value(name=f"{prefix}_{n}", shape=ir.Shape([None, N, M]), type=state_type)
           for n in ("H", "C", "H_n", "C_n")),
     ]
     step, cond, H, C, H_n, C_n = body_inputs
@@ -236,13 +244,11 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
         return op.Add(op.Mul(op.Div(centred, op.Sqrt(op.Add(var, eps))), gamma), beta)
 
     x_row = op.Gather(x_proj, step, axis=0)  # [B, M]
-    hcat = op.Concat(op.Unsqueeze(x_row, ints([1])), H, axis=1)  # [B, P+1, M]: rows 0..P
-    # Row i of the padded Hcat is row i - c of Hcat (zeros outside 0..P); tap k of hidden row r
-    # reads row r - c + k, so the K' taps of rows 1..P are K' slices of it, side by side.
-    padded = op.Pad(hcat, ints([0, c, 0, 0, c if feedback else 0, 0]))
-    taps = op.Concat(*(op.Slice(padded, ints([1 + k]), ints([1 + k + P]), ints([1]))
-                       for k in range(taps_per_row)), axis=2)  # [B, P, K'*M]
-    A = op.MatMul(taps, weight_taps)  # [B, P, G]
+    # Hcat's locations: the input, the N hidden ones, and a zero for taps that read nothing
+    zero = op.Mul(op.Unsqueeze(x_row, ints([1])), like(0.0))
+    hcat = op.Concat(op.Unsqueeze(x_row, ints([1])), H, zero, axis=1)  # [B, N+2, M]
+    read = op.Reshape(op.Gather(hcat, tap_reads, axis=1), ints([0, N, taps * M]))
+    A = op.MatMul(read, weight_taps)  # [B, N, G]
     if bias_hh is not None:
         A = op.Add(A, bias_hh)
 
@@ -255,8 +261,8 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     gate_o = op.Sigmoid(channel_norm(channels(3 * M, 4 * M), 3))
     C_conv = C
     if memory_conv:
-        Q = op.Softmax(channels(4 * M, G), axis=-1)  # [B, P, K]
-        shifted = op.Gather(C, neighbour, axis=1)  # [B, P, K, M]
+        Q = op.Softmax(channels(4 * M, G), axis=-1)  # [B, N, Kq]
+        shifted = op.Gather(C, neighbour, axis=1)  # [B, N, Kq, M]
         C_conv = op.ReduceSum(op.Mul(op.Unsqueeze(Q, ints([3])), shifted), ints([2]),
                               keepdims=0)
     C_new = op.Add(op.Mul(gate_g, gate_i), op.Mul(C_conv, gate_f))
@@ -267,7 +273,7 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
         H_new, C_new = op.Where(running, H_new, H), op.Where(running, C_new, C)
     reads_input = op.Reshape(op.Less(step, last_input_step), per_sequence)
     H_n_new, C_n_new = op.Where(reads_input, H_new, H_n), op.Where(reads_input, C_new, C_n)
-    top = op.Gather(H_new, scalar_int(P - 1), axis=1)  # [B, M]
+    top = op.Gather(H_new, scalar_int(N - 1), axis=1)  # [B, M]: row P, or (P, P)
     body_outputs = [op.Identity(cond), op.Identity(H_new), op.Identity(C_new),
                     op.Identity(H_n_new), op.Identity(C_n_new), op.Identity(top)]
     for value, value_type in zip(body_outputs, [ir.TensorType(ir.DataType.BOOL)]
@@ -290,6 +296,7 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
     _, _, h_n, c_n, tops = loop.outputs  # tops [S, B, M]
     for value in loop.outputs:
         value.type = state_type
+    h_n, c_n = (op.Reshape(t, ints([0, *(P,) * axes, M])) for t in (h_n, c_n))
     output = op.Slice(tops, ints([delay]), op.Unsqueeze(S, ints([0])), ints([0])) if delay \
         else op.Identity(tops)
     if lengths is not None:  # zero past each length
@@ -301,6 +308,29 @@ def tensorized_lstm_forward(input, h0, c0, weight_ih, bias_ih=None, weight_hh=No
         else dtype
     empty_math = op.Cast(op.ConstantOfShape(ints([0])), to=math_dtype)
     return output, h_n, c_n, empty, empty, empty, empty_math, empty_math, empty_math
+
+
+def _tensorized_tables(P: int, K: int, c: int, taps_per_axis: int, axes: int):
+    """The step's index tables over the N = P**axes locations (row-major coordinates 1..P):
+    which Hcat location each weight tap reads, 0 the input (row 0, or the corner (0, 0)), 1..N a
+    hidden location and N + 1 a zero (outside the tensor, or row 0 / column 0 off the corner);
+    and the location each memory tap reads (replicate padding), 0-based."""
+    locations = list(itertools.product(range(1, P + 1), repeat=axes))
+    index = {loc: n for n, loc in enumerate(locations)}
+    N = len(locations)
+
+    def reads(loc, ks):
+        r = tuple(p - c + k for p, k in zip(loc, ks))
+        if all(v == 0 for v in r):
+            return 0
+        return 1 + index[r] if r in index else N + 1
+
+    taps = list(itertools.product(range(taps_per_axis), repeat=axes))
+    memory = list(itertools.product(range(K), repeat=axes))
+    tap_table = [[reads(loc, ks) for ks in taps] for loc in locations]
+    neighbour = [[index[tuple(min(max(p - c + k, 1), P) for p, k in zip(loc, ks))]
+                  for ks in memory] for loc in locations]
+    return tap_table, neighbour
 
 
 def translation_table() -> dict:
