@@ -336,8 +336,11 @@ def test_bench_cli_parity_report_and_json_schema(tiny_bench, tmp_path, capsys):
     # the records: keys exactly as documented, one per configuration, implementation and
     # direction, times that make sense
     records = result["records"]
-    assert all(set(r) == RECORD_KEYS for r in records), [sorted(set(r) ^ RECORD_KEYS)
-                                                          for r in records]
+    def keys(r):  # a tLSTM record also says which cell, 2-D or 3-D
+        return RECORD_KEYS | ({"tensor_dim"} if r["cell"].startswith("tensorized") else set())
+
+    assert all(set(r) == keys(r) for r in records), [sorted(set(r) ^ keys(r)) for r in records]
+    assert {r["tensor_dim"] for r in records if r["cell"].startswith("tensorized")} <= {2, 3}
     seen = {(r["cell"], r["impl"], r["direction"], r["L"], r["layers"]) for r in records}
     for direction in ("fwd", "fwdbwd"):
         for impl in ("fused", "reference", "nn.LSTM"):

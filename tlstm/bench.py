@@ -48,9 +48,12 @@ class Config:
     K: int | None = None
     dtype: str = "float32"
     tf32: bool = False
+    tensor_dim: int = 2  # the tLSTM's: 3 for the P x P x M state
 
     def label(self) -> str:
         depth = f" L={self.L} K={self.K}" if self.L is not None else ""  # H is M for the tLSTM
+        if self.tensor_dim != 2:
+            depth += f" tensor_dim={self.tensor_dim}"
         layers = f" layers={self.layers}" if self.layers != 1 else ""
         tf32 = " tf32" if self.tf32 else ""
         return (f"{self.cell} T={self.T} B={self.B} I={self.I} H={self.H}{layers}{depth} "
@@ -81,15 +84,20 @@ def tensorized_configs(device: str, quick: bool) -> list[Config]:
     if device == "cpu":
         # like for like first: at depth 1 without channel norm and memory convolution the tLSTM
         # is an LSTM on x~, and should cost about what nn.LSTM costs
+        # and the 3-D tLSTM's target: T=100, B=16, M=64 at depth 4
         return [Config("tensorized_plain", 100, 16, 128, 128, L=1, K=3)] + [
             Config("tensorized", 100, 16, 128, 128, L=L, K=3)
-            for L in ((1, 4) if quick else (1, 2, 4, 8))]
+            for L in ((1, 4) if quick else (1, 2, 4, 8))] + [
+            Config("tensorized", 100, 16, 64, 64, L=L, K=3, tensor_dim=3)
+            for L in ((4,) if quick else (1, 2, 4))]
     Ls = (1, 4, 8) if quick else (1, 2, 4, 8, 16)
     Ms = (256,) if quick else (256, 512)
     Bs = (16,) if quick else (16, 128)
     dtypes = ("float32",) if quick else ("float32", "bfloat16")
+    planes = [Config("tensorized", 256, 16, 128, 128, L=L, K=3, tensor_dim=3)
+              for L in ((1, 8) if quick else (1, 2, 4, 8))]
     return [Config("tensorized", 256, B, M, M, L=L, K=3, dtype=dtype)
-            for dtype in dtypes for M in Ms for B in Bs for L in Ls]
+            for dtype in dtypes for M in Ms for B in Bs for L in Ls] + planes
 
 
 # ---- implementations -----------------------------------------------------------------------
@@ -112,7 +120,8 @@ def build_modules(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Mo
         plain = dict(channel_norm=False, memory_conv=False) if cfg.cell == "tensorized_plain" else {}
 
         def make(cls):
-            return cls(cfg.I, cfg.H, depth=cfg.L, kernel_size=cfg.K, **plain, **factory)
+            return cls(cfg.I, cfg.H, depth=cfg.L, kernel_size=cfg.K, tensor_dim=cfg.tensor_dim,
+                       **plain, **factory)
         fused, reference_cls = make(tlstm.TensorizedLSTM), tlstm.reference.TensorizedLSTM
         baseline_layers = cfg.L  # the stacked LSTM of the same width and depth
     modules: dict[str, nn.Module] = {}
@@ -134,10 +143,10 @@ def build_modules(cfg: Config, device: str, impls: list[str]) -> dict[str, nn.Mo
 
 def initial_state(module: nn.Module, batch: int, rand) -> tuple:
     """(h0, c0) of the shapes the module takes: [layers, B, H] for nn.LSTM and the peephole
-    LSTM, [B, P, M] for the tensorized LSTM."""
+    LSTM, [B, P, M] (or [B, P, P, M]) for the tensorized LSTM."""
     module = getattr(module, "_orig_mod", module)  # a compiled module
     if isinstance(module, TensorizedLSTMBase):  # fused or reference tLSTM
-        shape = (batch, module.rows, module.hidden_size)
+        shape = (batch, *module.state_shape)
         return rand(*shape), rand(*shape)
     layers = module.num_layers * (2 if module.bidirectional else 1)
     return rand(layers, batch, module.hidden_size), rand(layers, batch, module.hidden_size)
@@ -230,13 +239,16 @@ class Record:
         cell, layers, L, K = c.cell, c.layers, c.L, c.K
         if c.cell.startswith("tensorized") and self.impl in ("cudnn", "nn.LSTM"):
             cell, layers, L, K = "lstm", c.L, None, None  # the stacked LSTM: layers is L
-        return {
+        record = {
             "cell": cell, "impl": self.impl, "direction": self.direction, "dtype": c.dtype,
             "T": c.T, "B": c.B, "I": c.I, "H": c.H, "layers": layers, "L": L, "K": K,
             "ms_median": round(statistics.median(self.times), 4),
             "ms_min": round(min(self.times), 4), "ms_max": round(max(self.times), 4),
             "repeats": len(self.times),
         }
+        if cell.startswith("tensorized"):
+            record["tensor_dim"] = c.tensor_dim
+        return record
 
 
 def work_estimate(cfg: Config, direction: str) -> float:
@@ -246,8 +258,9 @@ def work_estimate(cfg: Config, direction: str) -> float:
     if cfg.cell == "peephole":
         macs = cfg.T * cfg.B * 4 * cfg.H * (cfg.I + cfg.H) * cfg.layers
     else:
-        rows = (cfg.L - 1) * (cfg.K - 1) // 2 + 1
-        macs = ((cfg.T + cfg.L - 1) * cfg.B * rows * cfg.K * cfg.H * 4 * cfg.H
+        axes = cfg.tensor_dim - 1
+        locations = ((cfg.L - 1) * (cfg.K - 1) // 2 + 1) ** axes
+        macs = ((cfg.T + cfg.L - 1) * cfg.B * locations * cfg.K ** axes * cfg.H * 4 * cfg.H
                 + cfg.T * cfg.B * cfg.I * cfg.H)
     return float(macs) * (3 if direction == "fwdbwd" else 1)
 
@@ -346,6 +359,7 @@ PARITY_CASES = [
     ("peephole", dict(proj_size=4)),
     ("tensorized", dict(depth=4, kernel_size=3)),
     ("tensorized", dict(depth=3, kernel_size=5, feedback=False, memory_conv=True)),
+    ("tensorized", dict(depth=3, kernel_size=3, tensor_dim=3)),
 ]
 
 
@@ -445,12 +459,14 @@ def print_depth_table(records: list[Record], baseline: str) -> None:
     for r in records:
         if r.cfg.cell != "tensorized":
             continue
-        key = (r.cfg.T, r.cfg.B, r.cfg.H, r.cfg.K, r.cfg.dtype, r.direction)
+        key = (r.cfg.T, r.cfg.B, r.cfg.H, r.cfg.K, r.cfg.dtype, r.direction, r.cfg.tensor_dim)
         groups.setdefault(key, {}).setdefault(r.cfg.L, {})[r.impl] = statistics.median(r.times)
     impls = ["fused", baseline, "reference"]
-    for (T, B, M, K, dtype, direction), by_depth in groups.items():
-        print(f"\ntime against depth: tensorized T={T} B={B} M={M} K={K} {dtype} {direction} "
-              f"(ms, and x its own time at the smallest L); {baseline} is stacked, layers = L")
+    for (T, B, M, K, dtype, direction, tensor_dim), by_depth in groups.items():
+        shape = "" if tensor_dim == 2 else f" tensor_dim={tensor_dim}"
+        print(f"\ntime against depth: tensorized{shape} T={T} B={B} M={M} K={K} {dtype} "
+              f"{direction} (ms, and x its own time at the smallest L); {baseline} is stacked, "
+              "layers = L")
         print(f"{'L':>4} " + " ".join(f"{name:>24}" for name in impls))
         first = by_depth[min(by_depth)]
         for L in sorted(by_depth):
@@ -473,7 +489,7 @@ def plot_depth(records: list[Record], baseline: str, path: str, device: str) -> 
     panels: dict = {}
     for r in records:
         if r.cfg.cell == "tensorized":
-            key = (r.cfg.H, r.cfg.B, r.cfg.dtype, r.direction)
+            key = (r.cfg.tensor_dim, r.cfg.H, r.cfg.B, r.cfg.dtype, r.direction)
             panels.setdefault(key, {}).setdefault(r.impl, []).append(
                 (r.cfg.L, statistics.median(r.times)))
     keys = sorted(panels)
@@ -489,8 +505,9 @@ def plot_depth(records: list[Record], baseline: str, path: str, device: str) -> 
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                     label=labels.get(impl, impl))
-        M, B, dtype, direction = key
-        ax.set_title(f"M={M} B={B} {dtype} {direction}", fontsize=9)
+        tensor_dim, M, B, dtype, direction = key
+        shape = "3-D tLSTM " if tensor_dim == 3 else ""
+        ax.set_title(f"{shape}M={M} B={B} {dtype} {direction}", fontsize=9)
         ax.set_xlabel("depth L")
         ax.set_ylabel("ms")
         ax.set_xscale("log", base=2)
