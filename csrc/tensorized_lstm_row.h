@@ -655,55 +655,79 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
 
 // ---- gather --------------------------------------------------------------------------------
 
-// Channel m of location r of sequence b, after the rows of step s: dL/dH_{s-1} (what the taps
-// sent back, plus nothing else: H_{s-1} enters step s only through the taps) and dL/dC_{s-1}
-// (the memory convolution's or the cell's own). Finished sequences pass dL/dH_s and dL/dC_s
-// through. Gathers rather than scatters: each output has one writer and a fixed order of sums.
-template <bool kMemoryConv, typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void tensorized_gather_element(const GatherParams<scalar_t, acc_t>& p,
-                                                      int64_t b, int64_t r, int64_t m) {
+// Location r of sequence b (buffer row `row`), after the rows of step s: dL/dH_{s-1} (what the
+// taps sent back, plus nothing else: H_{s-1} enters step s only through the taps) and
+// dL/dC_{s-1} (the memory convolution's or the cell's own). Finished sequences pass dL/dH_s and
+// dL/dC_s through. Gathers rather than scatters: each output has one writer and a fixed order
+// of sums. sources, weights: room for Kq values of the team's lane (the locations whose memory
+// taps read r, at most (2c+1)^axes <= Kq, and the sum of Q over those taps: every lane finds
+// them, once per row).
+template <bool kMemoryConv, class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void tensorized_gather_row(const Team& team,
+                                                  const GatherParams<scalar_t, acc_t>& p,
+                                                  int64_t row, int64_t* sources, acc_t* weights) {
   const RowSizes& n = p.n;
-  const int64_t state = n.row_at(b, r) * n.M + m;
+  const int64_t M = n.M, lane = team.lane(), b = n.sequence_of(row), r = n.location_of(row);
+  constexpr int kStride = Team::kStride;
+  acc_t* dh = p.grad_hidden_prev + row * M;
+  acc_t* dc = p.grad_cell_prev + row * M;
   if (!row_running(p.lengths, b, n, p.s)) {
-    p.grad_hidden_prev[state] = p.grad_hidden[state];
-    p.grad_cell_prev[state] = p.grad_cell[state];
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) {
+      dh[m] = p.grad_hidden[row * M + m];
+      dc[m] = p.grad_cell[row * M + m];
+    }
     return;
   }
-  acc_t dh = 0;
   if (p.grad_col != nullptr) {  // col2im (rows only): tap k of row pr = r + c - k read row r
-    for (int64_t k = 0; k < n.taps; ++k) {
-      const int64_t pr = r + n.c - k;
-      if (pr >= 1 && pr <= n.P) dh += acc_t(p.grad_col[(n.row_at(b, pr) * n.taps + k) * n.M + m]);
-    }
-  } else {
-    dh = acc_t(p.grad_taps[state]);
-  }
-  p.grad_hidden_prev[state] = dh;
-  acc_t dc = 0;
-  if (kMemoryConv) {  // the locations near r whose memory taps read C_{s-1} at r
-    const int64_t r1 = n.first_coordinate(r), r2 = n.second_coordinate(r);
-    const int64_t lo1 = r1 - n.c < 1 ? 1 : r1 - n.c, hi1 = r1 + n.c > n.P ? n.P : r1 + n.c;
-    const int64_t lo2 = n.axes == 1 ? 1 : (r2 - n.c < 1 ? 1 : r2 - n.c);
-    const int64_t hi2 = n.axes == 1 ? 1 : (r2 + n.c > n.P ? n.P : r2 + n.c);
-    const int64_t K2 = n.axes == 1 ? 1 : n.K;  // taps along the second axis
-    for (int64_t l1 = lo1; l1 <= hi1; ++l1) {
-      for (int64_t l2 = lo2; l2 <= hi2; ++l2) {
-        const int64_t row = n.row_at(b, n.axes == 1 ? l1 : (l1 - 1) * n.P + l2);
-        acc_t weight = 0;  // the sum of Q over the taps of (l1, l2) that read r
-        for (int64_t k1 = 0; k1 < n.K; ++k1) {
-          if (clamp_row(l1 - n.c + k1, n.P) != r1) continue;
-          for (int64_t k2 = 0; k2 < K2; ++k2) {
-            if (n.axes == 2 && clamp_row(l2 - n.c + k2, n.P) != r2) continue;
-            weight += acc_t(p.q[row * n.Kq + k1 * K2 + k2]);
-          }
-        }
-        dc += weight * p.grad_cconv[row * n.M + m];
+    for (int64_t m = lane; m < M; m += kStride) {
+      acc_t sum = 0;
+      for (int64_t k = 0; k < n.taps; ++k) {
+        const int64_t pr = r + n.c - k;
+        if (pr >= 1 && pr <= n.P) sum += acc_t(p.grad_col[(n.row_at(b, pr) * n.taps + k) * M + m]);
       }
+      dh[m] = sum;
     }
   } else {
-    dc = p.grad_cconv[state];
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) dh[m] = acc_t(p.grad_taps[row * M + m]);
   }
-  p.grad_cell_prev[state] = dc;
+  if (!kMemoryConv) {
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) dc[m] = p.grad_cconv[row * M + m];
+    return;
+  }
+  // The locations near r whose memory taps read C_{s-1} at r, each with the sum of Q over those
+  // taps.
+  const int64_t r1 = n.first_coordinate(r), r2 = n.second_coordinate(r);
+  const int64_t lo1 = r1 - n.c < 1 ? 1 : r1 - n.c, hi1 = r1 + n.c > n.P ? n.P : r1 + n.c;
+  const int64_t lo2 = n.axes == 1 ? 1 : (r2 - n.c < 1 ? 1 : r2 - n.c);
+  const int64_t hi2 = n.axes == 1 ? 1 : (r2 + n.c > n.P ? n.P : r2 + n.c);
+  const int64_t K2 = n.axes == 1 ? 1 : n.K;  // taps along the second axis
+  int64_t count = 0;
+  for (int64_t l1 = lo1; l1 <= hi1; ++l1) {
+    for (int64_t l2 = lo2; l2 <= hi2; ++l2) {
+      const int64_t source = n.row_at(b, n.axes == 1 ? l1 : (l1 - 1) * n.P + l2);
+      acc_t weight = 0;
+      for (int64_t k1 = 0; k1 < n.K; ++k1) {
+        if (clamp_row(l1 - n.c + k1, n.P) != r1) continue;
+        for (int64_t k2 = 0; k2 < K2; ++k2) {
+          if (n.axes == 2 && clamp_row(l2 - n.c + k2, n.P) != r2) continue;
+          weight += acc_t(p.q[source * n.Kq + k1 * K2 + k2]);
+        }
+      }
+      sources[count] = source;
+      weights[count++] = weight;
+    }
+  }
+  TLSTM_ELEMENTWISE
+  for (int64_t m = lane; m < M; m += kStride) dc[m] = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const acc_t* g = p.grad_cconv + sources[j] * M;
+    const acc_t w = weights[j];
+    TLSTM_ELEMENTWISE
+    for (int64_t m = lane; m < M; m += kStride) dc[m] += w * g[m];
+  }
 }
 
 }  // namespace tlstm

@@ -59,10 +59,13 @@ template <typename scalar_t, bool kMemoryConv>
 void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).gather(s, cur);
   at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.Kq * p.n.M), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = p.n.sequence_of(row), r = p.n.location_of(row);
-      for (int64_t m = 0; m < p.n.M; ++m) tensorized_gather_element<kMemoryConv>(p, b, r, m);
-    }
+    std::vector<int64_t> sources(p.n.Kq);
+    std::vector<scalar_t> weights(p.n.Kq);
+    cpu::run_for_cpu([&](auto) {
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_gather_row<kMemoryConv>(SerialTeam{}, p, row, sources.data(), weights.data());
+      }
+    });
   });
 }
 

@@ -30,9 +30,7 @@
 namespace tlstm {
 namespace {
 
-// Blocks of the step kernels' grid-stride loops, at most 16 per SM: element-wise over `items`,
-// or a warp per row over `rows`.
-unsigned int item_blocks(int64_t items) { return blocks_for(items, kThreads, 16); }
+// Blocks of the step kernels' grid-stride loops, at most 16 per SM: a warp per row over `rows`.
 unsigned int row_blocks(int64_t rows) { return blocks_for(rows, kWarpsPerBlock, 16); }
 
 template <class Fn>
@@ -77,15 +75,15 @@ void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
 
 void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  const int64_t total = n.N * n.B * n.M;
-  if (total == 0) return;
+  const int64_t rows = n.N * n.B;
+  if (rows == 0 || n.M == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
     using acc_t = at::opmath_type<scalar_t>;
     const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).gather(s, cur);
     dispatch_flag(n.memory_conv, [&](auto memory_conv) {
       tensorized_gather_kernel<scalar_t, acc_t, decltype(memory_conv)::value>
-          <<<item_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+          <<<row_blocks(rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -3,7 +3,8 @@
 // cuBLAS's step GEMMs; the persistent kernels (tensorized_persistent.cuh) call the same row code.
 //
 // The rows give one warp to each (b, location) row: a WarpTeam runs the row math of
-// tensorized_lstm_row.h, which the CPU runs with a one-lane team. The gather is element-wise. Plain device code: tools/emulate_cuda compiles this header on the CPU.
+// tensorized_lstm_row.h, which the CPU runs with a one-lane team; so does the gather. Plain
+// device code: tools/emulate_cuda compiles this header on the CPU.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -83,23 +84,21 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- gather ------------------------------------------------------------------------------
 
-// Element-wise over the N*B*M channels of the hidden locations (tensorized_gather_element).
-template <typename scalar_t, typename acc_t, bool kMemoryConv>
-__global__ void tensorized_gather_kernel(GatherParams<scalar_t, acc_t> p) {
-  const RowSizes n = p.n;
-  const int64_t total = n.N * n.B * n.M;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t m = idx % n.M, row = idx / n.M;
-    tensorized_gather_element<kMemoryConv>(p, n.sequence_of(row), n.location_of(row), m);
-  }
-}
-
-// Gather of one location by a warp (the persistent kernel's).
+// A warp per location of every sequence (tensorized_gather_row), the step kernels' and the
+// persistent kernel's.
 template <typename scalar_t, typename acc_t, bool kMemoryConv>
 __device__ void gather_row(const GatherParams<scalar_t, acc_t>& p, int64_t row, int lane) {
-  const int64_t b = p.n.sequence_of(row), r = p.n.location_of(row);
-  for (int64_t m = lane; m < p.n.M; m += 32) tensorized_gather_element<kMemoryConv>(p, b, r, m);
+  int64_t sources[kMaxMemoryTaps];
+  acc_t weights[kMaxMemoryTaps];
+  tensorized_gather_row<kMemoryConv>(WarpTeam{lane}, p, row, sources, weights);
+}
+
+template <typename scalar_t, typename acc_t, bool kMemoryConv>
+__global__ void __launch_bounds__(kThreads)
+    tensorized_gather_kernel(GatherParams<scalar_t, acc_t> p) {
+  for_each_warp_row(p.n.B * p.n.N, [&](int64_t row, int lane) {
+    gather_row<scalar_t, acc_t, kMemoryConv>(p, row, lane);
+  });
 }
 
 }  // namespace tlstm
