@@ -35,7 +35,12 @@ def main():
                                        (dict(hidden_size=20, depth=4, kernel_size=5, proj_size=6),
                                         None, False),
                                        (dict(hidden_size=9, depth=3, channel_norm=False,
-                                             memory_conv=False, feedback=False), None, True)):
+                                             memory_conv=False, feedback=False), None, True),
+                                       # the 3-D cell (the step kernels whatever is forced)
+                                       (dict(hidden_size=35, depth=3, tensor_dim=3), [5, 2, 4],
+                                        True),
+                                       (dict(hidden_size=12, depth=2, kernel_size=5,
+                                             tensor_dim=3), None, False)):
             m = tlstm.TensorizedLSTM(3, **kwargs).to(dev)
             run_and_backward(m, torch.randn(5, 3, 3, device=dev, requires_grad=True), lengths,
                              flush=flush)
@@ -44,6 +49,8 @@ def main():
             os.environ["TLSTM_CUDA_RECURRENCE"] = recurrence
             tlstm.PeepholeLSTM(3, 33).to(dev)(torch.randn(4, 2, 3, device=dev))
             tlstm.TensorizedLSTM(3, 33, depth=3).to(dev)(torch.randn(4, 2, 3, device=dev))
+            tlstm.TensorizedLSTM(3, 33, depth=3, tensor_dim=3).to(dev)(
+                torch.randn(4, 2, 3, device=dev))
     torch.cuda.synchronize()
     print("sanitizer workload done")
 
