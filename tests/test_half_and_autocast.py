@@ -48,6 +48,9 @@ TENSORIZED_CASES = {
     "packed_no_flush": (dict(input_size=4, hidden_size=8, depth=3), 7, 5, [2, 7, 7, 1, 4],
                         False),
     "M33": (dict(input_size=5, hidden_size=33, depth=3), 5, 5, [5, 1, 4, 2, 5], True),
+    "plane": (dict(input_size=4, hidden_size=12, depth=3, tensor_dim=3), 5, 3, [5, 2, 4], True),
+    "plane_k5_no_flush": (dict(input_size=3, hidden_size=10, depth=2, kernel_size=5,
+                               tensor_dim=3), 5, 2, None, False),
 }
 
 
