@@ -2,12 +2,13 @@
 of tools/emulate_cuda (the --quick set of each check), so that a machine without a GPU (CI)
 still runs their code: the persistent peephole kernels against those of 46d7fc7, which passed
 the CUDA tests on an H100 (a fixture under tools/emulate_cuda/fixtures); the tLSTM's persistent
-kernels against its step kernels; and both tLSTM recurrences and the persistent peephole kernels
-against the registered CPU ops in float64, within docs/parity.md's bound; and the kernels
-serialized in two thread orders, which must agree bitwise (a race check). And the host
-decisions of the persistent launch (csrc/cuda/persistent_launch.cuh) against a scripted CUDA
-runtime, since a GPU cannot be made to refuse a launch on demand. The drivers include the
-device headers of csrc/cuda as the extension compiles them. Skipped where there is no g++."""
+kernels against its step kernels; and both tLSTM recurrences, its step kernels on the 3-D cell
+and the persistent peephole kernels against the registered CPU ops, within docs/parity.md's
+bound; and the kernels serialized in two thread orders, which must agree bitwise (a race
+check). And the host decisions of the persistent launch (csrc/cuda/persistent_launch.cuh)
+against a scripted CUDA runtime, since a GPU cannot be made to refuse a launch on demand. The
+drivers include the device headers of csrc/cuda as the extension compiles them. Skipped where
+there is no g++."""
 import io
 import os
 import pathlib
@@ -58,9 +59,10 @@ def test_cuda_kernels_match_the_cpu_op():
     # several staged chunks; float16 and bfloat16 over long reductions against the op in float64
     # (a shift of the cell states, kept in float, shows sums kept in the half type); and large
     # logits and pre-activations in float32, where the device's exp overflows (the emulation
-    # compiles fast_math.h's device branch)
+    # compiles fast_math.h's device branch); and the 3-D cell's step kernels (the P x P plane,
+    # 25 memory taps in float32), which CUDA runs for tensor_dim=3
     code, report = run_check("compare_with_cpu_op")
-    assert code == 0 and report.count("ok  ") == 10, report
+    assert code == 0 and report.count("ok  ") == 12, report
 
 
 def test_kernels_have_no_race_between_barriers():
@@ -68,11 +70,11 @@ def test_kernels_have_no_race_between_barriers():
     # a read or write of an element another thread writes, with no barrier between, gives
     # different outputs (a barrier dropped from the block matmul, or either cell's grid-wide
     # barrier, fails it); and a partial last block of the persistent tLSTM's backward (a dropped
-    # bounds check writes into another block's columns and past the buffer's end); the
-    # schedules are fixed, so what they catch they catch every run; compute-sanitizer's
-    # racecheck on a GPU is the real check
+    # bounds check writes into another block's columns and past the buffer's end); the 3-D
+    # cell's step kernels with 25 memory taps; the schedules are fixed, so what they catch they
+    # catch every run; compute-sanitizer's racecheck on a GPU is the real check
     code, report = run_check("race_check")
-    assert code == 0 and report.count("ok  ") == 4, report
+    assert code == 0 and report.count("ok  ") == 5, report
 
 
 def test_persistent_launch_falls_back_or_fails_clearly(tmp_path):

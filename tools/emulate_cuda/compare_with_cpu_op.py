@@ -1,10 +1,12 @@
 """Checks what the CUDA kernels compute, without a GPU: the tLSTM's step and persistent kernels
-and the peephole LSTM's persistent kernels, of the working tree, run on the CPU through the
-thread-per-CUDA-thread emulation (tensorized_driver.cpp, persistent_peephole_driver.cpp) on
-inputs drawn here, and every output, saved tensor and gradient must match the registered CPU op
-(torch.ops.tlstm.*), itself held to the float64 reference by the parity tests, within
-docs/parity.md (||out - ref|| / ||ref||: 1e-10 in float64, 1e-5 in float32). The half types run
-against the op in float64 on the same inputs, rounded to the half type (BOUND, OPMATH_BOUND).
+(the 2-D cell), its step kernels on the 3-D cell (the P x P plane, which the CUDA backend runs
+with the step kernels only) and the peephole LSTM's persistent kernels, of the working tree,
+run on the CPU through the thread-per-CUDA-thread emulation (tensorized_driver.cpp,
+persistent_peephole_driver.cpp) on inputs drawn here, and every output, saved tensor and
+gradient must match the registered CPU op (torch.ops.tlstm.*), itself held to the float64
+reference by the parity tests, within docs/parity.md (||out - ref|| / ||ref||: 1e-10 in
+float64, 1e-5 in float32). The half types run against the op in float64 on the same inputs,
+rounded to the half type (BOUND, OPMATH_BOUND).
 
 compare_tensorized_kernels.py holds the tLSTM's two recurrences to each other; they share the
 row code (which the CPU op runs too, csrc/tensorized_lstm_row.h), so a mistake in the cell's
@@ -16,6 +18,7 @@ kernels take as the projected input is the op's input.
 Usage: python tools/emulate_cuda/compare_with_cpu_op.py [--quick] [--seed N]. A development
 check; tests/test_cuda_emulation.py runs the --quick set, so CI without a GPU runs it too."""
 import argparse
+import functools
 import pathlib
 import sys
 import tempfile
@@ -72,9 +75,30 @@ PEEPHOLE_CONFIGS = [
     ("half", 3, 40, 64, 32, 1, 0, 1, 7),
     ("bfloat16", 3, 40, 64, 32, 1, 1, 1, 7),
 ]
+# The 3-D cell (weight_hh [G, M, K', K'], the state [B, P, P, M]) on the step kernels
+# (tensorized_driver.cpp's plane mode), in the same tuples; the last three (the persistent
+# kernels' blocks and chunk) are unused. Each of the eight combinations of feedback, channel
+# norm and memory convolution; K=5 (25 memory taps, the CUDA limit) with and without feedback;
+# depth 1 to 4; M=33 (two rounds of a warp's lanes, the second partial); float32.
+TENSORIZED_3D_CONFIGS = [
+    ("double", 3, 4, 5, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0),    # every flag, lengths (one 0), N=9
+    ("float", 3, 2, 6, 2, 5, 1, 0, 1, 1, 0, 1, 0, 0, 0),     # K=5 (Kq=25, P=3), streaming
+    ("double", 3, 2, 6, 3, 3, 0, 1, 0, 0, 1, 1, 0, 0, 0),    # no feedback, CN alone
+    ("float", 3, 2, 33, 2, 3, 1, 1, 0, 1, 1, 1, 0, 0, 0),    # M=33
+    ("double", 3, 3, 6, 1, 3, 1, 0, 0, 1, 1, 1, 0, 0, 0),    # depth 1 (N=1), feedback alone
+    ("double", 2, 2, 5, 1, 5, 1, 1, 1, 0, 0, 1, 0, 0, 0),    # depth 1 with K=5: c'=1 < c
+    ("double", 2, 2, 4, 4, 3, 0, 0, 1, 1, 1, 1, 0, 0, 0),    # depth 4 (P=4, N=16), memory conv
+    ("double", 4, 2, 7, 3, 3, 1, 0, 1, 1, 1, 0, 0, 0, 0),    # inference
+    ("float", 2, 2, 5, 3, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0),     # K=5, P=5 (N=25), every flag
+    ("double", 3, 2, 5, 2, 3, 0, 0, 0, 1, 0, 1, 0, 0, 0),    # no flag, streaming
+    ("double", 2, 2, 6, 3, 5, 0, 1, 1, 1, 1, 1, 0, 0, 0),    # K=5 without feedback (K'=3)
+    ("float", 3, 3, 6, 3, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0),     # LARGE_PREACTIVATIONS
+]
 # every flag with lengths; K=7 without feedback, odd units (a partial last block); large
 # logits and pre-activations in float32
 TENSORIZED_QUICK = TENSORIZED_CONFIGS[:2] + TENSORIZED_CONFIGS[7:8]
+# the 3-D cell: every flag with lengths (one 0) in float64; K=5 (25 memory taps) in float32
+TENSORIZED_3D_QUICK = TENSORIZED_3D_CONFIGS[:2]
 # reverse training with chunks; reverse inference with even T; the half types
 PEEPHOLE_QUICK = PEEPHOLE_CONFIGS[1:2] + PEEPHOLE_CONFIGS[5:8]
 # the dtype the op runs in, and the type the half types' inputs are rounded to
@@ -87,7 +111,7 @@ ROUNDED = {"half": torch.float16, "bfloat16": torch.bfloat16}
 # channels' gates +-(100 + 10 gate), both signs in each gate. Large through the biases, not
 # the weights, so that the results stay well conditioned (far from 0, a gate is saturated;
 # the logits are far apart) and float32's bound holds.
-LARGE_PREACTIVATIONS = {TENSORIZED_CONFIGS[7]}
+LARGE_PREACTIVATIONS = {(False, TENSORIZED_CONFIGS[7]), (True, TENSORIZED_3D_CONFIGS[11])}
 
 
 def driver_lengths(pattern, T, B):
@@ -114,19 +138,24 @@ def uniform_inputs(shapes, generator, dtype):
     return inputs
 
 
-def tensorized_case(config, generator):
-    """The inputs in the driver's order (float64, flat) and the CPU op's results, by name."""
+def tensorized_case(config, generator, plane=False):
+    """The inputs in the driver's order (float64, flat) and the CPU op's results, by name.
+    plane: the 3-D cell (tensorized_driver.cpp's plane mode), else the 2-D cell."""
     dtype, T, B, M, L, K, feedback, norm, memory_conv, use_lengths, flush, training = config[:12]
     c = (K - 1) // 2
-    P, taps, G = (L - 1) * c + 1, (K if feedback else c + 1), 4 * M + (K if memory_conv else 0)
-    width = taps * M
+    P, taps = (L - 1) * c + 1, (K if feedback else c + 1)
+    memory_taps = K * K if plane else K
+    G = 4 * M + (memory_taps if memory_conv else 0)
+    weight_taps = (taps, taps) if plane else (taps,)  # K' or K' x K'
+    width = taps ** len(weight_taps) * M  # W_col's rows
+    state = (B, P, P, M) if plane else (B, P, M)
 
     inputs = uniform_inputs({
         "proj": ((T, B, M), 1.0), "bias_ih": ((M,), 0.5), "bias_hh": ((G,), 0.5),
         "gamma": ((5, M), 1.0), "beta": ((5, M), 0.5), "w_col": ((width, G), 1.5 / width ** 0.5),
-        "h0": ((B, P, M), 1.0), "c0": ((B, P, M), 1.0), "grad_output": ((T, B, M), 1.0),
-        "grad_h_n": ((B, P, M), 1.0), "grad_c_n": ((B, P, M), 1.0)}, generator, dtype)
-    if config in LARGE_PREACTIVATIONS:
+        "h0": (state, 1.0), "c0": (state, 1.0), "grad_output": ((T, B, M), 1.0),
+        "grad_h_n": (state, 1.0), "grad_c_n": (state, 1.0)}, generator, dtype)
+    if (plane, config) in LARGE_PREACTIVATIONS:
         bias = inputs["bias_hh"]
         for k in range(4 * M, G):
             bias[k] += (-1) ** k * (100 + 20 * (k - 4 * M))
@@ -137,7 +166,9 @@ def tensorized_case(config, generator):
     # tensorized_driver.cpp's lengths
     lengths = driver_lengths([T, 1, T - 1, 0, 2], T, B) if use_lengths else None
     weight_ih = torch.eye(M, dtype=t["proj"].dtype)
-    weight_hh = t["w_col"].view(taps, M, G).permute(2, 1, 0).contiguous()  # [G, M, K']
+    # W_col[k*M + m, o] = weight_hh[o, m, k] (k = k1*K' + k2): [G, M, K'] or [G, M, K', K']
+    weight_hh = t["w_col"].view(*weight_taps, M, G)
+    weight_hh = weight_hh.permute(-1, -2, *range(len(weight_taps))).contiguous()
     norm_weight, norm_bias = (t["gamma"], t["beta"]) if norm else (None, None)
     shape = (L, K, bool(feedback), bool(memory_conv), bool(flush))
     # the driver's inputs, taken before the op runs (t shares the float64 inputs' storage)
@@ -165,7 +196,7 @@ def tensorized_case(config, generator):
             ref.update(grad_norm_weight=grad_norm_weight, grad_norm_bias=grad_norm_bias)
     if not np.array_equal(torch.cat([v.reshape(-1) for v in inputs.values()]).numpy(), flat):
         raise RuntimeError(f"tLSTM {config}: the CPU op wrote into its inputs")
-    return flat, ref, dict(T=T, B=B, M=M, P=P, c=c, taps=taps, G=G,
+    return flat, ref, dict(T=T, B=B, M=M, P=P, c=c, taps=taps, G=G, plane=plane,
                            S=T + (L - 1 if flush else 0),
                            training=training, norm=norm, memory_conv=memory_conv,
                            lengths=lengths, grad_h_n=inputs["grad_h_n"],
@@ -191,52 +222,81 @@ class reader:
 
 def tensorized_results(values, n):
     """The op's outputs and gradients from the driver's output file (its dump order). The
-    kernels' buffers are hidden row first ([P, B, ...], as the op's saved tensors); their
-    returned state and dL/dH_0, dL/dC_0 are transposed to the op's [B, P, M]."""
+    kernels' buffers are location first ([N, B, ...], N = P or P*P, as the op's saved
+    tensors); their returned state and dL/dH_0, dL/dC_0 are transposed to the op's [B, P, M]
+    or [B, P, P, M]."""
     T, B, M, P, c, taps, G, S = (n[k] for k in ("T", "B", "M", "P", "c", "taps", "G", "S"))
+    N = P * P if n["plane"] else P
     slots = S if n["training"] else 1
     take = reader(values)
 
-    def state():  # [P*B, M] in the kernels' row order, as the op returns it: [B, P, M]
-        return take(P, B, M).transpose(0, 1)
+    def state():  # [N*B, M] in the kernels' row order, as the op returns it: [B, P(, P), M]
+        return take(N, B, M).transpose(0, 1).reshape(B, *((P, P) if n["plane"] else (P,)), M)
 
     out = {"output": take(T, B, M), "h_n": state(), "c_n": state()}
-    hcat = take(S + 1 if n["training"] else 2, P + 1, B, M)  # inference: the running H, scratch
-    cells = take(S + 1 if n["training"] else 2, P, B, M)
-    gates = take(slots, P, B, 4 * M)
+    hcat = take(S + 1 if n["training"] else 2, N + 1, B, M)  # inference: the running H, scratch
+    cells = take(S + 1 if n["training"] else 2, N, B, M)
+    gates = take(slots, N, B, 4 * M)
     if not n["training"]:
         return out  # the rest is inference scratch
     out.update(gates=gates, cells=cells, hcat=hcat)
     if n["memory_conv"]:
-        out["q"] = take(S, P, B, G - 4 * M)
+        out["q"] = take(S, N, B, G - 4 * M)
     if n["norm"]:
-        out.update(norm_hat=take(S, P, B, 5, M), norm_rstd=take(S, P, B, 5))
-    grad_pre = take(S, P, B, G)
+        out.update(norm_hat=take(S, N, B, 5, M), norm_rstd=take(S, N, B, 5))
+    grad_pre = take(S, N, B, G)
     grad_x_in = take(S, B, M)  # the input rows' gradient, formed by the driver after the loop
     out.update(grad_h0=state(), grad_c0=state())
     if n["lengths"] is not None:  # as the driver adds after the loop: length 0 returns H_0, C_0
-        unread = (n["lengths"] == 0).view(B, 1, 1).to(torch.float64)
+        unread = (n["lengths"] == 0).view(B, *[1] * (out["grad_h0"].dim() - 1)).double()
         out["grad_h0"] = out["grad_h0"] + n["grad_h_n"] * unread
         out["grad_c0"] = out["grad_c0"] + n["grad_c_n"] * unread
     if n["norm"]:
-        sums = take(P, B, 10, M).sum((0, 1))
+        sums = take(N, B, 10, M).sum((0, 1))
         out.update(grad_norm_weight=sums[:5], grad_norm_bias=sums[5:])
     take.done()
-    # the parameter gradients as the driver forms them after the loop (tensorized_lstm.cpp):
-    # tap k (d = k - c) of hidden rows first.. read Hcat rows first + d.. (the input row too)
-    grad_weight_col = torch.zeros(taps, M, G, dtype=torch.float64)
-    for k in range(taps):
-        d = k - c
-        first, last = max(1, -d), min(P, P - d)
-        if last < first:
-            continue
-        read = hcat[:S, first + d:last + d + 1].reshape(-1, M)
-        grad_weight_col[k] = read.t() @ grad_pre[:, first - 1:last].reshape(-1, G)
-    out["grad_weight_hh"] = grad_weight_col.permute(2, 1, 0)
+    if n["plane"]:
+        out["grad_weight_hh"] = plane_weight_gradient(hcat[:S], grad_pre, P, c, taps)
+    else:
+        # the parameter gradients as the driver forms them after the loop
+        # (tensorized_lstm.cpp): tap k (d = k - c) of hidden rows first.. read Hcat rows
+        # first + d.. (the input row too)
+        grad_weight_col = torch.zeros(taps, M, G, dtype=torch.float64)
+        for k in range(taps):
+            d = k - c
+            first, last = max(1, -d), min(P, P - d)
+            if last < first:
+                continue
+            read = hcat[:S, first + d:last + d + 1].reshape(-1, M)
+            grad_weight_col[k] = read.t() @ grad_pre[:, first - 1:last].reshape(-1, G)
+        out["grad_weight_hh"] = grad_weight_col.permute(2, 1, 0)
     out["grad_bias_hh"] = grad_pre.reshape(-1, G).sum(0)
     out["grad_bias_ih"] = grad_x_in.sum((0, 1))
     out["grad_input"] = grad_x_in[:T] * active_steps(n["lengths"], T, B)
     return out
+
+
+def plane_weight_gradient(hcat, grad_pre, P, c, taps):
+    """dL/dweight_hh [G, M, K', K'] of the 3-D cell from Hcat [S, N+1, B, M] and dL/dA
+    [S, N, B, G]: the plane padded to (P+1) x (P+1), the input at (0, 0) and zeros along the
+    rest of row 0 and column 0; tap (k1, k2) of location (p1, p2) reads (p1 + k1 - c,
+    p2 + k2 - c), for every location where that lies in the padded plane."""
+    S, _, B, M = hcat.shape
+    G = grad_pre.shape[-1]
+    padded = torch.zeros(S, P + 1, P + 1, B, M, dtype=hcat.dtype)
+    padded[:, 0, 0] = hcat[:, 0]
+    padded[:, 1:, 1:] = hcat[:, 1:].reshape(S, P, P, B, M)
+    grad = grad_pre.reshape(S, P, P, B, G)
+    weight = torch.zeros(taps, taps, M, G, dtype=torch.float64)
+    for k1 in range(taps):
+        for k2 in range(taps):
+            d1, d2 = k1 - c, k2 - c
+            lo1, hi1, lo2, hi2 = max(1, -d1), min(P, P - d1), max(1, -d2), min(P, P - d2)
+            if hi1 < lo1 or hi2 < lo2:
+                continue
+            read = padded[:, lo1 + d1:hi1 + d1 + 1, lo2 + d2:hi2 + d2 + 1].reshape(-1, M)
+            weight[k1, k2] = read.t() @ grad[:, lo1 - 1:hi1, lo2 - 1:hi2].reshape(-1, G)
+    return weight.permute(3, 2, 0, 1)
 
 
 def peephole_case(config, generator):
@@ -326,7 +386,7 @@ def compare(cases, workdir, seed, out=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="seven configurations")
+    parser.add_argument("--quick", action="store_true", help="nine configurations")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -344,6 +404,10 @@ def main(argv=None):
              tensorized_case, tensorized_results),
             ("peephole", PEEPHOLE_QUICK if args.quick else PEEPHOLE_CONFIGS,
              [("persistent", [peephole])], peephole_case, peephole_results),
+            # last, so that a seed draws the other cases' inputs as it did before
+            ("tLSTM 3-D", TENSORIZED_3D_QUICK if args.quick else TENSORIZED_3D_CONFIGS,
+             [("plane", [tensorized, "plane"])],
+             functools.partial(tensorized_case, plane=True), tensorized_results),
         ]
         failures = compare(cases, tmp, seed)
     return 1 if failures else 0

@@ -1,12 +1,13 @@
 """A race and memory check of the CUDA kernels without a GPU, in the spirit of
 compute-sanitizer's racecheck, synccheck and memcheck: the tLSTM's step and persistent kernels
-and the peephole LSTM's persistent kernels, of the working tree, run through the emulation
-(cuda_host_shim.h) serialized, one CUDA thread at a time from barrier to barrier, once with the
-lowest thread index first and once with the highest first (EMU_SCHEDULE=ascending,
-descending). Between two barriers every pair of threads then runs in both orders, so where one
-thread writes an element (shared or global) that another reads or writes with no barrier
-between them, the two schedules see different values: every output must be bitwise the same in
-both (the kernels use no atomics and add in a fixed order). A barrier that some thread never
+(on the 3-D cell too, the step kernels) and the peephole LSTM's persistent kernels, of the
+working tree, run through the emulation (cuda_host_shim.h) serialized, one CUDA thread at a
+time from barrier to barrier, once with the lowest thread index first and once with the
+highest first (EMU_SCHEDULE=ascending, descending). Between two barriers every pair of
+threads then runs in both orders, so where one thread writes an element (shared or global)
+that another reads or writes with no barrier between them, the two schedules see different
+values: every output must be bitwise the same in both (the kernels use no atomics and add in a
+fixed order). A barrier that some thread never
 reaches ends the run with an error. The drivers are built with AddressSanitizer and UBSan: an
 access past a buffer's ends, or past the end of a block's shared memory, ends the run.
 
@@ -46,17 +47,21 @@ CASES = [
     ("peephole", None, PEEPHOLE_CONFIGS[6]),
     ("peephole", None, PEEPHOLE_CONFIGS[9]),
     ("peephole", None, PEEPHOLE_CONFIGS[11]),
+    # the 3-D cell's step kernels (tensorized_driver.cpp's plane mode): every flag, K=5, i.e.
+    # 25 memory taps, the rows' register arrays full (AddressSanitizer sees a tap past them),
+    # M=33 (a warp's lanes take two rounds of channels, the second partial)
+    ("tensorized", "plane", ("float", 2, 3, 33, 2, 5, 1, 1, 1, 1, 0, 1, 0, 0, 0)),
 ]
 # persistent tLSTM (every flag), its step kernels, persistent peephole with several staged
 # chunks; the persistent tLSTM with K=7, whose last backward block is partial (24 columns in
 # blocks of 5): a write past its columns lands in another block's (the two orders differ) and,
-# from the last row, past the buffer (AddressSanitizer)
-QUICK = [CASES[1], CASES[4], CASES[8], CASES[5]]
+# from the last row, past the buffer (AddressSanitizer); the 3-D cell's step kernels
+QUICK = [CASES[1], CASES[4], CASES[8], CASES[5], CASES[12]]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="four configurations")
+    parser.add_argument("--quick", action="store_true", help="five configurations")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
