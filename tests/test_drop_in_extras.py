@@ -83,3 +83,16 @@ def test_an_unknown_keyword_names_the_class_the_user_built(cls, args):
     with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) got an unexpected "
                                         r"keyword argument 'forget_bias'$"):
         cls(*args, forget_bias=1.0)
+
+
+@pytest.mark.parametrize("cls,args", [
+    (tlstm.PeepholeLSTM, (3,)), (tlstm.reference.PeepholeLSTM, (3,)),
+    (tlstm.TensorizedLSTM, (3, 4)), (tlstm.reference.TensorizedLSTM, (3, 4)),
+])
+def test_a_missing_or_extra_argument_names_the_class_the_user_built(cls, args):
+    """Python's own argument errors (a missing depth, too many positional arguments) name the
+    public class too, not the base class whose __init__ the classes share."""
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) missing 1 required "):
+        cls(*args)
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) takes from "):
+        cls(*args, *range(20))

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import init
 
 from .sequences import (SequenceBatch, check_same_device, check_state_pair,
-                        refuse_unexpected_arguments)
+                        refuse_unexpected_arguments, give_own_init)
 
 ACTIVATIONS = ("tanh", "identity")
 
@@ -44,6 +44,10 @@ class PeepholeLSTMBase(nn.Module):
 
     See ``tlstm.PeepholeLSTM`` for the documentation of the arguments.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        give_own_init(cls, PeepholeLSTMBase)
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ directions below are plain differentiable indexing.
 """
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,25 @@ def refuse_unexpected_arguments(module, unexpected: dict) -> None:
     if unexpected:
         raise TypeError(f"{type(module).__name__}.__init__() got an unexpected keyword argument "
                         f"'{next(iter(unexpected))}'")
+
+
+def give_own_init(cls, base) -> None:
+    """Gives `cls` a copy of ``base.__init__`` under its own name, so that Python's errors for
+    wrong arguments (a missing depth, one positional argument too many) name the class the user
+    built (TensorizedLSTM), as nn.LSTM's name LSTM, not the base class that holds the code."""
+    if "__init__" in cls.__dict__:
+        return
+    init = base.__init__
+    qualname = f"{cls.__qualname__}.__init__"
+    code = init.__code__
+    if hasattr(code, "co_qualname"):  # Python 3.11: the name the error messages use
+        code = code.replace(co_qualname=qualname)
+    own = types.FunctionType(code, init.__globals__, init.__name__, init.__defaults__,
+                             init.__closure__)
+    own.__kwdefaults__ = init.__kwdefaults__
+    own.__doc__, own.__annotations__ = init.__doc__, init.__annotations__
+    own.__qualname__, own.__module__ = qualname, cls.__module__
+    cls.__init__ = own
 
 
 def check_state_pair(state, what: str, names: str) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 from .sequences import (SequenceBatch, check_same_device, check_state_pair,
-                        refuse_unexpected_arguments)
+                        refuse_unexpected_arguments, give_own_init)
 
 
 # The channel norms' initial gain gamma. Each norm makes its input unit-variance whatever the
@@ -33,6 +33,10 @@ def _check_positive_int(name: str, value) -> None:
 
 class TensorizedLSTMBase(nn.Module):
     """Tensorized LSTM (He et al., NIPS 2017); see ``tlstm.TensorizedLSTM`` for the arguments."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        give_own_init(cls, TensorizedLSTMBase)
 
     def __init__(
         self,
