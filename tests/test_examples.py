@@ -1,14 +1,24 @@
 """The examples' quickest smoke test: a few training steps of each model they compare, on the
 CPU, with a falling loss and finite outputs (the committed results come from their own runs)."""
+import json
 import math
 import pathlib
 import sys
 
 import pytest
 import torch
+from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
 import addition  # noqa: E402
+import common  # noqa: E402
+import memorization  # noqa: E402
+
+
+def falls(losses, window=10):
+    assert all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    assert last < first, (first, last)
 
 
 @pytest.mark.parametrize("kind,depth", [("tlstm", 1), ("tlstm", 3), ("lstm", 2)])
@@ -18,7 +28,72 @@ def test_addition_trains(kind, depth):
     model = addition.make_model(kind, depth, 16, target if kind == "lstm" else None)
     curve, _, ms, losses = addition.train(model, digits=2, steps=60, batch_size=16, seed=0,
                                           lr=1e-2, eval_every=60)
-    assert all(math.isfinite(v) for v in losses) and ms > 0
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < first, (first, last)
+    assert ms > 0
+    falls(losses)
     assert 0.0 <= curve[-1][1] <= 1.0
+
+
+def test_addition_batch_holds_the_sums():
+    x, y = addition.batch(3, 50, torch.Generator().manual_seed(0))
+    a = sum(x[k] * 10 ** k for k in range(3))
+    b = sum(x[4 + k] * 10 ** k for k in range(3))
+    assert torch.equal(sum(y[k] * 10 ** k for k in range(4)), a + b)
+    assert (x[3] == addition.SEP).all() and (x[-4:] == addition.BLANK).all()
+
+
+@pytest.mark.parametrize("kind,depth", [("tlstm", 3), ("lstm", 2)])
+def test_memorization_trains(kind, depth):
+    target = common.params(memorization.make_model("tlstm", 3, 16, 4).core)
+    model = memorization.make_model(kind, depth, 16, 4, target if kind == "lstm" else None)
+    curve, _, ms, losses = memorization.train(model, length=3, symbols=4, steps=80,
+                                              batch_size=16, seed=0, lr=1e-2, eval_every=80)
+    assert ms > 0
+    falls(losses)
+    assert 0.0 <= curve[-1][1] <= 1.0
+    with torch.no_grad():
+        x, _ = memorization.batch(3, 4, 5, torch.Generator().manual_seed(1))
+        assert torch.isfinite(model(x)).all()
+
+
+def test_memorization_batch_asks_for_the_sequence_back():
+    x, y = memorization.batch(4, 6, 10, torch.Generator().manual_seed(0))
+    assert x.shape == (9, 10) and y.shape == (4, 10)
+    assert torch.equal(x[:4], y) and (x[4] == 6).all() and (x[5:] == 7).all()
+
+
+def test_matched_widths_reach_the_target_and_no_more():
+    target = common.params(memorization.make_model("tlstm", 3, 32, 8).core)
+    model = memorization.make_model("lstm", 2, 32, 8, target)
+    hidden = model.core.hidden_size
+    assert common.params(model.core) >= target
+    assert common.params(nn.LSTM(32, hidden - 1, num_layers=2)) < target
+
+
+def test_a_model_that_cannot_be_built_is_skipped_with_a_note(capsys):
+    def build():
+        raise NotImplementedError("not yet\nmore")
+    assert common.try_build("3-D TensorizedLSTM L=3", build) is None
+    note = capsys.readouterr().out
+    assert "skipping 3-D TensorizedLSTM L=3: NotImplementedError: not yet" in note
+    assert common.try_build("x", lambda: nn.Linear(1, 1)) is not None
+
+
+def test_the_3d_entries_are_built_or_skipped(capsys):
+    """Each symbol task lists the 3-D tLSTM; with this tlstm it is either built (and runs) or
+    skipped with a note, never an error."""
+    for module in (addition, memorization):
+        runs = common.run_symbol_models(
+            [m for m in module.MODELS if m[0] in ("tlstm", "tlstm3d")], (2,), 8, 5, 3,
+            lambda size, g: memorization.batch(2, 3, size, g), steps=2, batch_size=4, seeds=1,
+            lr=1e-2, eval_every=2, device="cpu")
+        names = [r["model"] for r in runs]
+        assert "TensorizedLSTM L=2" in names
+        assert "3-D TensorizedLSTM L=2" in names or "skipping 3-D TensorizedLSTM L=2" in \
+            capsys.readouterr().out
+
+
+def test_provenance_names_the_commit_device_and_command():
+    p = common.provenance("examples/memorization.py", ["--quick"], torch.device("cpu"))
+    assert p["command"] == "python examples/memorization.py --quick"
+    assert p["commit"] and p["device"] and p["threads"] == torch.get_num_threads()
+    json.dumps(p)
