@@ -13,6 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "example
 import addition  # noqa: E402
 import common  # noqa: E402
 import memorization  # noqa: E402
+import sequential_digits  # noqa: E402
 
 
 def falls(losses, window=10):
@@ -97,3 +98,24 @@ def test_provenance_names_the_commit_device_and_command():
     assert p["command"] == "python examples/memorization.py --quick"
     assert p["commit"] and p["device"] and p["threads"] == torch.get_num_threads()
     json.dumps(p)
+
+
+@pytest.mark.parametrize("kind,depth", [("tlstm", 2), ("lstm", 1), ("peephole", 1)])
+def test_sequential_digits_trains(kind, depth):
+    pytest.importorskip("sklearn")
+    train_x, train_y, test_x, test_y = sequential_digits.load_digits()
+    assert train_x.shape == (1437, 64) and test_x.shape == (360, 64)
+    assert 0 <= train_x.min() and train_x.max() <= 1 and set(train_y.tolist()) == set(range(10))
+    data = (train_x[:96], train_y[:96], test_x[:64], test_y[:64])
+    target = common.params(sequential_digits.make_model("tlstm", 2, 8).core)
+    model = sequential_digits.make_model(kind, depth, 8, target if kind != "tlstm" else None)
+    curve, train_acc, ms, losses = sequential_digits.train(
+        model, data, sequential_digits.permutation(), epochs=6, batch_size=32, seed=0, lr=2e-2)
+    assert len(curve) == 6 and 0 <= train_acc <= 1 and ms > 0
+    falls(losses, window=3)
+
+
+def test_the_digits_permutation_is_fixed():
+    order = sequential_digits.permutation()
+    assert sorted(order.tolist()) == list(range(64))
+    assert torch.equal(order, sequential_digits.permutation())
