@@ -11,6 +11,7 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
 import addition  # noqa: E402
+import classic_lstm  # noqa: E402
 import common  # noqa: E402
 import memorization  # noqa: E402
 import sequential_digits  # noqa: E402
@@ -119,3 +120,50 @@ def test_the_digits_permutation_is_fixed():
     order = sequential_digits.permutation()
     assert sorted(order.tolist()) == list(range(64))
     assert torch.equal(order, sequential_digits.permutation())
+
+
+def test_sine_model_has_8_parameters_and_trains():
+    model = classic_lstm.OneUnit(classic_lstm.SINE_MODELS[0][1]())
+    assert common.params(model) == 8
+    losses, ms = classic_lstm.fit(
+        model, lambda size, g: classic_lstm.sine_batch(30, size, g)[:2], nn.MSELoss(), 60, 16,
+        0, 2e-2)
+    assert ms > 0
+    falls(losses)
+
+
+def test_forget_bias_is_the_one_liner_on_both_lstms():
+    for lstm in (nn.LSTM(2, 3), classic_lstm.tlstm.PeepholeLSTM(2, 3)):
+        before = lstm.bias_hh_l0.detach().clone()
+        classic_lstm.forget_bias(lstm, 1.0)
+        assert torch.equal(lstm.bias_hh_l0[3:6], torch.ones(3))
+        assert torch.equal(lstm.bias_hh_l0[:3], before[:3])
+        assert torch.equal(lstm.bias_hh_l0[6:], before[6:])
+
+
+@pytest.mark.parametrize("name", [n for n, _ in classic_lstm.LATCH_MODELS])
+def test_latching_models_train(name):
+    build = dict(classic_lstm.LATCH_MODELS)[name]
+    torch.manual_seed(0)
+    model = classic_lstm.OneUnit(build(), nn.Linear(1, 1))
+    loss = nn.BCEWithLogitsLoss()
+    losses, _ = classic_lstm.fit(model, lambda size, g: classic_lstm.latch_batch(5, size, g),
+                                 lambda out, label: loss(out[-1, :, 0], label), 80, 32, 0, 3e-2)
+    falls(losses)
+    x, label = classic_lstm.latch_batch(5, 64, torch.Generator().manual_seed(1))
+    assert 0 <= classic_lstm.latch_accuracy(model, x, label) <= 1
+
+
+@pytest.mark.parametrize("name", [n for n, _ in classic_lstm.TIMING_MODELS])
+def test_timing_models_train(name):
+    build = dict(classic_lstm.TIMING_MODELS)[name]
+    torch.manual_seed(0)
+    model = classic_lstm.OneUnit(build(), nn.Linear(1, 1))
+    loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(11.0))
+    losses, _ = classic_lstm.fit(model, lambda size, g: classic_lstm.timing_batch(4, size, g),
+                                 loss, 80, 32, 0, 2e-2)
+    falls(losses)
+    x, y = classic_lstm.timing_batch(4, 20, torch.Generator().manual_seed(1))
+    assert x.sum() == 20 and y.sum() == 20 and x.shape == (12, 20, 1)
+    assert torch.equal(x.squeeze(-1).argmax(0) + 4, y.squeeze(-1).argmax(0))
+    assert 0 <= classic_lstm.timing_accuracy(model, x, y) <= 1
