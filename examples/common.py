@@ -41,6 +41,10 @@ def parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
 def setup(args) -> torch.device:
     """Applies --threads and returns the device to train on."""
     torch.set_num_threads(args.threads)
+    source = tlstm_source()
+    if source != "this checkout":
+        print(f"note: running {source}, whose code the commit in the results does not "
+              "describe (PYTHONPATH=. runs this checkout's)", flush=True)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     return torch.device(args.device)
@@ -82,10 +86,22 @@ def commit() -> str:
     return head + ("+changes" if changed else "")
 
 
+def tlstm_source() -> str:
+    """Which tlstm the example imported: this checkout's (then the commit describes it), or an
+    installed copy elsewhere (an editable install of another checkout, say), whose code the
+    commit does not describe."""
+    import tlstm
+
+    inside = os.path.commonpath([os.path.abspath(tlstm.__file__), os.path.dirname(HERE)])
+    if inside == os.path.dirname(HERE):
+        return "this checkout"
+    return f"tlstm {tlstm.__version__} installed outside this checkout"
+
+
 def provenance(script: str, argv, device: torch.device) -> dict:
     """Where a result comes from: the commit, the device and the command that reproduces it."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return dict(commit=commit(), device=device_name(device),
+    return dict(commit=commit(), tlstm=tlstm_source(), device=device_name(device),
                 command=" ".join(["python", f"examples/{os.path.basename(script)}", *args]),
                 torch=torch.__version__, threads=torch.get_num_threads())
 

@@ -98,6 +98,7 @@ def test_provenance_names_the_commit_device_and_command():
     p = common.provenance("examples/memorization.py", ["--quick"], torch.device("cpu"))
     assert p["command"] == "python examples/memorization.py --quick"
     assert p["commit"] and p["device"] and p["threads"] == torch.get_num_threads()
+    assert p["tlstm"] == "this checkout"  # conftest puts the checkout first on the path
     json.dumps(p)
 
 
