@@ -286,10 +286,12 @@ def plot(plt, results: dict, path: str) -> None:
         if part == "sine":
             trace = r["trace"]
             n = min(len(trace["input"]), 60)
-            ax.plot(trace["input"][:n], ".", color="0.6", label="noisy input")
-            ax.plot(trace["clean"][:n], "k-", lw=1, label="clean next value")
+            steps = list(range(n))  # input t; the prediction made then is of step t + 1
+            ax.plot(steps, trace["input"][:n], ".", color="0.6", label="noisy input")
+            ax.plot([t + 1 for t in steps], trace["clean"][:n], "k-", lw=1, label="clean signal")
             for name, _ in SINE_MODELS[:1]:
-                ax.plot(trace[name][:n], "-", label=f"{name} (8 params)")
+                ax.plot([t + 1 for t in steps], trace[name][:n], "-",
+                        label=f"{name}: prediction (8 params)")
             ax.set_xlabel("step")
             ax.set_title("sine: prediction of the next value")
         else:
@@ -298,6 +300,7 @@ def plot(plt, results: dict, path: str) -> None:
                 ax.plot(r[key], [row["success"][n] for n in r[key]], "o-", label=row["model"])
             ax.set_xscale("log")
             ax.set_xticks(r[key], [str(n) for n in r[key]])
+            ax.minorticks_off()
             ax.set_xlabel("sequence length T" if part == "latching" else "delay D")
             ax.set_ylabel(f"share of {r['seeds']} trials solved")
             ax.set_ylim(-0.05, 1.05)
