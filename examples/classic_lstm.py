@@ -13,7 +13,7 @@ torch.nn's cells:
 
     python examples/classic_lstm.py --quick               # all three, CPU, about 3 minutes
     python examples/classic_lstm.py --parts timing        # one of them
-    python examples/classic_lstm.py                       # more trials, lengths and delays
+    python examples/classic_lstm.py                       # more of everything: CPU, 1-2 hours
 
 Writes examples/results/classic_lstm[-quick].json and .png and prints a table per part.
 """
