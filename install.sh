@@ -15,8 +15,10 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.14.1}"
 fi
-# matplotlib: the bench's --plot; onnx, onnxruntime, onnxscript: ONNX export and its tests
-.venv/bin/pip install -q numpy pytest ninja setuptools wheel matplotlib onnx onnxruntime onnxscript
+# matplotlib: the bench's --plot and the examples' plots; onnx, onnxruntime, onnxscript: ONNX
+# export and its tests; scikit-learn: the 8x8 digits of examples/sequential_digits.py
+.venv/bin/pip install -q numpy pytest ninja setuptools wheel matplotlib onnx onnxruntime onnxscript \
+    scikit-learn
 # --no-build-isolation: the extension builds against the torch just installed. The objects stay
 # in build/objects, so that running this again recompiles only the sources that changed.
 .venv/bin/pip install -q --no-build-isolation -e .
