@@ -310,19 +310,44 @@ struct BackwardSequence {
 
 // ---- forward -------------------------------------------------------------------------------
 
+// The sum over the M channels of value(m) (an acc_t), over the team, in a fixed order. A
+// one-lane team (the CPU) keeps kParts partial sums, part j taking the channels j, j + kParts,
+// ..., and adds them up in a fixed tree at the end: the loop then runs in vector registers with
+// the same result whatever the CPU's vector width, where one running sum would chain every
+// add to the one before it.
+template <class Team, typename Value>
+C10_HOST_DEVICE inline auto channel_sum(const Team& team, int64_t M, const Value& value) {
+  using acc_t = decltype(value(int64_t(0)));
+  if constexpr (Team::kStride == 1) {
+    constexpr int64_t kParts = 16;
+    acc_t part[kParts];
+    for (int64_t j = 0; j < kParts; ++j) part[j] = 0;
+    const int64_t whole = M - M % kParts;
+    for (int64_t m = 0; m < whole; m += kParts) {
+      for (int64_t j = 0; j < kParts; ++j) part[j] += value(m + j);
+    }
+    for (int64_t m = whole; m < M; ++m) part[m - whole] += value(m);
+    for (int64_t width = kParts / 2; width > 0; width /= 2) {
+      for (int64_t j = 0; j < width; ++j) part[j] += part[j + width];
+    }
+    return team.sum(part[0]);
+  } else {
+    acc_t sum = 0;
+    for (int64_t m = team.lane(); m < M; m += Team::kStride) sum += value(m);
+    return team.sum(sum);
+  }
+}
+
 // Mean and 1/sqrt(var + eps) (biased variance) of the M values value(m), over the team.
 template <class Team, typename acc_t, typename Value>
 C10_HOST_DEVICE inline void channel_moments(const Team& team, int64_t M, const Value& value,
                                             acc_t& mean, acc_t& rstd) {
-  acc_t sum = 0;
-  for (int64_t m = team.lane(); m < M; m += Team::kStride) sum += value(m);
-  mean = team.sum(sum) / acc_t(M);
-  acc_t sq = 0;
-  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+  mean = channel_sum(team, M, [&](int64_t m) { return acc_t(value(m)); }) / acc_t(M);
+  const acc_t sq = channel_sum(team, M, [&](int64_t m) {
     const acc_t d = value(m) - mean;
-    sq += d * d;
-  }
-  rstd = acc_t(1) / sqrt_(team.sum(sq) / acc_t(M) + acc_t(kNormEps));
+    return d * d;
+  });
+  rstd = acc_t(1) / sqrt_(sq / acc_t(M) + acc_t(kNormEps));
 }
 
 // Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
@@ -514,14 +539,11 @@ C10_HOST_DEVICE inline void backward_gate(const Team& team,
     dgamma[m] += d * zh[m];
     dbeta[m] += d;
   }
-  acc_t t1 = 0, t2 = 0;
-  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
-    const acc_t dzh = gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]);
-    t1 += dzh;
-    t2 += dzh * zh[m];
-  }
-  t1 = team.sum(t1) / acc_t(M);
-  t2 = team.sum(t2) / acc_t(M);
+  const auto dzh = [&](int64_t m) {
+    return gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]);
+  };
+  const acc_t t1 = channel_sum(team, M, dzh) / acc_t(M);
+  const acc_t t2 = channel_sum(team, M, [&](int64_t m) { return dzh(m) * zh[m]; }) / acc_t(M);
   const acc_t rstd = p.norm_rstd[row * 5 + kGate];
   TLSTM_ELEMENTWISE
   for (int64_t m = team.lane(); m < M; m += Team::kStride) {
@@ -584,15 +606,14 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
   }
   acc_t s1 = 0, s2 = 0;
   if (kNorm) {
+    TLSTM_ELEMENTWISE
     for (int64_t m = lane; m < M; m += kStride) {
       p.grad_norm[(row * 10 + 4) * M + m] += d_c[m] * zh_c[m];
       p.grad_norm[(row * 10 + 9) * M + m] += d_c[m];
-      const acc_t dzh = d_c[m] * acc_t(p.gamma[4 * M + m]);
-      s1 += dzh;
-      s2 += dzh * zh_c[m];
     }
-    s1 = team.sum(s1) / acc_t(M);
-    s2 = team.sum(s2) / acc_t(M);
+    const auto dzh = [&](int64_t m) { return d_c[m] * acc_t(p.gamma[4 * M + m]); };
+    s1 = channel_sum(team, M, dzh) / acc_t(M);
+    s2 = channel_sum(team, M, [&](int64_t m) { return dzh(m) * zh_c[m]; }) / acc_t(M);
   }
   // dL/dC; the memory convolution's input Cconv and dL/dQ.
   const scalar_t* qr = kMemoryConv ? p.q + row * n.Kq : nullptr;
@@ -636,9 +657,7 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
     acc_t weighted = 0;
     for (int64_t k = 0; k < n.Kq; ++k) {
       const acc_t* c_k = p.cells_prev + n.row_at(b, memory_neighbour(n, l, k)) * M;
-      acc_t sum = 0;
-      for (int64_t m = lane; m < M; m += kStride) sum += grad_cconv[m] * c_k[m];
-      dq[k] = team.sum(sum);
+      dq[k] = channel_sum(team, M, [&](int64_t m) { return grad_cconv[m] * c_k[m]; });
       weighted += acc_t(qr[k]) * dq[k];
     }
     for (int64_t k = lane; k < n.Kq; k += kStride) {
