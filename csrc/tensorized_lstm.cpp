@@ -411,7 +411,9 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   }
   // Parameter gradients of all steps, as GEMMs after the loop: tap k's weight from the Hcat
   // locations it read (the input included) against the locations' dA, gathered into one GEMM
-  // per tap.
+  // per tap and chunk of steps. (Chunks of ~8192 rows keep the gathered copies in cache: whole,
+  // at depth 4 on the plane, they were ~100 MB per tap, fresh pages every call.)
+  constexpr int64_t kChunkRows = 8192;
   Tensor grad_weight_col = at::zeros({n.tap_count, n.M, n.G}, options);
   const auto index_options = at::TensorOptions().dtype(at::kLong);
   for (int64_t k = 0; k < n.tap_count; ++k) {
@@ -433,10 +435,18 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     const auto to_index = [&](const std::vector<int64_t>& v) {
       return at::tensor(v, index_options).to(input_.device());
     };
-    const Tensor read = buf.hcat.narrow(0, 0, n.S).index_select(1, to_index(src))
-                            .reshape({n.S * count * n.B, n.M});
-    const Tensor grad = buf.grad_pre.index_select(1, to_index(dst)).reshape({n.S * count * n.B, n.G});
-    grad_weight_col.select(0, k).copy_(matmul(kernels.matmul_out, read.t(), grad));
+    const Tensor src_index = to_index(src), dst_index = to_index(dst);
+    const int64_t steps = std::max<int64_t>(1, kChunkRows / std::max<int64_t>(1, count * n.B));
+    Tensor sum = grad_weight_col.select(0, k);  // [M, G]
+    for (int64_t s0 = 0; s0 < n.S; s0 += steps) {
+      const int64_t len = std::min(steps, n.S - s0), rows = len * count * n.B;
+      const Tensor read = buf.hcat.narrow(0, s0, len).index_select(1, src_index)
+                              .reshape({rows, n.M}).t().contiguous();  // [M, rows]
+      const Tensor grad = buf.grad_pre.narrow(0, s0, len).index_select(1, dst_index)
+                              .reshape({rows, n.G});
+      repeated_right_operand(kernels.prepare_right_operand, grad)
+          ->matmul_out(sum, read, /*accumulate=*/s0 > 0);
+    }
   }
   Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).reshape(weight_hh.sizes()).contiguous();
   Tensor grad_bias_hh = buf.grad_pre.view({-1, n.G}).sum(0);
