@@ -66,14 +66,10 @@ def fit(model: nn.Module, make_batch, loss_fn, steps: int, batch_size: int, seed
     losses, times = [], []
     for _ in range(steps):
         x, y = make_batch(batch_size, g)
-        start = time.perf_counter()
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        times.append((time.perf_counter() - start) * 1e3)
-        losses.append(loss.item())
+        loss, ms = common.timed_step(model, optimizer, lambda: loss_fn(model(x), y),
+                                     torch.device("cpu"))
+        losses.append(loss)
+        times.append(ms)
     return losses, statistics.median(times)
 
 
@@ -186,28 +182,42 @@ def latch_accuracy(model, x, label) -> float:
         return ((model(x)[-1, :, 0] > 0).float() == label).float().mean().item()
 
 
-def run_latching(quick: bool, seeds: int | None) -> dict:
-    lengths, steps = ((10, 20, 40), 500) if quick else ((10, 20, 40, 80, 160), 2000)
-    seeds = seeds or (4 if quick else 20)
-    loss = nn.BCEWithLogitsLoss()
+def one_unit_trials(part: str, letter: str, models, settings, make_batch, loss_for, accuracy,
+                    steps: int, seeds: int, lr: float) -> list[dict]:
+    """A row per model of one-unit cores (each read by a Linear(1, 1)) trained from `seeds` seeds
+    at each setting (a length or a delay, named `letter`): make_batch(setting, size, generator)
+    gives inputs and targets, loss_for(setting) the loss, accuracy(model, x, y) the test
+    accuracy on 500 fixed sequences. A row holds the accuracies and the share of trials reaching
+    95%."""
     rows = []
-    for name, build in LATCH_MODELS:
+    for name, build in models:
         row = dict(model=name, success={}, accuracy={})
-        for length in lengths:
-            test_x, test_label = latch_batch(length, 500, torch.Generator().manual_seed(10_000))
+        for setting in settings:
+            test_x, test_y = make_batch(setting, 500, torch.Generator().manual_seed(10_000))
+            loss = loss_for(setting)
             accuracies = []
             for seed in range(seeds):
                 torch.manual_seed(seed)
                 model = OneUnit(build(), nn.Linear(1, 1))
-                fit(model, lambda size, g: latch_batch(length, size, g),
-                            lambda out, label: loss(out[-1, :, 0], label), steps, 32, seed, 3e-2)
-                accuracies.append(latch_accuracy(model, test_x, test_label))
-            row["accuracy"][length] = accuracies
-            row["success"][length] = sum(a >= 0.95 for a in accuracies) / seeds
+                fit(model, lambda size, g: make_batch(setting, size, g), loss, steps, 32, seed,
+                    lr)
+                accuracies.append(accuracy(model, test_x, test_y))
+            row["accuracy"][setting] = accuracies
+            row["success"][setting] = sum(a >= 0.95 for a in accuracies) / seeds
         row["params"] = common.params(model)
         rows.append(row)
-        print("latching: " + name + ": " + ", ".join(
-            f"T={n}: {row['success'][n]:.0%}" for n in lengths), flush=True)
+        print(f"{part}: {name}: " + ", ".join(
+            f"{letter}={n}: {row['success'][n]:.0%}" for n in settings), flush=True)
+    return rows
+
+
+def run_latching(quick: bool, seeds: int | None) -> dict:
+    lengths, steps = ((10, 20, 40), 500) if quick else ((10, 20, 40, 80, 160), 2000)
+    seeds = seeds or (4 if quick else 20)
+    loss = nn.BCEWithLogitsLoss()
+    rows = one_unit_trials("latching", "T", LATCH_MODELS, lengths, latch_batch,
+                           lambda length: lambda out, label: loss(out[-1, :, 0], label),
+                           latch_accuracy, steps, seeds, 3e-2)
     print(f"\nlatching: share of {seeds} trials reaching 95% test accuracy (and the median test "
           f"accuracy) after {steps} steps of 32 sequences; the class in the first {LATCH_STEPS} "
           f"steps, then N(0, {LATCH_NOISE}^2) noise")
@@ -248,26 +258,11 @@ TIMING_MODELS = [  # (name, core), each of one unit; a Linear(1, 1) gives the sp
 def run_timing(quick: bool, seeds: int | None) -> dict:
     delays, steps = ((4, 8, 12), 1000) if quick else ((4, 8, 12, 16, 32), 3000)
     seeds = seeds or (8 if quick else 20)
-    rows = []
-    for name, build in TIMING_MODELS:
-        row = dict(model=name, success={}, accuracy={})
-        for delay in delays:
-            test_x, test_y = timing_batch(delay, 500, torch.Generator().manual_seed(10_000))
-            # one spike among 3 D steps: weigh the spike as all the silent steps together
-            loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0 * delay - 1))
-            accuracies = []
-            for seed in range(seeds):
-                torch.manual_seed(seed)
-                model = OneUnit(build(), nn.Linear(1, 1))
-                fit(model, lambda size, g: timing_batch(delay, size, g), loss, steps, 32, seed,
-                    2e-2)
-                accuracies.append(timing_accuracy(model, test_x, test_y))
-            row["accuracy"][delay] = accuracies
-            row["success"][delay] = sum(a >= 0.95 for a in accuracies) / seeds
-        row["params"] = common.params(model)
-        rows.append(row)
-        print("timing: " + name + ": " + ", ".join(
-            f"D={d}: {row['success'][d]:.0%}" for d in delays), flush=True)
+    # one spike among 3 D steps: weigh the spike as all the silent steps together
+    rows = one_unit_trials(
+        "timing", "D", TIMING_MODELS, delays, timing_batch,
+        lambda delay: nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0 * delay - 1)),
+        timing_accuracy, steps, seeds, 2e-2)
     print(f"\ntiming: share of {seeds} trials whose output spikes exactly D steps after the "
           f"input's, and nowhere else, in 95% of test sequences (and the median share of test "
           f"sequences timed exactly), after {steps} steps of 32 sequences of 3 D")

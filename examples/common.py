@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+import tlstm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
@@ -48,6 +50,18 @@ def setup(args) -> torch.device:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     return torch.device(args.device)
+
+
+# The recurrent cores the examples compare, one line each: (kind, name, core builder (input
+# width, hidden width, depth)). The first sets the parameter count that the others' widths are
+# fitted to. A model that this version of tlstm cannot build (the 3-D tLSTM before its fused
+# kernels) is skipped with a note.
+CORES = [
+    ("tlstm", "TensorizedLSTM", lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L)),
+    ("tlstm3d", "3-D TensorizedLSTM",
+     lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L, tensor_dim=3)),
+    ("lstm", "nn.LSTM", lambda i, h, L: nn.LSTM(i, h, num_layers=L)),
+]
 
 
 def sync(device: torch.device) -> None:
@@ -236,6 +250,22 @@ def run_symbol_models(models, depths, width: int, vocab: int, classes: int, make
     return runs
 
 
+def timed_step(model: nn.Module, optimizer, loss_of: Callable[[], torch.Tensor],
+               device: torch.device) -> tuple[float, float]:
+    """One training step on the loss that loss_of() computes with the model: gradients, their
+    norm clipped at 1, the optimizer's step. Returns the loss and the step's wall-clock ms (the
+    GPU waited for at both ends)."""
+    sync(device)
+    start = time.perf_counter()
+    loss = loss_of()
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    sync(device)
+    return loss.item(), (time.perf_counter() - start) * 1e3
+
+
 def train_symbols(model: nn.Module, make_batch, steps: int, batch_size: int, seed: int,
                   lr: float, eval_every: int, device: torch.device | str = "cpu",
                   test_size: int = 500, goal: float = 0.99):
@@ -258,17 +288,14 @@ def train_symbols(model: nn.Module, make_batch, steps: int, batch_size: int, see
     curve, reached, times, losses = [], None, [], []
     for step in range(1, steps + 1):
         x, y = (t.to(device) for t in make_batch(batch_size, g))
-        sync(device)
-        start = time.perf_counter()
-        logits = model(x)[-answer:]
-        loss = loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-        losses.append(loss.item())
+
+        def loss_of():
+            logits = model(x)[-answer:]
+            return loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+        loss, ms = timed_step(model, optimizer, loss_of, device)
+        losses.append(loss)
+        times.append(ms)
         if step % eval_every == 0 or step == steps:
             with torch.no_grad():
                 pred = model(test_x)[-answer:].argmax(-1)

@@ -20,22 +20,11 @@ import os
 import sys
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-import tlstm  # noqa: E402
 
-# The models compared, one line each: (kind, name, core builder (input width, hidden width,
-# depth)). The first sets the parameter count that the others' widths are fitted to. A model
-# that this version of tlstm cannot build (the 3-D tLSTM before its fused kernels) is skipped
-# with a note.
-MODELS = [
-    ("tlstm", "TensorizedLSTM", lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L)),
-    ("tlstm3d", "3-D TensorizedLSTM",
-     lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L, tensor_dim=3)),
-    ("lstm", "nn.LSTM", lambda i, h, L: nn.LSTM(i, h, num_layers=L)),
-]
+MODELS = common.CORES  # (kind, name, core builder): see common.CORES
 
 
 def batch(length: int, symbols: int, size: int, generator: torch.Generator):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -27,15 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import tlstm  # noqa: E402
 
-# The models compared, one line each: (kind, name, core builder (input width, hidden width,
-# depth)). The first sets the parameter count that the others' widths are fitted to. A model
-# that this version of tlstm cannot build (the 3-D tLSTM before its fused kernels) is skipped
-# with a note.
-MODELS = [
-    ("tlstm", "TensorizedLSTM", lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L)),
-    ("tlstm3d", "3-D TensorizedLSTM",
-     lambda i, h, L: tlstm.TensorizedLSTM(i, h, depth=L, tensor_dim=3)),
-    ("lstm", "nn.LSTM", lambda i, h, L: nn.LSTM(i, h, num_layers=L)),
+# common.CORES (kind, name, core builder), and the peephole LSTM
+MODELS = common.CORES + [
     ("peephole", "PeepholeLSTM", lambda i, h, L: tlstm.PeepholeLSTM(i, h, num_layers=L)),
 ]
 
@@ -108,16 +100,9 @@ def train(model: nn.Module, data, order: torch.Tensor | None, epochs: int, batch
         for k in range(0, len(shuffle), batch_size):
             idx = shuffle[k:k + batch_size]
             x, y = train_x[idx].to(device), train_y[idx].to(device)
-            common.sync(device)
-            start = time.perf_counter()
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            common.sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-            losses.append(loss.item())
+            loss, ms = common.timed_step(model, optimizer, lambda: loss_fn(model(x), y), device)
+            losses.append(loss)
+            times.append(ms)
         curve.append((epoch, accuracy(model, test_x, test_y, device)))
     return curve, accuracy(model, train_x, train_y, device), statistics.median(times), losses
 
