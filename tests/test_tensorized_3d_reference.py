@@ -1,19 +1,34 @@
-"""The 3-D tensorized LSTM (tensor_dim=3, docs/cells.md section 7) in the reference module: the
-state is a P x P plane of locations, the input enters at corner (0, 0) and the output leaves at
-(P, P). Checked against an implementation written here one location and one tap at a time, for
-the delay (y_t sees x_t, never x_{t+1}), streaming, the returned state, gradcheck, and depth 1
-with K=3 being nn.LSTM on x~ through taps (0, 0) and (1, 1). The fused module is checked against
-both in test_tensorized_3d_vs_reference.py."""
+"""The 3-D tensorized LSTM (tensor_dim=3, docs/cells.md section 7), its properties held by the
+reference module and the fused one alike: the state is a P x P plane of locations, the input
+enters at corner (0, 0) and the output leaves at (P, P). Both against an implementation written
+here one location and one tap at a time (with streaming, lengths and the returned state); the
+delay (y_t sees x_t, never x_{t+1}); chunks with the state passed on equal the whole; depth 1
+with K=3 is nn.LSTM on x~ through taps (0, 0) and (1, 1). Also the reference's gradcheck and
+shapes. The fused module against the reference: test_tensorized_3d_vs_reference.py."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tlstm
-from helpers import TOL, assert_results_close, rel_err
+from helpers import TOL, assert_results_close, cuda_recurrences, rel_err
 from tensorized_helpers import F64, config_id, make_inputs, make_tlstm, results_and_gradients
 
 Reference = tlstm.reference.TensorizedLSTM
+Fused = tlstm.TensorizedLSTM
+# The reference checked to 1e-12 against the transcription (the same sums, another order); the
+# fused kernels to the float64 bound of the contract.
+TRANSCRIPTION_TOL = {Reference: 1e-12, Fused: TOL[F64]}
+MODULES = [pytest.param(Reference, id="reference"), pytest.param(Fused, id="fused")]
+
+
+def modules_on_devices():
+    """Params of ("cls", "device") (indirect=["device"]): the reference and the fused module on
+    the CPU, and the fused module on CUDA with each recurrence."""
+    return ([pytest.param(Reference, "cpu", id="reference"),
+             pytest.param(Fused, "cpu", id="fused-cpu")]
+            + [pytest.param(Fused, p.values[0], id=f"fused-{p.values[0]}", marks=p.marks)
+               for p in cuda_recurrences()])
 
 
 def spec_tlstm3d(module, x, h0, c0, lengths=None, flush=True):
@@ -99,9 +114,9 @@ CONFIGS = [
 @pytest.mark.parametrize("lengths,flush", [(None, True), (None, False), ([4, 2], True)],
                          ids=["flush", "stream", "lengths"])
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_reference_equals_the_transcription(config, lengths, flush):
-    module = make_tlstm(Reference, F64, seed=90, input_size=3, hidden_size=3, tensor_dim=3,
-                        **config)
+@pytest.mark.parametrize("cls", MODULES)
+def test_module_equals_the_transcription(cls, config, lengths, flush):
+    module = make_tlstm(cls, F64, seed=90, input_size=3, hidden_size=3, tensor_dim=3, **config)
     x, state = make_inputs(module, 4, 2, seed=91)
     lens = torch.tensor(lengths) if lengths is not None else None
     if lens is None:
@@ -111,17 +126,19 @@ def test_reference_equals_the_transcription(config, lengths, flush):
         out = pad_packed_sequence(out, total_length=4)[0]
     got = results_and_gradients(module, x, state, out, h_n, c_n, seed=92)
     want = results_and_gradients(module, x, state, *spec_tlstm3d(module, x, *state, lens, flush),
-                            seed=92)
-    assert_results_close(got, want, 1e-12, context=f"3-D {config} {lengths} flush={flush}")
+                                 seed=92)
+    assert_results_close(got, want, TRANSCRIPTION_TOL[cls],
+                         context=f"3-D {cls.__module__} {config} {lengths} flush={flush}")
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_depth1_k3_is_nn_lstm_on_the_projected_input(bias):
+@pytest.mark.parametrize("cls", MODULES)
+def test_depth1_k3_is_nn_lstm_on_the_projected_input(cls, bias):
     """P = 1: location (1, 1) reads x~ through tap (0, 0) and itself through tap (1, 1); every
     other tap reads zeros. Without channel norm and the memory convolution that is nn.LSTM."""
     torch.manual_seed(93)
-    module = Reference(3, 4, depth=1, tensor_dim=3, channel_norm=False, memory_conv=False,
-                       bias=bias, dtype=F64)
+    module = cls(3, 4, depth=1, tensor_dim=3, channel_norm=False, memory_conv=False, bias=bias,
+                 dtype=F64)
     lstm = nn.LSTM(4, 4, bias=bias, dtype=F64)
     with torch.no_grad():
         lstm.weight_ih_l0.copy_(module.weight_hh[:, :, 0, 0])
@@ -139,13 +156,15 @@ def test_depth1_k3_is_nn_lstm_on_the_projected_input(bias):
     assert rel_err(h.view(1, 2, 4), h_w) <= TOL[F64] and rel_err(c.view(1, 2, 4), c_w) <= TOL[F64]
 
 
-@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=3), dict(depth=2, kernel_size=5),
-                                    dict(depth=3, feedback=False)], ids=config_id)
-def test_output_sees_its_input_and_never_a_later_one(config):
-    module = make_tlstm(Reference, F64, seed=94, input_size=2, hidden_size=3, tensor_dim=3,
-                        **config)
-    T = 5
-    x = torch.randn(T, 1, 2, dtype=F64, requires_grad=True)
+@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=3), dict(depth=4),
+                                    dict(depth=2, kernel_size=5), dict(depth=3, feedback=False)],
+                         ids=config_id)
+@pytest.mark.parametrize("cls,device", modules_on_devices(), indirect=["device"])
+def test_output_sees_its_input_and_never_a_later_one(cls, device, config):
+    module = make_tlstm(cls, F64, seed=94, input_size=2, hidden_size=3, tensor_dim=3,
+                        device=device, **config)
+    T = 6
+    x = torch.randn(T, 1, 2, dtype=F64, device=device, requires_grad=True)
     out, _ = module(x)
     for t in range(T):
         (g,) = torch.autograd.grad(out[t].sum(), x, retain_graph=True)
@@ -155,9 +174,10 @@ def test_output_sees_its_input_and_never_a_later_one(config):
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_chunks_with_the_state_passed_on_equal_the_whole(flush):
-    module = make_tlstm(Reference, F64, seed=95, input_size=3, hidden_size=3, depth=3,
-                        tensor_dim=3)
+@pytest.mark.parametrize("cls,device", modules_on_devices(), indirect=["device"])
+def test_chunks_with_the_state_passed_on_equal_the_whole(cls, device, flush):
+    module = make_tlstm(cls, F64, seed=95, input_size=3, hidden_size=8, depth=3, tensor_dim=3,
+                        device=device)
     x, state = make_inputs(module, 7, 2, seed=96)
     out, (h_n, c_n) = module(x, state, flush=flush)
     whole = results_and_gradients(module, x, state, out, h_n, c_n, seed=97)
@@ -166,7 +186,7 @@ def test_chunks_with_the_state_passed_on_equal_the_whole(flush):
         y, st = module(chunk, st, flush=flush)
         outs.append(y)
     chunked = results_and_gradients(module, x, state, torch.cat(outs), *st, seed=97)
-    assert_results_close(chunked, whole, 1e-12, context=f"3-D chunks, flush={flush}")
+    assert_results_close(chunked, whole, 1e-12, context=f"3-D {cls.__module__} chunks, {flush}")
 
 
 def test_gradcheck():

@@ -1,18 +1,16 @@
 """The fused 3-D tensorized LSTM (tensor_dim=3, docs/cells.md section 7) against the float64
 reference module: outputs, final states and every gradient, float64 <= 1e-10 and float32
 <= 1e-5 (M >= 8 in float32: a channel norm over fewer channels makes the random data
-ill-conditioned, and the float32 reference itself then misses float64 by more than 1e-5), over depth 1..5, K 3 and 5, every flag, projections, packed input, streaming,
-batch_first, unbatched input and T = 1; on CUDA too where there is a GPU (the 3-D cell runs the
-step kernels there). Also the properties of the cell on the fused module: the delay (y_t sees x_t,
-never x_{t+1}), chunks with the state passed on equal the whole, depth 1 with K=3 is nn.LSTM
-on x~, gradcheck of the op, and the fused module against the transcription of section 7
-(test_tensorized_3d_reference.py checks the reference against it)."""
+ill-conditioned, and the float32 reference itself then misses float64 by more than 1e-5), over
+depth 1..5, K 3 and 5, every flag, projections, packed input, streaming, batch_first, unbatched input and T = 1; on CUDA too where there is a GPU (the 3-D cell runs the
+step kernels there). Also gradcheck of the op and the errors; the cell's own properties (the
+transcription of section 7, the delay, chunks, depth 1 = nn.LSTM) are held by both modules in
+test_tensorized_3d_reference.py."""
 import pytest
 import torch
-from torch import nn
 
 import tlstm
-from helpers import TOL, assert_results_close, cpu_and_cuda, num_threads, rel_err
+from helpers import TOL, cpu_and_cuda, num_threads, rel_err
 from tensorized_helpers import (
     F32,
     F64,
@@ -21,9 +19,7 @@ from tensorized_helpers import (
     flag_combinations,
     make_inputs,
     make_tlstm,
-    results_and_gradients,
 )
-from test_tensorized_3d_reference import spec_tlstm3d
 
 DTYPES = [F64, F32]
 DTYPE_IDS = ["f64", "f32"]
@@ -84,82 +80,6 @@ def test_threaded_size(threads):
     with num_threads(threads):
         compare_fused_to_reference(F32, T=4, B=6, seed=700, lengths=[4, 1, 3, 4, 2, 4],
                                    input_size=5, hidden_size=24, depth=4, tensor_dim=3)
-
-
-@pytest.mark.parametrize("lengths,flush", [(None, True), (None, False), ([4, 2], True)],
-                         ids=["flush", "stream", "lengths"])
-@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=3, feedback=False),
-                                    dict(depth=2, kernel_size=5, proj_size=2)], ids=config_id)
-def test_fused_equals_the_transcription(config, lengths, flush):
-    module = make_tlstm(tlstm.TensorizedLSTM, F64, seed=710, input_size=3, hidden_size=3,
-                        tensor_dim=3, **config)
-    x, state = make_inputs(module, 4, 2, seed=711)
-    lens = torch.tensor(lengths) if lengths is not None else None
-    if lens is None:
-        out, (h_n, c_n) = module(x, state, flush=flush)
-    else:
-        packed = nn.utils.rnn.pack_padded_sequence(x, lens, enforce_sorted=False)
-        out, (h_n, c_n) = module(packed, state, flush=flush)
-        out = nn.utils.rnn.pad_packed_sequence(out, total_length=4)[0]
-    got = results_and_gradients(module, x, state, out, h_n, c_n, seed=712)
-    want = results_and_gradients(module, x, state, *spec_tlstm3d(module, x, *state, lens, flush),
-                                 seed=712)
-    assert_results_close(got, want, TOL[F64], context=f"fused 3-D {config} {lengths} {flush}")
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda(), indirect=True)
-@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=4), dict(depth=2, kernel_size=5),
-                                    dict(depth=3, feedback=False)], ids=config_id)
-def test_output_sees_its_input_and_never_a_later_one(config, device):
-    module = make_tlstm(tlstm.TensorizedLSTM, F64, seed=720, input_size=2, hidden_size=3,
-                        tensor_dim=3, device=device, **config)
-    T = 6
-    x = torch.randn(T, 1, 2, dtype=F64, device=device, requires_grad=True)
-    out, _ = module(x)
-    for t in range(T):
-        (g,) = torch.autograd.grad(out[t].sum(), x, retain_graph=True)
-        norms = g.norm(dim=(1, 2))
-        assert norms[t] > 1e-8, f"y_{t} does not see x_{t}"
-        assert torch.all(norms[t + 1:] == 0), f"y_{t} sees a later input"
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda(), indirect=True)
-@pytest.mark.parametrize("flush", [True, False])
-def test_chunks_with_the_state_passed_on_equal_the_whole(flush, device):
-    module = make_tlstm(tlstm.TensorizedLSTM, F64, seed=730, input_size=3, hidden_size=8,
-                        depth=3, tensor_dim=3, device=device)
-    x, state = make_inputs(module, 7, 2, seed=731)
-    out, (h_n, c_n) = module(x, state, flush=flush)
-    whole = results_and_gradients(module, x, state, out, h_n, c_n, seed=732)
-    outs, st = [], state
-    for chunk in torch.split(x, [3, 1, 3]):
-        y, st = module(chunk, st, flush=flush)
-        outs.append(y)
-    chunked = results_and_gradients(module, x, state, torch.cat(outs), *st, seed=732)
-    assert_results_close(chunked, whole, 1e-12, context=f"fused 3-D chunks, flush={flush}")
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_depth1_k3_is_nn_lstm_on_the_projected_input(bias):
-    """P = 1: location (1, 1) reads x~ through tap (0, 0) and itself through tap (1, 1)."""
-    torch.manual_seed(740)
-    module = tlstm.TensorizedLSTM(3, 4, depth=1, tensor_dim=3, channel_norm=False,
-                                  memory_conv=False, bias=bias, dtype=F64)
-    lstm = nn.LSTM(4, 4, bias=bias, dtype=F64)
-    with torch.no_grad():
-        lstm.weight_ih_l0.copy_(module.weight_hh[:, :, 0, 0])
-        lstm.weight_hh_l0.copy_(module.weight_hh[:, :, 1, 1])
-        if bias:
-            lstm.bias_ih_l0.copy_(module.bias_hh)
-            lstm.bias_hh_l0.zero_()
-    x = torch.randn(6, 2, 3, dtype=F64)
-    h0, c0 = torch.randn(2, 1, 1, 4, dtype=F64), torch.randn(2, 1, 1, 4, dtype=F64)
-    with torch.no_grad():
-        y, (h, c) = module(x, (h0, c0))
-        x_tilde = nn.functional.linear(x, module.weight_ih, module.bias_ih)
-        want, (h_w, c_w) = lstm(x_tilde, (h0.view(1, 2, 4), c0.view(1, 2, 4)))
-    assert rel_err(y, want) <= TOL[F64]
-    assert rel_err(h.view(1, 2, 4), h_w) <= TOL[F64] and rel_err(c.view(1, 2, 4), c_w) <= TOL[F64]
 
 
 def test_op_gradcheck():
