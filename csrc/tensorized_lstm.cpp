@@ -174,7 +174,7 @@ TensorizedSizes tensorized_sizes(const char* op, const Tensor& input, const Tens
   n.taps = feedback ? n.K : n.c + 1;
   n.N = n.axes == 1 ? n.P : n.P * n.P;
   n.tap_count = n.axes == 1 ? n.taps : n.taps * n.taps;
-  n.Kq = n.axes == 1 ? n.K : n.K * n.K;
+  n.Kq = memory_taps(weight_hh, kernel_size);
   n.G = 4 * n.M + (memory_conv ? n.Kq : 0);
   n.delay = flush ? depth - 1 : 0;
   n.S = n.T + n.delay;
