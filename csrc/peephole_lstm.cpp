@@ -3,6 +3,8 @@
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
+
 #include "checks.h"
 #include "tensor_utils.h"
 
@@ -67,10 +69,13 @@ Tensor peephole_or_zeros(const c10::optional<Tensor>& weight_peephole, const Ten
                                      : at::zeros({3, H}, input.options());
 }
 
-// Time index and slots of step s (see StepSlots).
-StepSlots step_slots(int64_t s, int64_t T, bool reverse, bool whole_history) {
+// Time index and slots of step s (see StepSlots); its gates at slot t (gate_first: the first
+// step the gates buffer holds, when it holds a chunk).
+StepSlots step_slots(int64_t s, int64_t T, bool reverse, bool whole_history,
+                     int64_t gate_first = 0) {
   StepSlots slots;
   slots.t = reverse ? T - 1 - s : s;
+  slots.gate = slots.t - gate_first;
   if (whole_history) {
     slots.prev = reverse ? slots.t + 1 : slots.t;
     slots.next = reverse ? slots.t : slots.t + 1;
@@ -125,11 +130,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
   buf.peephole = peephole_or_zeros(weight_peephole, input, H);
   buf.lengths = contiguous_or_undefined(lengths);
 
-  // Input projection of all steps, one GEMM: gates = x W_ih^T.
-  buf.gates = at::empty({T, B, 4 * H}, input.options());
-  auto gates_2d = buf.gates.view({T * B, 4 * H});
-  auto input_2d = input.view({T * B, I});
-  matmul_out(kernels.matmul_out, gates_2d, input_2d, weight_ih_t);
+  // Input projection, gates = x W_ih^T: one GEMM for all steps, or in inference on a chunked
+  // backend one per chunk of steps, just before them (into the same [chunk, B, 4H] buffer).
+  const int64_t chunk =
+      !training && kernels.inference_chunk_rows > 0
+          ? std::min(T, std::max<int64_t>(1, kernels.inference_chunk_rows / std::max<int64_t>(B, 1)))
+          : T;
+  buf.gates = at::empty({chunk, B, 4 * H}, input.options());
+  const auto projection = repeated_right_operand(kernels.prepare_right_operand, weight_ih_t);
+  // gates of the steps t0 .. t0 + count - 1, into slots 0 .. count - 1
+  const auto project = [&](int64_t t0, int64_t count) {
+    Tensor out = buf.gates.narrow(0, 0, count).view({count * B, 4 * H});
+    projection->matmul_out(out, input.narrow(0, t0, count).view({count * B, I}),
+                           /*accumulate=*/false);
+  };
+  if (chunk == T) project(0, T);
   // b_ih + b_hh, added in the fused pass: cheaper than a GEMM that first copies in the bias.
   buf.bias = bias_ih.has_value() && bias_hh.has_value() ? at::add(*bias_ih, *bias_hh)
              : bias_ih.has_value()                      ? bias_ih->contiguous()
@@ -150,11 +165,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
   const Tensor active_scale = active.defined() ? active.to(input.scalar_type()) : Tensor();
 
   const int64_t last = T > 0 ? step_slots(T - 1, T, reverse, training).next : first;
-  const bool whole_sequence = T > 0 && !projected && kernels.forward_sequence != nullptr &&
+  const bool whole_sequence = T > 0 && !projected && chunk == T &&
+                              kernels.forward_sequence != nullptr &&
                               kernels.forward_sequence(buf, T, reverse, training);
   if (!whole_sequence && kernels.prepare_forward != nullptr) kernels.prepare_forward(buf);
+  int64_t gate_first = 0;  // the first time step whose gates the buffer holds
   for (int64_t s = 0; s < T && !whole_sequence; ++s) {
-    const StepSlots step = step_slots(s, T, reverse, training);
+    if (chunk < T && s % chunk == 0) {  // the chunk of steps s .. s + count - 1
+      const int64_t count = std::min(chunk, T - s);
+      gate_first = reverse ? T - s - count : s;
+      project(gate_first, count);
+    }
+    const StepSlots step = step_slots(s, T, reverse, training, gate_first);
     kernels.forward_step(buf, step);
     if (projected) {
       // h_t = m_t W_hr^T; rows past their sequence's end keep the previous state.
@@ -265,7 +287,10 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
   Tensor grad_input = need_grad_input
                           ? matmul(kernels.matmul_out, grad_gates_2d, weight_ih_).view({T, B, I})
                                       : at::empty({0}, input.options());
-  Tensor grad_weight_ih = at::mm(grad_gates_2d.t(), input.view({T * B, I}));
+  // (zeros past each length: padding that is not finite, NaN, stays out as zero padding does)
+  const Tensor read_input =
+      buf.lengths.defined() ? input.masked_fill(active_mask(buf.lengths, T).logical_not(), 0) : input;
+  Tensor grad_weight_ih = at::mm(grad_gates_2d.t(), read_input.view({T * B, I}));
   const auto hidden_prev = hidden_states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, R});
   Tensor grad_weight_hh = at::mm(grad_gates_2d.t(), hidden_prev);
   Tensor grad_bias = grad_gates_2d.sum(0);

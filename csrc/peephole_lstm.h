@@ -26,16 +26,21 @@ Activation parse_activation(c10::string_view name);
 // Time index and state slots of one step. Forward direction: step s reads slot t = s and
 // writes slot t+1; reverse: it reads slot t+1 and writes slot t (t = T-1-s), so that slot
 // order is time order in both. Without the saved history the slots alternate 0 and 1.
+// gate: step t's slot in the gates buffer, t itself unless the input projection is computed a
+// chunk of steps at a time (PeepholeStepKernels::inference_chunk_rows).
 struct StepSlots {
   int64_t t;
   int64_t prev;
   int64_t next;
+  int64_t gate;
 };
 
 // Buffers of the forward pass of one layer and direction.
 struct PeepholeForwardBuffers {
   Tensor weight_hh_t;    // [R, 4H]     W_hh^T, contiguous
   Tensor gates;          // [T, B, 4H]  in: a_t without biases; out: post-activation i, f, g, o
+                         //             (in inference on a chunked backend: [chunk, B, 4H],
+                         //             step t at slot StepSlots::gate)
   Tensor bias;           // [4H]        b_ih + b_hh (zeros without biases)
   Tensor hidden_states;  // [S, B, R]   h of every step (or two alternating slots)
   Tensor cell_states;    // [S, B, H]   c of every step, op-math dtype (float for half inputs)
@@ -116,6 +121,14 @@ struct PeepholeStepKernels {
                            bool whole_history);
   // Backward: reads dL/dh_T from buf.grad_hidden and leaves dL/dh_0 in buf.grad_hidden_next.
   bool (*backward_sequence)(const PeepholeBackwardBuffers&, int64_t T, bool reverse);
+  // Optional: prepares a right operand of many products once (here W_ih^T, for the chunks
+  // below; default: ATen's GEMM on it as it is).
+  PrepareRightOperand prepare_right_operand;
+  // Optional: in inference, project the input about this many rows (steps x B) at a time, just
+  // before the steps that read them, into a gates buffer of that size, instead of all T steps
+  // into [T, B, 4H] first. On the CPU each call's large buffers are fresh pages (page faults,
+  // zeroing) and fall out of the cache before the steps read them. 0: all steps at once.
+  int64_t inference_chunk_rows;
 };
 
 // Returns output [T, B, R], h_n [B, R], c_n [B, H], and what the backward needs:

@@ -108,19 +108,64 @@ Tensor location_block(const Tensor& t, int64_t first, int64_t count) {
   return t.view({t.size(0) * B, t.size(2)}).narrow(0, first * B, count * B);
 }
 
-// The input's term of A at the locations that read it, every step: [c'^axes, S, B, G].
-Tensor input_terms(const TensorizedForwardBuffers& buf, const Tensor& weight_col,
-                   MatmulOut matmul_out_backend) {
-  const auto& n = buf.n;
-  const auto reads = input_reads(n);
-  Tensor terms = at::empty({int64_t(reads.size()), n.S, n.B, n.G}, buf.x_in.options());
-  const Tensor x_in = buf.x_in.view({n.S * n.B, n.M});
-  for (size_t slot = 0; slot < reads.size(); ++slot) {
-    Tensor out = terms.select(0, int64_t(slot)).view({n.S * n.B, n.G});
-    matmul_out(matmul_out_backend, out, x_in, tap_weight(weight_col, n, reads[slot].tap));
-  }
-  return terms;
+// [T, B, 1] bool: true where step t is past sequence b's length. The input there is never
+// read: it is filled with zeros where a product would take it in (so that padding that is not
+// finite, NaN, stays out of the results as zero padding does).
+Tensor unread_steps(const Tensor& lengths, int64_t T) {
+  return at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0)).unsqueeze(2);
 }
+
+// The input rows of the steps, x_in = x~_s + b_ih while s < T_b and b_ih after (x~ = x W_ih^T),
+// and their term of A at the locations that read them (input_pre), for a chunk of steps at a
+// time (or all of them at once): into buffers of the chunk's size, reused chunk after chunk.
+class InputChunks {
+ public:
+  InputChunks(const TensorizedSizes& n, const Tensor& input, const Tensor& weight_ih,
+              const c10::optional<Tensor>& bias_ih, const Tensor& lengths,
+              const Tensor& weight_col, int64_t chunk, PrepareRightOperand prepare)
+      : n_(n), input_(input), reads_(input_reads(n)),
+        projection_(repeated_right_operand(prepare, weight_ih.t())),
+        x_in_(at::empty({chunk, n.B, n.M}, input.options())) {
+    if (bias_ih.has_value()) bias_ih_ = *bias_ih;
+    if (lengths.defined()) unread_ = unread_steps(lengths, n.T);
+    for (const InputRead& read : reads_) {
+      taps_.push_back(repeated_right_operand(prepare, tap_weight(weight_col, n, read.tap)));
+    }
+  }
+  int64_t slots() const { return int64_t(reads_.size()); }
+
+  // Steps s0 .. s0 + count - 1: their terms into input_pre's first count steps, and when
+  // training their input rows into Hcat's location 0 (which the weight gradients read).
+  void compute(TensorizedForwardBuffers& buf, int64_t s0, int64_t count) {
+    const int64_t B = n_.B, real = std::clamp<int64_t>(n_.T - s0, 0, count);
+    Tensor x = x_in_.narrow(0, 0, count);  // [count, B, M]
+    if (real > 0) {
+      Tensor projected = x.narrow(0, 0, real).view({real * B, n_.M});
+      projection_->matmul_out(projected, input_.narrow(0, s0, real).view({real * B, n_.I}),
+                              /*accumulate=*/false);
+      if (unread_.defined()) x.narrow(0, 0, real).masked_fill_(unread_.narrow(0, s0, real), 0);
+    }
+    if (real < count) x.narrow(0, real, count - real).zero_();
+    if (bias_ih_.defined()) x.add_(bias_ih_);
+    const Tensor rows = x.view({count * B, n_.M});
+    for (size_t slot = 0; slot < taps_.size(); ++slot) {
+      Tensor out = buf.input_pre.select(0, int64_t(slot)).narrow(0, 0, count).view({count * B, n_.G});
+      taps_[slot]->matmul_out(out, rows, /*accumulate=*/false);
+    }
+    if (buf.training) buf.hcat.narrow(0, s0, count).select(1, 0).copy_(x);
+    buf.input_first = s0;
+  }
+
+ private:
+  const TensorizedSizes& n_;
+  Tensor input_;                 // [T, B, I]
+  std::vector<InputRead> reads_;
+  std::unique_ptr<RepeatedRightOperand> projection_;        // W_ih^T [I, M]
+  std::vector<std::unique_ptr<RepeatedRightOperand>> taps_;  // by input slot: W_k [M, G]
+  Tensor bias_ih_;               // [M] or undefined
+  Tensor unread_;                // [T, B, 1] bool or undefined (no lengths)
+  Tensor x_in_;                  // [chunk, B, M]
+};
 
 // The shape of h0 and the other states: [B, P, M] or [B, P, P, M].
 std::vector<int64_t> state_shape(const TensorizedSizes& n) {
@@ -237,22 +282,16 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.norm_weight = contiguous_or_undefined(norm_weight);
   buf.norm_bias = contiguous_or_undefined(norm_bias);
   buf.bias_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({n.G}, options);
-  // The input rows of all steps: one GEMM for x~ = x W_ih^T; b_ih alone past each length.
-  Tensor x_proj = matmul(kernels.matmul_out, input.view({n.T * n.B, n.I}), weight_ih.t())
-                      .view({n.T, n.B, n.M});
-  if (buf.lengths.defined()) {
-    const auto real = at::arange(n.T, buf.lengths.options()).unsqueeze(1).lt(buf.lengths.unsqueeze(0));
-    x_proj.mul_(real.unsqueeze(2).to(x_proj.scalar_type()));
-  }
-  // (a copy: with S = B = 1 the expanded bias already counts as contiguous, and add_ below
-  // would write into the parameter)
-  buf.x_in = bias_ih.has_value()
-                 ? bias_ih->expand({n.S, n.B, n.M}).clone(at::MemoryFormat::Contiguous)
-                 : at::zeros({n.S, n.B, n.M}, options);
-  buf.x_in.narrow(0, 0, n.T).add_(x_proj);
   const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'^axes*M, G]
-  // The taps that read the input, for all steps at once (they do not depend on the state).
-  buf.input_pre = input_terms(buf, weight_col, kernels.matmul_out);
+  // The input rows and the taps that read them do not depend on the state: one GEMM each for
+  // all steps, or per chunk of steps on a chunked backend.
+  const int64_t chunk =
+      kernels.input_chunk_rows > 0
+          ? std::min(n.S, std::max<int64_t>(1, kernels.input_chunk_rows / std::max<int64_t>(n.B, 1)))
+          : n.S;
+  InputChunks inputs(n, input, weight_ih, bias_ih, buf.lengths, weight_col, chunk,
+                     kernels.prepare_right_operand);
+  buf.input_pre = at::empty({inputs.slots(), chunk, n.B, n.G}, options);
   buf.zero_gates = at::zeros({n.G}, options);
 
   const int64_t slots = training ? n.S : 1;
@@ -264,11 +303,8 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.norm_hat = at::empty({n.channel_norm ? slots : 0, n.N, n.B, 5, n.M}, op_math);
   buf.norm_rstd = at::empty({n.channel_norm ? slots : 0, n.N, n.B, 5}, op_math);
   buf.output = at::empty({n.T, n.B, n.M}, options);
-  if (training) {  // the inputs, kept for the weight gradients (slot S has none); in
-                   // inference nothing reads location 0
-    buf.hcat.narrow(0, 0, n.S).select(1, 0).copy_(buf.x_in);
-    buf.hcat.select(0, n.S).select(0, 0).zero_();
-  }
+  // (training: slot S's input row is never read; in inference nothing reads location 0)
+  if (training) buf.hcat.select(0, n.S).select(0, 0).zero_();
   buf.hcat.select(0, 0).narrow(0, 1, n.N).copy_(locations_first(h0, n));
   buf.cells.select(0, 0).copy_(locations_first(c0, n));
   // The rows overwrite these at each sequence's last input step (never, where it is 0).
@@ -277,10 +313,13 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.state_cell = locations_first(c0, n).to(op_math, /*non_blocking=*/false, /*copy=*/true,
                                              at::MemoryFormat::Contiguous);
 
-  if (kernels.forward_sequence == nullptr || !kernels.forward_sequence(buf, weight_col)) {
+  if (chunk == n.S) inputs.compute(buf, 0, n.S);
+  if (chunk < n.S || kernels.forward_sequence == nullptr ||
+      !kernels.forward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand,
                                      [&](int64_t k) { return tap_weight(weight_col, n, k); });
     for (int64_t s = 0; s < n.S; ++s) {
+      if (chunk < n.S && s % chunk == 0) inputs.compute(buf, s, std::min(chunk, n.S - s));
       const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [N+1, B, M]
       for (size_t i = 0; i < taps.size(); ++i) {
         for (const TapBlock& t : taps[i].blocks) {
@@ -453,15 +492,18 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   // The input row of step s is x~_s + b_ih while s < lengths[b] (and s < T), else b_ih alone.
   Tensor grad_bias_ih = grad_x_in.sum(at::IntArrayRef{0, 1});
   Tensor grad_x_proj = grad_x_in.narrow(0, 0, n.T);
+  Tensor read_input = input;  // [T, B, I]: zeros past each length
   if (buf.lengths.defined()) {
-    const auto real = at::arange(n.T, buf.lengths.options()).unsqueeze(1).lt(buf.lengths.unsqueeze(0));
-    grad_x_proj = grad_x_proj * real.unsqueeze(2).to(grad_x_proj.scalar_type());
+    const Tensor unread = unread_steps(buf.lengths, n.T);
+    grad_x_proj = grad_x_proj.masked_fill(unread, 0);
+    read_input = input.masked_fill(unread, 0);
   }
   const auto grad_x_proj_2d = grad_x_proj.reshape({n.T * n.B, n.M});
   Tensor grad_input = need_grad_input
                           ? matmul(kernels.matmul_out, grad_x_proj_2d, weight_ih).view({n.T, n.B, n.I})
                           : at::empty({0}, options);
-  Tensor grad_weight_ih = matmul(kernels.matmul_out, grad_x_proj_2d.t(), input.view({n.T * n.B, n.I}));
+  Tensor grad_weight_ih =
+      matmul(kernels.matmul_out, grad_x_proj_2d.t(), read_input.view({n.T * n.B, n.I}));
   Tensor grad_norm_weight = at::empty({0}, options), grad_norm_bias = at::empty({0}, options);
   if (n.channel_norm) {
     const auto sums = buf.grad_norm_rows.sum(at::IntArrayRef{0, 1}).to(input.scalar_type());  // [10, M]

@@ -57,10 +57,11 @@ struct TensorizedSizes {
 // for the backward) and 1 otherwise (overwritten each step).
 struct TensorizedForwardBuffers {
   TensorizedSizes n;
-  Tensor x_in;         // [S, B, M]          the input row of each step: x~_s + b_ih while
-                       //                    s < T_b, b_ih after (x~ = x W_ih^T)
   Tensor input_pre;    // [c'^axes, S, B, G] the input's term of A at the locations that read it
-                       //                    (input_slot; c' = min(c, P)): x_in W_{c-p}
+                       //                    (input_slot; c' = min(c, P)): x_in W_{c-p}; a
+                       //                    chunk of steps from input_first, in inference
+                       //                    on a chunked backend (inference_chunk_rows)
+  int64_t input_first = 0;
   Tensor zero_gates;   // [G]                zeros: the input term of the other locations
   Tensor bias_hh;      // [G]                (zeros without biases)
   Tensor norm_weight;  // [5, M]             CN gamma of i, f, g, o, c (undefined without CN)
@@ -122,6 +123,11 @@ struct TensorizedStepKernels {
   // Optional: the whole backward loop, leaving dL/dH_0, dL/dC_0 in slot S % 2 as the steps do;
   // false sends the driver to the steps.
   bool (*backward_sequence)(const TensorizedBackwardBuffers&, const Tensor& weight_col);
+  // Optional: compute the input rows and their term of A about this many rows (steps x B) at a
+  // time, just before the steps that read them, into buffers of that size (see
+  // PeepholeStepKernels::inference_chunk_rows; here in training too, where only the input rows
+  // are kept for the backward). 0: all steps at once (what forward_sequence needs).
+  int64_t input_chunk_rows;
 };
 
 // Sizes of a call, after checking the shapes they come from: the cell's shape is weight_hh's
@@ -241,7 +247,9 @@ ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers
           buf.state_cell.data_ptr<acc_t>(),
           ptr_or_null<int64_t>(buf.lengths),
           row_sizes(buf.n),
-          buf.training};
+          buf.training,
+          buf.input_first,
+          buf.input_pre.size(1)};
 }
 
 // grad_cconv: [N, B, M] for the step kernels, [2, N, B, M] for CUDA's persistent kernel, with

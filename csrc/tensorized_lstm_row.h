@@ -119,7 +119,7 @@ template <typename scalar_t, typename acc_t>
 struct ForwardRowsParams {
   const scalar_t* pre;        // [N*B, G] the hidden locations' taps (buffer rows of RowSizes)
   const scalar_t* input_pre;  // [c'^axes, B, G] the input's, by input_slot; stride below
-  int64_t input_pre_stride;   // S*B*G: from one input slot to the next
+  int64_t input_pre_stride;   // (steps held)*B*G: from one input slot to the next
   const scalar_t* zero_gates; // [G] zeros: the input term of the rows above c
   const scalar_t* bias;       // [G]
   const scalar_t* gamma;      // [5, M]
@@ -145,7 +145,8 @@ struct ForwardRowsParams {
 // slots from here.
 template <typename scalar_t, typename acc_t>
 struct ForwardSequence {
-  const scalar_t* input_pre;   // [c'^axes, S, B, G] the input's term of A by input_slot
+  const scalar_t* input_pre;   // [c'^axes, input_steps, B, G] the input's term of A by
+                               // input_slot, of steps input_first .. input_first + input_steps - 1
   const scalar_t* zero_gates;  // [G] zeros
   const scalar_t* bias_hh;     // [G]
   const scalar_t* gamma;       // [5, M] or null
@@ -164,6 +165,8 @@ struct ForwardSequence {
   const int64_t* lengths;      // [B] or null
   RowSizes n;
   bool training;
+  int64_t input_first;         // the first step input_pre holds: 0, or a chunk's (the CPU in
+  int64_t input_steps;         // inference) and how many: S, or the chunk's size
 
   // Hcat_{s-1}, read by step s: [N+1, B, M]
   C10_HOST_DEVICE scalar_t* hcat_of(int64_t s) const {
@@ -175,8 +178,8 @@ struct ForwardSequence {
     const int64_t rows = n.B * n.N, slot = training ? s : 0;
     const int64_t cell_prev = training ? s : s % 2, cell_next = training ? s + 1 : (s + 1) % 2;
     return {pre,
-            input_pre + s * n.B * n.G,
-            n.S * n.B * n.G,
+            input_pre + (s - input_first) * n.B * n.G,
+            input_steps * n.B * n.G,
             zero_gates,
             bias_hh,
             gamma,

@@ -17,5 +17,11 @@ void matmul_out(at::Tensor& out,        // [M, N]
 // b [K, N] packed once, for products with many left operands.
 std::unique_ptr<RepeatedRightOperand> prepare_right_operand(const at::Tensor& b);
 
+// Rows (steps x batch) of the input projection the CPU kernels compute at a time in inference
+// (the step kernels' inference_chunk_rows): the chunk's product is still in the cache when
+// its steps read it, and the buffer, reused chunk after chunk, is small enough for the C
+// library to serve it from memory it already holds.
+constexpr int64_t kInferenceChunkRows = 256;
+
 }  // namespace cpu
 }  // namespace tlstm

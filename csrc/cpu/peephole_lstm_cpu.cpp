@@ -141,7 +141,7 @@ template <typename scalar_t, class Act, bool kProjected>
 void forward_step_kernel(const PeepholeForwardBuffers& buf, const StepSlots& step) {
   const int64_t B = buf.gates.size(1), H = buf.gates.size(2) / 4, R = buf.hidden_states.size(2);
   const scalar_t* packed_weight = buf.workspace.at(0).data_ptr<scalar_t>();
-  scalar_t* gates = buf.gates.data_ptr<scalar_t>() + step.t * B * 4 * H;            // [B, 4H]
+  scalar_t* gates = buf.gates.data_ptr<scalar_t>() + step.gate * B * 4 * H;         // [B, 4H]
   const scalar_t* cell_prev = buf.cell_states.data_ptr<scalar_t>() + step.prev * B * H;
   scalar_t* cell_next = buf.cell_states.data_ptr<scalar_t>() + step.next * B * H;    // [B, H]
   const scalar_t* hidden_prev = buf.hidden_states.data_ptr<scalar_t>() + step.prev * B * R;
@@ -346,6 +346,8 @@ struct CpuBackend {
       .forward_step = forward_step_cpu,
       .prepare_backward = prepare_backward_cpu,
       .backward_step = backward_step_cpu,
+      .prepare_right_operand = cpu::prepare_right_operand,
+      .inference_chunk_rows = cpu::kInferenceChunkRows,
   };
   static void check_input(const char* op, const Tensor& input) {
     check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");

@@ -103,6 +103,7 @@ struct CpuBackend {
       .forward_rows = forward_rows_cpu,
       .backward_rows = backward_rows_cpu,
       .gather_rows = gather_rows_cpu,
+      .input_chunk_rows = cpu::kInferenceChunkRows,
   };
   static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/,
                           int64_t /*memory_taps*/) {

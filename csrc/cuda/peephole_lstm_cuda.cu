@@ -45,7 +45,7 @@ void launch_forward_step(const PeepholeForwardBuffers& buf, const StepSlots& ste
   scalar_t* hidden_next = buf.hidden_states.data_ptr<scalar_t>() + step.next * B * R;
   peephole_forward_step_kernel<scalar_t, acc_t, Act, kProjected>
       <<<element_blocks(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          buf.gates.data_ptr<scalar_t>() + step.t * B * 4 * H, buf.bias.data_ptr<scalar_t>(),
+          buf.gates.data_ptr<scalar_t>() + step.gate * B * 4 * H, buf.bias.data_ptr<scalar_t>(),
           buf.peephole.data_ptr<scalar_t>(),
           buf.cell_states.data_ptr<acc_t>() + step.prev * B * H,
           buf.cell_states.data_ptr<acc_t>() + step.next * B * H, hidden_prev, hidden_next,
@@ -164,7 +164,7 @@ void forward_step_cuda(const PeepholeForwardBuffers& buf, const StepSlots& step)
     using scalar_t = decltype(scalar);
     gemm_row_major<scalar_t>(B, H4, R, buf.hidden_states.data_ptr<scalar_t>() + step.prev * B * R,
                              buf.weight_hh_t.data_ptr<scalar_t>(), 1.0,
-                             buf.gates.data_ptr<scalar_t>() + step.t * B * H4);
+                             buf.gates.data_ptr<scalar_t>() + step.gate * B * H4);
     dispatch_step_switches(buf, [&](auto act, auto proj) {
       launch_forward_step<scalar_t, decltype(act), decltype(proj)::value>(buf, step);
     });
