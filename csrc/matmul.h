@@ -3,7 +3,9 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 namespace tlstm {
 
@@ -52,6 +54,33 @@ inline std::unique_ptr<RepeatedRightOperand> repeated_right_operand(PrepareRight
   };
   if (backend != nullptr) return backend(b);
   return std::make_unique<AtenOperand>(b);
+}
+
+// out [M, N] (+)= A^T B, A [K, M] and B [K, N] made of rows of a [*, M] and b [*, N] (row k of A
+// is row a_rows[k] of a), both row-major contiguous.
+using MatmulRowsOut = void (*)(at::Tensor& out, const at::Tensor& a,
+                               const std::vector<int64_t>& a_rows, const at::Tensor& b,
+                               const std::vector<int64_t>& b_rows, bool accumulate);
+
+// The backend's, or gathered copies of ~8192 rows at a time and a GEMM each.
+inline void matmul_rows_out(MatmulRowsOut backend, PrepareRightOperand prepare, at::Tensor& out,
+                            const at::Tensor& a, const std::vector<int64_t>& a_rows,
+                            const at::Tensor& b, const std::vector<int64_t>& b_rows,
+                            bool accumulate) {
+  if (backend != nullptr) return backend(out, a, a_rows, b, b_rows, accumulate);
+  constexpr int64_t kChunkRows = 8192;
+  const int64_t K = int64_t(a_rows.size());
+  if (K == 0 && !accumulate) out.zero_();
+  const auto index = [&](const std::vector<int64_t>& rows, int64_t k0, int64_t count) {
+    return at::tensor(std::vector<int64_t>(rows.begin() + k0, rows.begin() + k0 + count),
+                      at::TensorOptions().dtype(at::kLong)).to(a.device());
+  };
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkRows) {
+    const int64_t count = std::min(kChunkRows, K - k0);
+    const at::Tensor a_t = a.index_select(0, index(a_rows, k0, count)).t().contiguous();
+    const at::Tensor b_k = b.index_select(0, index(b_rows, k0, count));
+    repeated_right_operand(prepare, b_k)->matmul_out(out, a_t, accumulate || k0 > 0);
+  }
 }
 
 }  // namespace tlstm

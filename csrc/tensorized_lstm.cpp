@@ -449,12 +449,11 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
     grad_x_in.view({n.S * n.B, n.M}).add_(matmul(kernels.matmul_out, grad_pre_l, tap_weight_t(read.tap)));
   }
   // Parameter gradients of all steps, as GEMMs after the loop: tap k's weight from the Hcat
-  // locations it read (the input included) against the locations' dA, gathered into one GEMM
-  // per tap and chunk of steps. (Chunks of ~8192 rows keep the gathered copies in cache: whole,
-  // at depth 4 on the plane, they were ~100 MB per tap, fresh pages every call.)
-  constexpr int64_t kChunkRows = 8192;
+  // locations it read (the input included) against the dA of the locations that read them, one
+  // product per tap over those rows of every step (matmul_rows_out: without copies on the CPU).
   Tensor grad_weight_col = at::zeros({n.tap_count, n.M, n.G}, options);
-  const auto index_options = at::TensorOptions().dtype(at::kLong);
+  const Tensor hcat_rows = buf.hcat.view({-1, n.M});      // [(S+1)*(N+1)*B, M]
+  const Tensor grad_pre_rows = buf.grad_pre.view({-1, n.G});  // [S*N*B, G]
   for (int64_t k = 0; k < n.tap_count; ++k) {
     std::vector<int64_t> dst, src;  // 0-based locations; Hcat's index (0: the input)
     for (const InputRead& read : reads) {
@@ -470,22 +469,20 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
       }
     }
     if (dst.empty()) continue;
-    const int64_t count = int64_t(dst.size());
-    const auto to_index = [&](const std::vector<int64_t>& v) {
-      return at::tensor(v, index_options).to(input_.device());
-    };
-    const Tensor src_index = to_index(src), dst_index = to_index(dst);
-    const int64_t steps = std::max<int64_t>(1, kChunkRows / std::max<int64_t>(1, count * n.B));
-    Tensor sum = grad_weight_col.select(0, k);  // [M, G]
-    for (int64_t s0 = 0; s0 < n.S; s0 += steps) {
-      const int64_t len = std::min(steps, n.S - s0), rows = len * count * n.B;
-      const Tensor read = buf.hcat.narrow(0, s0, len).index_select(1, src_index)
-                              .reshape({rows, n.M}).t().contiguous();  // [M, rows]
-      const Tensor grad = buf.grad_pre.narrow(0, s0, len).index_select(1, dst_index)
-                              .reshape({rows, n.G});
-      repeated_right_operand(kernels.prepare_right_operand, grad)
-          ->matmul_out(sum, read, /*accumulate=*/s0 > 0);
+    std::vector<int64_t> a_rows, b_rows;  // Hcat's and dA's rows, step by step
+    a_rows.reserve(n.S * dst.size() * n.B);
+    b_rows.reserve(n.S * dst.size() * n.B);
+    for (int64_t s = 0; s < n.S; ++s) {
+      for (size_t i = 0; i < dst.size(); ++i) {
+        for (int64_t b = 0; b < n.B; ++b) {
+          a_rows.push_back((s * (n.N + 1) + src[i]) * n.B + b);
+          b_rows.push_back((s * n.N + dst[i]) * n.B + b);
+        }
+      }
     }
+    Tensor sum = grad_weight_col.select(0, k);  // [M, G]
+    matmul_rows_out(kernels.matmul_rows_out, kernels.prepare_right_operand, sum, hcat_rows,
+                    a_rows, grad_pre_rows, b_rows, /*accumulate=*/false);
   }
   Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).reshape(weight_hh.sizes()).contiguous();
   Tensor grad_bias_hh = buf.grad_pre.view({-1, n.G}).sum(0);

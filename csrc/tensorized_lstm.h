@@ -128,6 +128,9 @@ struct TensorizedStepKernels {
   // PeepholeStepKernels::inference_chunk_rows; here in training too, where only the input rows
   // are kept for the backward). 0: all steps at once (what forward_sequence needs).
   int64_t input_chunk_rows;
+  // Optional: the weight gradients' products over gathered rows (matmul.h's matmul_rows_out;
+  // default: gathered copies and a GEMM).
+  MatmulRowsOut matmul_rows_out;
 };
 
 // Sizes of a call, after checking the shapes they come from: the cell's shape is weight_hh's

@@ -83,7 +83,63 @@ struct PackedOperand : RepeatedRightOperand {
   at::Tensor packed;
   int64_t K, N;
 };
+// Rows of A and B that matmul_rows_out transposes and packs at a time: the block's packed B
+// ([512, N]) stays in the cache while the register tiles go through it.
+constexpr int64_t kRowsPerBlock = 512;
+
+template <typename scalar_t>
+void matmul_rows_typed(at::Tensor& out, const at::Tensor& a, const std::vector<int64_t>& a_rows,
+                       const at::Tensor& b, const std::vector<int64_t>& b_rows, bool accumulate) {
+  const int64_t M = a.size(1), N = b.size(1), K = int64_t(a_rows.size());
+  const int64_t P = panel_width<scalar_t>(), panels = (N + P - 1) / P;
+  const scalar_t* A = a.data_ptr<scalar_t>();
+  const scalar_t* B = b.data_ptr<scalar_t>();
+  const int64_t block = std::min(K, kRowsPerBlock);
+  at::Tensor a_t = at::empty({M * block}, a.options());                         // [M, block]
+  at::Tensor packed = at::empty({packed_size<scalar_t>(block, N)}, b.options());  // B's block
+  std::vector<const scalar_t*> rows(block);
+  for (int64_t k0 = 0; k0 < K; k0 += block) {
+    const int64_t count = std::min(block, K - k0);
+    scalar_t* at_ptr = a_t.data_ptr<scalar_t>();
+    // A's rows k0 .. k0 + count - 1 as the columns of a_t [M, count], 16 rows at a time
+    at::parallel_for(0, (count + 15) / 16, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t r0 = g * 16, r1 = std::min(count, r0 + 16);
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t r = r0; r < r1; ++r) at_ptr[m * count + r] = A[a_rows[k0 + r] * M + m];
+        }
+      }
+    });
+    for (int64_t r = 0; r < count; ++r) rows[r] = B + b_rows[k0 + r] * N;
+    scalar_t* packed_ptr = packed.data_ptr<scalar_t>();
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t panel = begin; panel < end; ++panel) {
+        std::vector<const scalar_t*> shifted(count);
+        for (int64_t r = 0; r < count; ++r) shifted[r] = rows[r] + panel * P;
+        pack_row_panels(shifted.data(), count, std::min(P, N - panel * P),
+                        packed_ptr + panel * count * P);
+      }
+    });
+    const at::Tensor a_block = a_t.narrow(0, 0, M * count).view({M, count});
+    matmul_packed<scalar_t>(out, a_block, packed, N, accumulate || k0 > 0);
+  }
+}
 }  // namespace
+
+void matmul_rows_out(at::Tensor& out, const at::Tensor& a, const std::vector<int64_t>& a_rows,
+                     const at::Tensor& b, const std::vector<int64_t>& b_rows, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous() &&
+                        a_rows.size() == b_rows.size() && out.is_contiguous() &&
+                        out.size(0) == a.size(1) && out.size(1) == b.size(1));
+  if (out.numel() == 0) return;
+  if (a_rows.empty()) {
+    if (!accumulate) out.zero_();
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_rows", [&] {
+    matmul_rows_typed<scalar_t>(out, a, a_rows, b, b_rows, accumulate);
+  });
+}
 
 void matmul_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   TORCH_INTERNAL_ASSERT(b.dim() == 2);

@@ -56,6 +56,19 @@ void pack_panels(const T* B, int64_t ldb, int64_t K, int64_t N, T* packed) {
   }
 }
 
+// As pack_panels, for a B whose K rows lie anywhere: row k's N values at rows[k].
+template <typename T>
+void pack_row_panels(const T* const* rows, int64_t K, int64_t N, T* packed) {
+  const int64_t P = panel_width<T>();
+  for (int64_t n0 = 0; n0 < N; n0 += P) {
+    const int64_t cols = std::min(P, N - n0);
+    for (int64_t k = 0; k < K; ++k, packed += P) {
+      std::copy_n(rows[k] + n0, cols, packed);
+      std::fill(packed + cols, packed + P, T(0));
+    }
+  }
+}
+
 namespace detail {
 
 // C[kRows, kPanel] (+)= A[kRows, K] Bp[K, kPanel] for one panel; only the first `cols`
