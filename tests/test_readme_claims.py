@@ -14,6 +14,7 @@
 import datetime
 import json
 import os
+import platform
 import re
 
 import warnings
@@ -324,6 +325,9 @@ def test_bench_cli_parity_report_and_json_schema(tiny_bench, tmp_path, capsys):
     assert result["commit"] == "0123456789abcdef" and result["tf32"] is False
     assert result["date"] == datetime.date.today().isoformat()
     assert result["torch"] == torch.__version__ and result["cudnn"] is None
+    # the C library is left as users run it unless --hold-freed-memory
+    assert result["malloc"] == "as is"
+    assert "C library's freed memory: as is" in printed
     # the parity rows: each case, both dtypes, the contract's bounds, all ok
     rows = result["parity"]
     assert all(set(r) == PARITY_KEYS for r in rows)
@@ -355,6 +359,14 @@ def test_bench_cli_parity_report_and_json_schema(tiny_bench, tmp_path, capsys):
         assert r["dtype"] == "float32" and r["repeats"] == 2
         assert 0 < r["ms_min"] <= r["ms_median"] <= r["ms_max"]
         assert (r["K"] == 3) == (r["cell"] == "tensorized")
+
+
+def test_bench_cli_hold_freed_memory(tiny_bench, tmp_path, capsys):
+    assert _bench_cli(tmp_path, "--hold-freed-memory") == 0
+    with open(tmp_path / os.listdir(tmp_path)[0]) as f:
+        malloc = json.load(f)["malloc"]
+    assert malloc == ("held" if platform.libc_ver()[0] == "glibc" else "as is")
+    assert f"C library's freed memory: {malloc}" in capsys.readouterr().out
 
 
 def test_bench_cli_fails_when_parity_fails(tiny_bench, tmp_path, capsys, monkeypatch):

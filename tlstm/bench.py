@@ -12,6 +12,7 @@ The result file follows benchmarks/README.md ("Result files") (see ``--json``).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -545,6 +546,27 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--json {args.json}: cannot make the directory ({e.strerror})")
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def hold_freed_memory() -> bool:
+    """On glibc: memory freed by one call is kept for the next one (no trimming of the heap, and
+    blocks up to 32 MiB from the heap rather than fresh mappings), for --hold-freed-memory. As
+    users run it, the C library maps and unmaps large blocks by a threshold that moves with
+    what the process freed before, so that an implementation's time can depend on which ran
+    before it in the same process (page faults and zeroed pages of each fresh block):
+    benchmarks/README.md says where that split the repeats. False where the C library is not
+    glibc (nothing is changed)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return (mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+            and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+
+
 def result_path(path: str, device: str, commit: str) -> str:
     """The result file: `path` itself, or <device>-<date>-<commit>.json in the directory
     `path` (one that exists, or a path ending in a separator)."""
@@ -557,8 +579,10 @@ def result_path(path: str, device: str, commit: str) -> str:
 
 
 def write_results(path: str, device: str, commit: str, parity: list[dict],
-                  records: list[Record]) -> None:
-    """The result file of benchmarks/README.md, plus the parity rows and the thread count."""
+                  records: list[Record], malloc: str | None = None) -> None:
+    """The result file of benchmarks/README.md, plus the parity rows, the thread count and on
+    the CPU the C library's handling of freed memory (`malloc`: "as is", or "held" with
+    --hold-freed-memory)."""
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -568,6 +592,7 @@ def write_results(path: str, device: str, commit: str, parity: list[dict],
         "date": datetime.date.today().isoformat(),
         "tf32": any(r.cfg.tf32 for r in records),
         "threads": torch.get_num_threads(),
+        "malloc": malloc,
         "parity": parity,
         "records": [dict(r.to_json(), tf32=r.cfg.tf32) if r.cfg.tf32 else r.to_json()
                     for r in records],
@@ -582,6 +607,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"tlstm {tlstm.__version__}, torch {torch.__version__}, device {device_name(device)}")
+    malloc = None
+    if device == "cpu":
+        malloc = "held" if args.hold_freed_memory and hold_freed_memory() else "as is"
+        print(f"C library's freed memory: {malloc}")
 
     print("\n== parity against the float64 reference (docs/parity.md) ==")
     parity = parity_report(device)
@@ -614,7 +643,7 @@ def run(args: argparse.Namespace) -> int:
         records += time_config(cfg, device, impls, directions, repeats, args.warmup, progress,
                                budget_s)
         if json_path:  # after every configuration: a run cut short keeps what it measured
-            write_results(json_path, device, commit, parity, records)
+            write_results(json_path, device, commit, parity, records, malloc)
     print_table(records, baseline)
     if any(r.cfg.cell == "tensorized" for r in records):
         print_depth_table(records, baseline)
@@ -646,6 +675,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "repeats once its runs of a direction took this long (default: 3 s on a "
                         "GPU, none on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--hold-freed-memory", action="store_true",
+                        help="on the CPU (glibc), keep freed memory for the next call, so that "
+                             "every implementation times on memory already mapped (a "
+                             "diagnosis: by default the C library is left as users run it)")
     parser.add_argument("--cells", nargs="+", choices=["peephole", "tensorized"],
                         default=["peephole", "tensorized"], help="which cells to time")
     parser.add_argument("--plot", metavar="PNG", help="plot the tLSTM's time against depth")
