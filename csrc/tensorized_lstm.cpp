@@ -24,8 +24,10 @@ Tensor unfolded_weight(const Tensor& weight_hh, const TensorizedSizes& n) {
   return weight_hh.flatten(2).permute({2, 1, 0}).reshape({n.tap_count * n.M, n.G}).contiguous();
 }
 
-Tensor tap_weight(const Tensor& weight_col, const TensorizedSizes& n, int64_t k) {
-  return weight_col.narrow(0, k * n.M, n.M);  // [M, G]
+// W_k [M, G] = weight_hh[:, :, k]^T (k1 * K' + k2 on the plane): a view, which the backends'
+// prepared operands read as it is (the CPU packs it without a transposed copy first).
+Tensor tap_weight(const Tensor& weight_hh, int64_t k) {
+  return weight_hh.flatten(2).select(2, k).t();
 }
 
 // A run of locations that one tap maps onto another run: locations dst .. dst + count - 1 read
@@ -122,14 +124,14 @@ class InputChunks {
  public:
   InputChunks(const TensorizedSizes& n, const Tensor& input, const Tensor& weight_ih,
               const c10::optional<Tensor>& bias_ih, const Tensor& lengths,
-              const Tensor& weight_col, int64_t chunk, PrepareRightOperand prepare)
+              const Tensor& weight_hh, int64_t chunk, PrepareRightOperand prepare)
       : n_(n), input_(input), reads_(input_reads(n)),
         projection_(repeated_right_operand(prepare, weight_ih.t())),
         x_in_(at::empty({chunk, n.B, n.M}, input.options())) {
     if (bias_ih.has_value()) bias_ih_ = *bias_ih;
     if (lengths.defined()) unread_ = unread_steps(lengths, n.T);
     for (const InputRead& read : reads_) {
-      taps_.push_back(repeated_right_operand(prepare, tap_weight(weight_col, n, read.tap)));
+      taps_.push_back(repeated_right_operand(prepare, tap_weight(weight_hh, read.tap)));
     }
   }
   int64_t slots() const { return int64_t(reads_.size()); }
@@ -282,14 +284,17 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.norm_weight = contiguous_or_undefined(norm_weight);
   buf.norm_bias = contiguous_or_undefined(norm_bias);
   buf.bias_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({n.G}, options);
-  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'^axes*M, G]
+  // [K'^axes*M, G], for a backend that runs the whole sequence itself (the steps read the taps'
+  // views of weight_hh)
+  const Tensor weight_col =
+      kernels.forward_sequence != nullptr ? unfolded_weight(weight_hh, n) : Tensor();
   // The input rows and the taps that read them do not depend on the state: one GEMM each for
   // all steps, or per chunk of steps on a chunked backend.
   const int64_t chunk =
       kernels.input_chunk_rows > 0
           ? std::min(n.S, std::max<int64_t>(1, kernels.input_chunk_rows / std::max<int64_t>(n.B, 1)))
           : n.S;
-  InputChunks inputs(n, input, weight_ih, bias_ih, buf.lengths, weight_col, chunk,
+  InputChunks inputs(n, input, weight_ih, bias_ih, buf.lengths, weight_hh, chunk,
                      kernels.prepare_right_operand);
   buf.input_pre = at::empty({inputs.slots(), chunk, n.B, n.G}, options);
   buf.zero_gates = at::zeros({n.G}, options);
@@ -317,7 +322,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   if (chunk < n.S || kernels.forward_sequence == nullptr ||
       !kernels.forward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand,
-                                     [&](int64_t k) { return tap_weight(weight_col, n, k); });
+                                     [&](int64_t k) { return tap_weight(weight_hh, k); });
     for (int64_t s = 0; s < n.S; ++s) {
       if (chunk < n.S && s % chunk == 0) inputs.compute(buf, s, std::min(chunk, n.S - s));
       const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [N+1, B, M]
@@ -417,9 +422,10 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   buf.grad_taps = at::empty({n.N, n.B, n.M}, options);
   buf.grad_norm_rows = at::zeros({n.channel_norm ? n.N : 0, n.B, 10, n.M}, op_math);
   buf.row_scratch = at::empty({n.N, n.B, 3, n.M}, op_math);
-  const Tensor weight_col = unfolded_weight(weight_hh, n);  // [K'^axes*M, G]
-  // W_k^T [G, M] of tap k: dA sent back through the tap (a GEMM on a row-major operand).
-  const auto tap_weight_t = [&](int64_t k) { return tap_weight(weight_col, n, k).t().contiguous(); };
+  const Tensor weight_col =  // [K'^axes*M, G], for a backend that runs the whole sequence
+      kernels.backward_sequence != nullptr ? unfolded_weight(weight_hh, n) : Tensor();
+  // W_k^T [G, M] of tap k (a view of weight_hh): dA sent back through the tap.
+  const auto tap_weight_t = [&](int64_t k) { return tap_weight(weight_hh, k).t(); };
 
   if (kernels.backward_sequence == nullptr || !kernels.backward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand, tap_weight_t);
