@@ -86,12 +86,6 @@ StepSlots step_slots(int64_t s, int64_t T, bool reverse, bool whole_history,
   return slots;
 }
 
-// active[t, b, 0] is true where step t of sequence b runs (t < lengths[b]): [T, B, 1] bool
-Tensor active_mask(const Tensor& lengths, int64_t T) {
-  auto steps = at::arange(T, lengths.options()).unsqueeze(1);
-  return steps.lt(lengths.unsqueeze(0)).unsqueeze(2);
-}
-
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward_driver(
@@ -132,10 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
 
   // Input projection, gates = x W_ih^T: one GEMM for all steps, or in inference on a chunked
   // backend one per chunk of steps, just before them (into the same [chunk, B, 4H] buffer).
-  const int64_t chunk =
-      !training && kernels.inference_chunk_rows > 0
-          ? std::min(T, std::max<int64_t>(1, kernels.inference_chunk_rows / std::max<int64_t>(B, 1)))
-          : T;
+  const int64_t chunk = training ? T : chunk_steps(kernels.inference_chunk_rows, B, T);
   buf.gates = at::empty({chunk, B, 4 * H}, input.options());
   const auto projection = repeated_right_operand(kernels.prepare_right_operand, weight_ih_t);
   // gates of the steps t0 .. t0 + count - 1, into slots 0 .. count - 1

@@ -3,6 +3,8 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
+
 namespace tlstm {
 
 // An optional argument made contiguous, or an undefined tensor where it is absent.
@@ -14,6 +16,18 @@ inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
 template <typename T>
 T* ptr_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// [T, B, 1] bool: true where step t of sequence b runs (t < lengths[b]).
+inline at::Tensor active_mask(const at::Tensor& lengths, int64_t T) {
+  return at::arange(T, lengths.options()).unsqueeze(1).lt(lengths.unsqueeze(0)).unsqueeze(2);
+}
+
+// Steps of a chunk of about chunk_rows rows (steps x B) out of `steps`: all of them where
+// chunk_rows is 0 (a backend that takes every step at once), else at least one.
+inline int64_t chunk_steps(int64_t chunk_rows, int64_t B, int64_t steps) {
+  if (chunk_rows <= 0) return steps;
+  return std::min(steps, std::max<int64_t>(1, chunk_rows / std::max<int64_t>(B, 1)));
 }
 
 // For backends without a device guard (the CPU).

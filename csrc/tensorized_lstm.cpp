@@ -110,13 +110,6 @@ Tensor location_block(const Tensor& t, int64_t first, int64_t count) {
   return t.view({t.size(0) * B, t.size(2)}).narrow(0, first * B, count * B);
 }
 
-// [T, B, 1] bool: true where step t is past sequence b's length. The input there is never
-// read: it is filled with zeros where a product would take it in (so that padding that is not
-// finite, NaN, stays out of the results as zero padding does).
-Tensor unread_steps(const Tensor& lengths, int64_t T) {
-  return at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0)).unsqueeze(2);
-}
-
 // The input rows of the steps, x_in = x~_s + b_ih while s < T_b and b_ih after (x~ = x W_ih^T),
 // and their term of A at the locations that read them (input_pre), for a chunk of steps at a
 // time (or all of them at once): into buffers of the chunk's size, reused chunk after chunk.
@@ -129,7 +122,7 @@ class InputChunks {
         projection_(repeated_right_operand(prepare, weight_ih.t())),
         x_in_(at::empty({chunk, n.B, n.M}, input.options())) {
     if (bias_ih.has_value()) bias_ih_ = *bias_ih;
-    if (lengths.defined()) unread_ = unread_steps(lengths, n.T);
+    if (lengths.defined()) unread_ = active_mask(lengths, n.T).logical_not();
     for (const InputRead& read : reads_) {
       taps_.push_back(repeated_right_operand(prepare, tap_weight(weight_hh, read.tap)));
     }
@@ -165,7 +158,10 @@ class InputChunks {
   std::unique_ptr<RepeatedRightOperand> projection_;        // W_ih^T [I, M]
   std::vector<std::unique_ptr<RepeatedRightOperand>> taps_;  // by input slot: W_k [M, G]
   Tensor bias_ih_;               // [M] or undefined
-  Tensor unread_;                // [T, B, 1] bool or undefined (no lengths)
+  // [T, B, 1] bool, true past each length, or undefined (no lengths). The input there is never
+  // read: it is filled with zeros where a product takes it in (so that padding that is not
+  // finite, NaN, stays out of the results as zero padding does).
+  Tensor unread_;
   Tensor x_in_;                  // [chunk, B, M]
 };
 
@@ -290,10 +286,7 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
       kernels.forward_sequence != nullptr ? unfolded_weight(weight_hh, n) : Tensor();
   // The input rows and the taps that read them do not depend on the state: one GEMM each for
   // all steps, or per chunk of steps on a chunked backend.
-  const int64_t chunk =
-      kernels.input_chunk_rows > 0
-          ? std::min(n.S, std::max<int64_t>(1, kernels.input_chunk_rows / std::max<int64_t>(n.B, 1)))
-          : n.S;
+  const int64_t chunk = chunk_steps(kernels.input_chunk_rows, n.B, n.S);
   InputChunks inputs(n, input, weight_ih, bias_ih, buf.lengths, weight_hh, chunk,
                      kernels.prepare_right_operand);
   buf.input_pre = at::empty({inputs.slots(), chunk, n.B, n.G}, options);
@@ -497,7 +490,7 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   Tensor grad_x_proj = grad_x_in.narrow(0, 0, n.T);
   Tensor read_input = input;  // [T, B, I]: zeros past each length
   if (buf.lengths.defined()) {
-    const Tensor unread = unread_steps(buf.lengths, n.T);
+    const Tensor unread = active_mask(buf.lengths, n.T).logical_not();
     grad_x_proj = grad_x_proj.masked_fill(unread, 0);
     read_input = input.masked_fill(unread, 0);
   }

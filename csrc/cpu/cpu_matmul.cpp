@@ -136,12 +136,8 @@ void matmul_rows_typed(at::Tensor& out, const at::Tensor& a, const std::vector<i
     for (int64_t r = 0; r < count; ++r) rows[r] = B + b_rows[k0 + r] * N;
     scalar_t* packed_ptr = packed.data_ptr<scalar_t>();
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t panel = begin; panel < end; ++panel) {
-        std::vector<const scalar_t*> shifted(count);
-        for (int64_t r = 0; r < count; ++r) shifted[r] = rows[r] + panel * P;
-        pack_row_panels(shifted.data(), count, std::min(P, N - panel * P),
-                        packed_ptr + panel * count * P);
-      }
+      pack_row_panels(rows.data(), count, begin * P, std::min(N, end * P),
+                      packed_ptr + begin * count * P);
     });
     const at::Tensor a_block = a_t.narrow(0, 0, M * count).view({M, count});
     matmul_packed<scalar_t>(out, a_block, packed, N, accumulate || k0 > 0);

@@ -56,12 +56,14 @@ void pack_panels(const T* B, int64_t ldb, int64_t K, int64_t N, T* packed) {
   }
 }
 
-// As pack_panels, for a B whose K rows lie anywhere: row k's N values at rows[k].
+// As pack_panels, for a B whose K rows lie anywhere (row k at rows[k]): its columns
+// [n_begin, n_end), n_begin a multiple of the panel width, panel after panel from `packed`.
 template <typename T>
-void pack_row_panels(const T* const* rows, int64_t K, int64_t N, T* packed) {
+void pack_row_panels(const T* const* rows, int64_t K, int64_t n_begin, int64_t n_end,
+                     T* packed) {
   const int64_t P = panel_width<T>();
-  for (int64_t n0 = 0; n0 < N; n0 += P) {
-    const int64_t cols = std::min(P, N - n0);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += P) {
+    const int64_t cols = std::min(P, n_end - n0);
     for (int64_t k = 0; k < K; ++k, packed += P) {
       std::copy_n(rows[k] + n0, cols, packed);
       std::fill(packed + cols, packed + P, T(0));
