@@ -30,7 +30,6 @@ from tensorized_helpers import (
     make_inputs,
     make_tlstm,
     op_args,
-    upstream,
 )
 
 import tlstm
@@ -103,6 +102,28 @@ def test_tensorized_inference(case, dtype, device):
     _close(got, trained, TOL[dtype], f"{case} {dtype} {device} vs the training forward")
 
 
+def _assert_padding_never_read(run, x, lengths, params, context):
+    """run(inputs) -> the op's outputs, for inputs [T, B, I] padded past `lengths` with zeros or
+    with NaN: equal results, bit for bit, in inference and in training (outputs and the
+    gradients of a random loss for the inputs and `params`)."""
+    T = x.shape[0]
+    real = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2).to(x.device)
+    padded = {"zeros": (x * real).detach(),
+              "nan": torch.where(real, x, torch.full_like(x, float("nan"))).detach()}
+    results = {}
+    for name, inputs in padded.items():
+        with torch.no_grad():
+            results[name, "inference"] = run(inputs)
+        leaf = inputs.clone().requires_grad_()
+        out = run(leaf)
+        loss = sum((t * randn(t.shape, 50 + k).to(x.device)).sum() for k, t in enumerate(out))
+        results[name, "training"] = (*out, *torch.autograd.grad(loss, [leaf, *params]))
+    want = results["zeros", "training"]
+    for key, got in results.items():
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a.detach(), b.detach()), (key, k, context)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda(), indirect=True)
 @pytest.mark.parametrize("flush", [True, False], ids=["flush", "no_flush"])
 def test_tensorized_op_never_reads_the_padding(flush, device):
@@ -114,26 +135,14 @@ def test_tensorized_op_never_reads_the_padding(flush, device):
     T, B = 40, 16
     lengths = torch.tensor([40, 0, 16, 17, 33, 39, 2, 20, 15, 40, 9, 31, 32, 5, 16, 24])
     x, (h0, c0) = make_inputs(module, T, B, seed=19, device=device)
-    real = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2).to(device)
-    padded = {"zeros": (x * real).detach(),
-              "nan": torch.where(real, x, torch.full_like(x, float("nan"))).detach()}
     h0, c0 = h0.detach(), c0.detach()
-    results = {}
-    for name, inputs in padded.items():
-        with torch.no_grad():
-            results[name, "inference"] = tlstm.ops.tensorized_lstm_sequence(
-                *op_args(module, inputs, h0, c0, lengths.to(device), flush))
-        leaf = inputs.clone().requires_grad_()
-        out = tlstm.ops.tensorized_lstm_sequence(
-            *op_args(module, leaf, h0, c0, lengths.to(device), flush))
-        loss = sum((t * upstream(t.shape, 40 + k, torch.float64, device)).sum()
-                   for k, t in enumerate(out))
-        grads = torch.autograd.grad(loss, [leaf, *module.parameters()])
-        results[name, "training"] = (*out, *grads)
-    want = results["zeros", "training"]
-    for key, got in results.items():
-        for k, (a, b) in enumerate(zip(got, want)):
-            assert torch.equal(a.detach(), b.detach()), (key, k, flush, device)
+
+    def run(inputs):
+        return tlstm.ops.tensorized_lstm_sequence(
+            *op_args(module, inputs, h0, c0, lengths.to(device), flush))
+
+    _assert_padding_never_read(run, x.detach(), lengths, list(module.parameters()),
+                               (flush, device))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda(), indirect=True)
@@ -146,8 +155,6 @@ def test_peephole_op_never_reads_the_padding(reverse, device):
     lengths = torch.tensor([40, 1, 16, 17, 33, 39, 2, 20, 15, 40, 9, 31, 32, 5, 16, 24])
     x = randn((T, B, 3), 29).to(device)
     h0, c0 = randn((B, 6), 30).to(device), randn((B, 6), 31).to(device)
-    real = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2).to(device)
-    padded = {"zeros": x * real, "nan": torch.where(real, x, torch.full_like(x, float("nan")))}
     params = list(module.parameters())  # W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co
 
     def run(inputs):
@@ -155,15 +162,4 @@ def test_peephole_op_never_reads_the_padding(reverse, device):
                                              torch.stack(params[4:]), None, lengths.to(device),
                                              reverse)
 
-    results = {}
-    for name, inputs in padded.items():
-        with torch.no_grad():
-            results[name, "inference"] = run(inputs)
-        leaf = inputs.clone().requires_grad_()
-        out = run(leaf)
-        loss = sum((t * randn(t.shape, 50 + k).to(device)).sum() for k, t in enumerate(out))
-        results[name, "training"] = (*out, *torch.autograd.grad(loss, [leaf, *params]))
-    want = results["zeros", "training"]
-    for key, got in results.items():
-        for k, (a, b) in enumerate(zip(got, want)):
-            assert torch.equal(a.detach(), b.detach()), (key, k, reverse, device)
+    _assert_padding_never_read(run, x, lengths, params, (reverse, device))
