@@ -81,6 +81,16 @@ def test_configs(case, dtype, device):
                                   lengths=lengths, device=device, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("B", range(1, 18))
+def test_odd_batches(B, dtype, device):
+    """Every batch size up to 17: the CPU's register tiles take 8 rows (AVX-512), 6 (AVX2) or 4
+    of a GEMM at a time and the rest in tiles of 4, 2 and 1, so each remainder is one of these
+    batch sizes (test_cpu_capability.py reruns this under every instruction set)."""
+    compare_peephole_to_reference(dtype, 4, B, seed=B, device=device, input_size=5,
+                                  hidden_size=9, bidirectional=True)
+
+
 @pytest.mark.parametrize("device", cuda_recurrences(), indirect=True)
 @pytest.mark.parametrize("case", ["packed_bidir_H33", "packed_two_layers_bidir_proj_H7"])
 def test_cuda_float64_matches_cpu_kernels(case, device):

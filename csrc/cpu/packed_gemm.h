@@ -23,9 +23,12 @@ template <typename T, class Isa>
 struct PackedGemmTraits {
   static constexpr int64_t kLanes = Isa::kVectorBytes / sizeof(T);
   static constexpr int64_t kPanel = 2 * kLanes;  // columns of one packed panel
-  // rows of the register tile: 2 * kRows accumulators (of 16 vector registers with AVX2, 32
-  // with AVX-512) and two for the panel's row
-  static constexpr int kRows = Isa::kVectorBytes == 32 ? 6 : 4;
+  // rows of the register tile: 2 * kRows accumulators and two registers for the panel's row,
+  // of the 16 vector registers of SSE2 and AVX2 or the 32 of AVX-512. AVX-512 takes 8 rows:
+  // with 4 (8 accumulators) two FMA units of 4 cycles' latency wait on their results; on an
+  // Intel Xeon (Sapphire Rapids class) 8 rows ran [16, 128] x [128, 515] at 140 GFLOP/s
+  // against 90, and [32, 256] x [256, 1024] at 160 against 123.
+  static constexpr int kRows = Isa::kVectorBytes == 64 ? 8 : (Isa::kVectorBytes == 32 ? 6 : 4);
   typedef T Vec __attribute__((vector_size(Isa::kVectorBytes)));
 };
 
@@ -141,7 +144,18 @@ inline __attribute__((always_inline)) void gemm_packed(int64_t M, int64_t N, int
       detail::panel_kernel<T, Isa, kRows>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc,
                                           cols, accumulate);
     }
-    for (; m < M; ++m) {
+    // the last M % kRows rows: tiles of 4, 2 and 1 rows
+    if constexpr (kRows > 4) {
+      for (; m + 4 <= M; m += 4) {
+        detail::panel_kernel<T, Isa, 4>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc,
+                                        cols, accumulate);
+      }
+    }
+    for (; m + 2 <= M; m += 2) {
+      detail::panel_kernel<T, Isa, 2>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc, cols,
+                                      accumulate);
+    }
+    if (m < M) {
       detail::panel_kernel<T, Isa, 1>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc, cols,
                                       accumulate);
     }
