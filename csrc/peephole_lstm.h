@@ -16,6 +16,7 @@
 #include "dispatch.h"
 #include "matmul.h"
 #include "peephole_lstm_cell.h"
+#include "tensor_utils.h"
 
 namespace tlstm {
 
@@ -177,6 +178,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
     c10::string_view activation, bool training) {
   Backend::check_input("tlstm.peephole_lstm_forward", input);
   const typename Backend::Guard guard(input.device());
+  const KernelScope scope{};
   return peephole_lstm_forward_driver(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
                                       weight_peephole, weight_proj, lengths, reverse, activation,
                                       training, Backend::kernels);
@@ -193,6 +195,7 @@ peephole_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
                           c10::string_view activation, bool need_grad_input) {
   Backend::check_input("tlstm.peephole_lstm_backward", input);
   const typename Backend::Guard guard(input.device());
+  const KernelScope scope{};
   return peephole_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
                                        weight_hh, weight_peephole, weight_proj, lengths, gates,
                                        hidden_states, cell_states, reverse, activation,

@@ -1,6 +1,7 @@
 // Small host helpers of both cells' drivers and backends.
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/types.h>
 
 #include <algorithm>
@@ -29,6 +30,14 @@ inline int64_t chunk_steps(int64_t chunk_rows, int64_t B, int64_t steps) {
   if (chunk_rows <= 0) return steps;
   return std::min(steps, std::max<int64_t>(1, chunk_rows / std::max<int64_t>(B, 1)));
 }
+
+// Inside a registered op's kernel: the tensor operations of the drivers (hundreds of views and
+// small ops per call, several per step) skip the autograd and view-tracking layers of the
+// dispatcher, as ATen's own kernels do below VariableType. Autograd is the ops' wrappers' job
+// (tlstm/ops.py); in here no operation records a graph or tracks a view's base. The fixed cost
+// of a tLSTM call of 100 steps (B = 1, M = 8, CPU) went from 0.39 to 0.30 ms (forward, depth
+// 1) and from 0.92 to 0.69 ms (depth 4).
+using KernelScope = at::AutoDispatchBelowADInplaceOrView;
 
 // For backends without a device guard (the CPU).
 struct NoDeviceGuard {

@@ -199,6 +199,7 @@ tensorized_lstm_forward_op(const Tensor& input, const Tensor& h0, const Tensor& 
   Backend::check_input("tlstm.tensorized_lstm_forward", input, kernel_size,
                        memory_taps(weight_hh, kernel_size));
   const typename Backend::Guard guard(input.device());
+  const KernelScope scope{};
   return tensorized_lstm_forward_driver(input, h0, c0, weight_ih, bias_ih, weight_hh, bias_hh,
                                         norm_weight, norm_bias, lengths, depth, kernel_size,
                                         feedback, memory_conv, flush, training, Backend::kernels);
@@ -218,6 +219,7 @@ tensorized_lstm_backward_op(const Tensor& grad_output, const Tensor& grad_h_n,
   Backend::check_input("tlstm.tensorized_lstm_backward", input, kernel_size,
                        memory_taps(weight_hh, kernel_size));
   const typename Backend::Guard guard(input.device());
+  const KernelScope scope{};
   return tensorized_lstm_backward_driver(grad_output, grad_h_n, grad_c_n, input, weight_ih,
                                          weight_hh, norm_weight, norm_bias, lengths, hcat, gates,
                                          q, norm_hat, norm_rstd, cells, depth, kernel_size,
