@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 namespace tlstm {
@@ -81,6 +82,17 @@ inline void matmul_rows_out(MatmulRowsOut backend, PrepareRightOperand prepare, 
     const at::Tensor b_k = b.index_select(0, index(b_rows, k0, count));
     repeated_right_operand(prepare, b_k)->matmul_out(out, a_t, accumulate || k0 > 0);
   }
+}
+
+// a^T b [M, N] for a [K, M] and b [K, N]: the backend's product over rows (every row, in order),
+// or ATen's GEMM on the transposed view.
+inline at::Tensor matmul_t(MatmulRowsOut backend, const at::Tensor& a, const at::Tensor& b) {
+  if (backend == nullptr) return at::mm(a.t(), b);
+  std::vector<int64_t> rows(size_t(a.size(0)));
+  std::iota(rows.begin(), rows.end(), int64_t(0));
+  at::Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
+  backend(out, a.contiguous(), rows, b.contiguous(), rows, /*accumulate=*/false);
+  return out;
 }
 
 }  // namespace tlstm

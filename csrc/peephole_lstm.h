@@ -130,6 +130,9 @@ struct PeepholeStepKernels {
   // into [T, B, 4H] first. On the CPU each call's large buffers are fresh pages (page faults,
   // zeroing) and fall out of the cache before the steps read them. 0: all steps at once.
   int64_t inference_chunk_rows;
+  // Optional: the weight gradients' products over the steps' rows (matmul.h's matmul_t;
+  // default: ATen's GEMM).
+  MatmulRowsOut matmul_rows_out;
 };
 
 // Returns output [T, B, R], h_n [B, R], c_n [B, H], and what the backward needs:

@@ -348,6 +348,7 @@ struct CpuBackend {
       .backward_step = backward_step_cpu,
       .prepare_right_operand = cpu::prepare_right_operand,
       .inference_chunk_rows = cpu::kInferenceChunkRows,
+      .matmul_rows_out = cpu::matmul_rows_out,
   };
   static void check_input(const char* op, const Tensor& input) {
     check_floating(op, input, {at::kFloat, at::kDouble}, "CPU");
