@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <numeric>
 #include <vector>
 
 namespace tlstm {
@@ -57,41 +56,60 @@ inline std::unique_ptr<RepeatedRightOperand> repeated_right_operand(PrepareRight
   return std::make_unique<AtenOperand>(b);
 }
 
-// out [M, N] (+)= A^T B, A [K, M] and B [K, N] made of rows of a [*, M] and b [*, N] (row k of A
-// is row a_rows[k] of a), both row-major contiguous.
-using MatmulRowsOut = void (*)(at::Tensor& out, const at::Tensor& a,
-                               const std::vector<int64_t>& a_rows, const at::Tensor& b,
-                               const std::vector<int64_t>& b_rows, bool accumulate);
+// A run of a product over rows: rows a_row .. a_row + count - 1 of a against rows b_row ..
+// b_row + count - 1 of b.
+struct RowRun {
+  int64_t a_row, b_row, count;
+};
 
-// The backend's, or gathered copies of ~8192 rows at a time and a GEMM each.
-inline void matmul_rows_out(MatmulRowsOut backend, PrepareRightOperand prepare, at::Tensor& out,
-                            const at::Tensor& a, const std::vector<int64_t>& a_rows,
-                            const at::Tensor& b, const std::vector<int64_t>& b_rows,
-                            bool accumulate) {
-  if (backend != nullptr) return backend(out, a, a_rows, b, b_rows, accumulate);
+// out [M, N] = A^T B, A [K, M] and B [K, N] the rows of a [*, M] and b [*, N] that the runs
+// name, in order.
+struct RowsProduct {
+  at::Tensor out;  // [M, N] contiguous
+  std::vector<RowRun> runs;
+};
+
+// Products over rows of the same a and b (row-major contiguous): the tLSTM's weight gradients,
+// one per tap, which a backend may read once for all of them.
+using MatmulRowsOut = void (*)(const std::vector<RowsProduct>& products, const at::Tensor& a,
+                               const at::Tensor& b);
+
+// The backend's, or per product gathered copies of ~8192 rows at a time and a GEMM each.
+inline void matmul_rows_out(MatmulRowsOut backend, PrepareRightOperand prepare,
+                            const std::vector<RowsProduct>& products, const at::Tensor& a,
+                            const at::Tensor& b) {
+  if (backend != nullptr) return backend(products, a, b);
   constexpr int64_t kChunkRows = 8192;
-  const int64_t K = int64_t(a_rows.size());
-  if (K == 0 && !accumulate) out.zero_();
-  const auto index = [&](const std::vector<int64_t>& rows, int64_t k0, int64_t count) {
-    return at::tensor(std::vector<int64_t>(rows.begin() + k0, rows.begin() + k0 + count),
-                      at::TensorOptions().dtype(at::kLong)).to(a.device());
-  };
-  for (int64_t k0 = 0; k0 < K; k0 += kChunkRows) {
-    const int64_t count = std::min(kChunkRows, K - k0);
-    const at::Tensor a_t = a.index_select(0, index(a_rows, k0, count)).t().contiguous();
-    const at::Tensor b_k = b.index_select(0, index(b_rows, k0, count));
-    repeated_right_operand(prepare, b_k)->matmul_out(out, a_t, accumulate || k0 > 0);
+  for (const RowsProduct& product : products) {
+    std::vector<int64_t> a_rows, b_rows;
+    for (const RowRun& run : product.runs) {
+      for (int64_t i = 0; i < run.count; ++i) {
+        a_rows.push_back(run.a_row + i);
+        b_rows.push_back(run.b_row + i);
+      }
+    }
+    const int64_t K = int64_t(a_rows.size());
+    at::Tensor out = product.out;
+    if (K == 0) out.zero_();
+    const auto index = [&](const std::vector<int64_t>& rows, int64_t k0, int64_t count) {
+      return at::tensor(std::vector<int64_t>(rows.begin() + k0, rows.begin() + k0 + count),
+                        at::TensorOptions().dtype(at::kLong)).to(a.device());
+    };
+    for (int64_t k0 = 0; k0 < K; k0 += kChunkRows) {
+      const int64_t count = std::min(kChunkRows, K - k0);
+      const at::Tensor a_t = a.index_select(0, index(a_rows, k0, count)).t().contiguous();
+      const at::Tensor b_k = b.index_select(0, index(b_rows, k0, count));
+      repeated_right_operand(prepare, b_k)->matmul_out(out, a_t, /*accumulate=*/k0 > 0);
+    }
   }
 }
 
-// a^T b [M, N] for a [K, M] and b [K, N]: the backend's product over rows (every row, in order),
-// or ATen's GEMM on the transposed view.
+// a^T b [M, N] for a [K, M] and b [K, N]: the backend's product over rows (all of them), or
+// ATen's GEMM on the transposed view.
 inline at::Tensor matmul_t(MatmulRowsOut backend, const at::Tensor& a, const at::Tensor& b) {
   if (backend == nullptr) return at::mm(a.t(), b);
-  std::vector<int64_t> rows(size_t(a.size(0)));
-  std::iota(rows.begin(), rows.end(), int64_t(0));
   at::Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
-  backend(out, a.contiguous(), rows, b.contiguous(), rows, /*accumulate=*/false);
+  backend({RowsProduct{out, {RowRun{0, 0, a.size(0)}}}}, a.contiguous(), b.contiguous());
   return out;
 }
 

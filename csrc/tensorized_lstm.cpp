@@ -449,40 +449,29 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   }
   // Parameter gradients of all steps, as GEMMs after the loop: tap k's weight from the Hcat
   // locations it read (the input included) against the dA of the locations that read them, one
-  // product per tap over those rows of every step (matmul_rows_out: without copies on the CPU).
-  Tensor grad_weight_col = at::zeros({n.tap_count, n.M, n.G}, options);
-  const Tensor hcat_rows = buf.hcat.view({-1, n.M});      // [(S+1)*(N+1)*B, M]
-  const Tensor grad_pre_rows = buf.grad_pre.view({-1, n.G});  // [S*N*B, G]
+  // product per tap over those rows of every step (runs of rows: a run of locations of one step;
+  // on the CPU without copies, each row read once for all the taps).
+  Tensor grad_weight_col = at::empty({n.tap_count, n.M, n.G}, options);
+  std::vector<RowsProduct> products;
   for (int64_t k = 0; k < n.tap_count; ++k) {
-    std::vector<int64_t> dst, src;  // 0-based locations; Hcat's index (0: the input)
+    std::vector<TapBlock> blocks;  // the input as location -1 (Hcat's location 0)
     for (const InputRead& read : reads) {
-      if (read.tap == k) {
-        dst.push_back(read.location);
-        src.push_back(0);
-      }
+      if (read.tap == k) blocks.push_back({read.location, -1, 1});
     }
-    for (const TapBlock& t : hidden_blocks(n, k)) {
-      for (int64_t i = 0; i < t.count; ++i) {
-        dst.push_back(t.dst + i);
-        src.push_back(1 + t.src + i);
-      }
-    }
-    if (dst.empty()) continue;
-    std::vector<int64_t> a_rows, b_rows;  // Hcat's and dA's rows, step by step
-    a_rows.reserve(n.S * dst.size() * n.B);
-    b_rows.reserve(n.S * dst.size() * n.B);
+    for (const TapBlock& t : hidden_blocks(n, k)) blocks.push_back(t);
+    RowsProduct product{grad_weight_col.select(0, k), {}};  // [M, G]
+    product.runs.reserve(n.S * blocks.size());
     for (int64_t s = 0; s < n.S; ++s) {
-      for (size_t i = 0; i < dst.size(); ++i) {
-        for (int64_t b = 0; b < n.B; ++b) {
-          a_rows.push_back((s * (n.N + 1) + src[i]) * n.B + b);
-          b_rows.push_back((s * n.N + dst[i]) * n.B + b);
-        }
+      for (const TapBlock& t : blocks) {  // Hcat's rows, dA's rows
+        product.runs.push_back(
+            {(s * (n.N + 1) + 1 + t.src) * n.B, (s * n.N + t.dst) * n.B, t.count * n.B});
       }
     }
-    Tensor sum = grad_weight_col.select(0, k);  // [M, G]
-    matmul_rows_out(kernels.matmul_rows_out, kernels.prepare_right_operand, sum, hcat_rows,
-                    a_rows, grad_pre_rows, b_rows, /*accumulate=*/false);
+    products.push_back(std::move(product));
   }
+  matmul_rows_out(kernels.matmul_rows_out, kernels.prepare_right_operand, products,
+                  buf.hcat.view({-1, n.M}),        // [(S+1)*(N+1)*B, M]
+                  buf.grad_pre.view({-1, n.G}));   // [S*N*B, G]
   Tensor grad_weight_hh = grad_weight_col.permute({2, 1, 0}).reshape(weight_hh.sizes()).contiguous();
   Tensor grad_bias_hh = buf.grad_pre.view({-1, n.G}).sum(0);
   // The input row of step s is x~_s + b_ih while s < lengths[b] (and s < T), else b_ih alone.
@@ -498,8 +487,8 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
   Tensor grad_input = need_grad_input
                           ? matmul(kernels.matmul_out, grad_x_proj_2d, weight_ih).view({n.T, n.B, n.I})
                           : at::empty({0}, options);
-  Tensor grad_weight_ih =
-      matmul(kernels.matmul_out, grad_x_proj_2d.t(), read_input.view({n.T * n.B, n.I}));
+  Tensor grad_weight_ih =  // [M, I]
+      matmul_t(kernels.matmul_rows_out, grad_x_proj_2d, read_input.view({n.T * n.B, n.I}));
   Tensor grad_norm_weight = at::empty({0}, options), grad_norm_bias = at::empty({0}, options);
   if (n.channel_norm) {
     const auto sums = buf.grad_norm_rows.sum(at::IntArrayRef{0, 1}).to(input.scalar_type());  // [10, M]

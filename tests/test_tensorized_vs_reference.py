@@ -116,6 +116,10 @@ CASES = {
     "depth1": (dict(input_size=3, hidden_size=5, depth=1), 4, 2, None, True),
     "M33": (dict(input_size=5, hidden_size=33, depth=3), 5, 5, [5, 1, 4, 2, 5], True),
     "M100": (dict(input_size=7, hidden_size=100, depth=3, kernel_size=5), 4, 3, None, False),
+    # S*N*B = 28*3*7 = 588 rows of dA: more than the CPU's weight gradients take in one block
+    # (512), and a step's 21 rows lie across the block's edge
+    "rows_past_a_block": (dict(input_size=3, hidden_size=5, depth=3), 26, 7,
+                          [26, 9, 25, 1, 26, 14, 20], True),
 }
 
 

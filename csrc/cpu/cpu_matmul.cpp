@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "packed_gemm.h"
 
@@ -44,19 +45,17 @@ at::Tensor pack(const at::Tensor& b) {
   return packed;
 }
 
-// out [M, N] (+)= a [M, K] times the packed [K, N].
+// C [M, N] (+)= the segments' sum of A's columns (rows of lda elements) times B's packed rows,
+// B's panels panel_stride elements apart (gemm_packed_segments).
 template <typename scalar_t>
-void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N,
-                   bool accumulate) {
-  const int64_t M = a.size(0), K = a.size(1);
+void matmul_packed_segments(scalar_t* C, int64_t M, int64_t N, const scalar_t* A, int64_t lda,
+                            const scalar_t* Bp, int64_t panel_stride,
+                            const std::vector<KSegment>& segments, bool accumulate) {
   const int64_t P = panel_width<scalar_t>();
   const int64_t chunks = (M + kRowChunk - 1) / kRowChunk, panels = (N + P - 1) / P;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   // Tasks: row chunks x panel slices, with as many slices as it takes to occupy the threads.
   const int64_t slices = std::clamp<int64_t>(threads / chunks, 1, panels);
-  const scalar_t* A = a.data_ptr<scalar_t>();
-  const scalar_t* Bp = packed.data_ptr<scalar_t>();
-  scalar_t* C = out.data_ptr<scalar_t>();
   at::parallel_for(0, chunks * slices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task / slices, slice = task % slices;
@@ -65,11 +64,22 @@ void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packe
       if (p1 == p0) continue;
       const int64_t n0 = p0 * P, cols = std::min(N, p1 * P) - n0;
       run_for_cpu([&](auto isa) {
-        gemm_packed<scalar_t, decltype(isa)>(rows, cols, K, A + m0 * K, K, Bp + p0 * K * P,
-                                             C + m0 * N + n0, N, accumulate);
+        gemm_packed_segments<scalar_t, decltype(isa)>(
+            rows, cols, segments.data(), int64_t(segments.size()), A + m0 * lda, lda,
+            Bp + p0 * panel_stride, panel_stride, C + m0 * N + n0, N, accumulate);
       });
     }
   });
+}
+
+// out [M, N] (+)= a [M, K] times the packed [K, N].
+template <typename scalar_t>
+void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N,
+                   bool accumulate) {
+  const int64_t K = a.size(1);
+  matmul_packed_segments<scalar_t>(out.data_ptr<scalar_t>(), a.size(0), N,
+                                   a.data_ptr<scalar_t>(), K, packed.data_ptr<scalar_t>(),
+                                   K * panel_width<scalar_t>(), {KSegment{0, 0, K}}, accumulate);
 }
 
 void check_operands(const at::Tensor& out, const at::Tensor& a, int64_t K, int64_t N) {
@@ -106,58 +116,107 @@ struct PackedOperand : RepeatedRightOperand {
   at::Tensor packed;
   int64_t K, N;
 };
-// Rows of A and B that matmul_rows_out transposes and packs at a time: the block's packed B
-// ([512, N]) stays in the cache while the register tiles go through it.
+// Rows of b that matmul_rows_out packs at a time: the block's packed rows ([512, N]) stay in
+// the cache while the register tiles of every product go through them.
 constexpr int64_t kRowsPerBlock = 512;
 
+// The 16 x 16 tiles of matmul_rows_out's transposes.
+constexpr int64_t kTile = 16;
+
+// dst[j * ld + r] = src[r * M + m0 + j] for r < rows, j < cols: read along the source rows into
+// a tile, written out along its columns (a column at a time, the reads of a tile in the cache).
 template <typename scalar_t>
-void matmul_rows_typed(at::Tensor& out, const at::Tensor& a, const std::vector<int64_t>& a_rows,
-                       const at::Tensor& b, const std::vector<int64_t>& b_rows, bool accumulate) {
-  const int64_t M = a.size(1), N = b.size(1), K = int64_t(a_rows.size());
+void transpose_tile(const scalar_t* src, int64_t M, int64_t m0, int64_t rows, int64_t cols,
+                    scalar_t* dst, int64_t ld) {
+  scalar_t tile[kTile][kTile];
+  if (rows == kTile && cols == kTile) {
+    for (int64_t r = 0; r < kTile; ++r) std::memcpy(tile[r], src + r * M + m0, sizeof(tile[r]));
+    for (int64_t j = 0; j < kTile; ++j) {
+      for (int64_t r = 0; r < kTile; ++r) dst[j * ld + r] = tile[r][j];
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(src + r * M + m0, cols, tile[r]);
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t r = 0; r < rows; ++r) dst[j * ld + r] = tile[r][j];
+  }
+}
+
+// A block of b's rows, [b0, b0 + count), is packed once for every product; the rows of a that
+// the products read against it, [a0, a1), are transposed once; then each product sums over its
+// runs' parts in the block (segments of one GEMM, in registers).
+template <typename scalar_t>
+void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tensor& a,
+                       const at::Tensor& b) {
+  const int64_t M = a.size(1), N = b.size(1), rows_b = b.size(0);
   const int64_t P = panel_width<scalar_t>(), panels = (N + P - 1) / P;
   const scalar_t* A = a.data_ptr<scalar_t>();
   const scalar_t* B = b.data_ptr<scalar_t>();
-  const int64_t block = std::min(K, kRowsPerBlock);
-  at::Tensor a_t = at::empty({M * block}, a.options());                         // [M, block]
-  at::Tensor packed = at::empty({packed_size<scalar_t>(block, N)}, b.options());  // B's block
-  std::vector<const scalar_t*> rows(block);
-  for (int64_t k0 = 0; k0 < K; k0 += block) {
-    const int64_t count = std::min(block, K - k0);
+  const int64_t block = std::min(rows_b, kRowsPerBlock);
+  at::Tensor packed = at::empty({packed_size<scalar_t>(block, N)}, b.options());  // b's block
+  at::Tensor a_t = at::empty({0}, a.options());  // [M, a1 - a0]
+  std::vector<std::vector<KSegment>> segments(products.size());
+  for (const RowsProduct& product : products) product.out.zero_();
+  for (int64_t b0 = 0; b0 < rows_b; b0 += block) {
+    const int64_t count = std::min(block, rows_b - b0);
+    int64_t a0 = a.size(0), a1 = 0;
+    bool used = false;
+    for (size_t i = 0; i < products.size(); ++i) {
+      segments[i].clear();
+      for (const RowRun& run : products[i].runs) {
+        const int64_t lo = std::max(run.b_row, b0), hi = std::min(run.b_row + run.count, b0 + count);
+        if (lo >= hi) continue;
+        const int64_t a_row = run.a_row + lo - run.b_row;
+        segments[i].push_back({a_row, lo - b0, hi - lo});  // a_col made relative to a0 below
+        a0 = std::min(a0, a_row);
+        a1 = std::max(a1, a_row + hi - lo);
+        used = true;
+      }
+    }
+    if (!used) continue;
+    const int64_t span = a1 - a0;
+    if (a_t.numel() < M * span) a_t = at::empty({M * span}, a.options());
     scalar_t* at_ptr = a_t.data_ptr<scalar_t>();
-    // A's rows k0 .. k0 + count - 1 as the columns of a_t [M, count], 16 rows at a time
-    at::parallel_for(0, (count + 15) / 16, 4, [&](int64_t begin, int64_t end) {
+    // a's rows a0 .. a1 - 1 as the columns of a_t [M, span], in 16 x 16 tiles
+    at::parallel_for(0, (span + kTile - 1) / kTile, 4, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
-        const int64_t r0 = g * 16, r1 = std::min(count, r0 + 16);
-        for (int64_t m = 0; m < M; ++m) {
-          for (int64_t r = r0; r < r1; ++r) at_ptr[m * count + r] = A[a_rows[k0 + r] * M + m];
+        const int64_t r0 = g * kTile, rows_here = std::min(kTile, span - r0);
+        for (int64_t m0 = 0; m0 < M; m0 += kTile) {
+          transpose_tile(A + (a0 + r0) * M, M, m0, rows_here, std::min(kTile, M - m0),
+                         at_ptr + m0 * span + r0, span);
         }
       }
     });
-    for (int64_t r = 0; r < count; ++r) rows[r] = B + b_rows[k0 + r] * N;
     scalar_t* packed_ptr = packed.data_ptr<scalar_t>();
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-      pack_row_panels(rows.data(), count, begin * P, std::min(N, end * P),
-                      packed_ptr + begin * count * P);
+      pack_panels_range(B + b0 * N, N, count, begin * P, std::min(N, end * P),
+                        packed_ptr + begin * count * P);
     });
-    const at::Tensor a_block = a_t.narrow(0, 0, M * count).view({M, count});
-    matmul_packed<scalar_t>(out, a_block, packed, N, accumulate || k0 > 0);
+    for (size_t i = 0; i < products.size(); ++i) {
+      if (segments[i].empty()) continue;
+      for (KSegment& segment : segments[i]) segment.a_col -= a0;
+      matmul_packed_segments<scalar_t>(products[i].out.data_ptr<scalar_t>(), M, N, at_ptr, span,
+                                       packed_ptr, count * P, segments[i], /*accumulate=*/true);
+    }
   }
 }
 }  // namespace
 
-void matmul_rows_out(at::Tensor& out, const at::Tensor& a, const std::vector<int64_t>& a_rows,
-                     const at::Tensor& b, const std::vector<int64_t>& b_rows, bool accumulate) {
-  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous() &&
-                        a_rows.size() == b_rows.size() && out.is_contiguous() &&
-                        out.size(0) == a.size(1) && out.size(1) == b.size(1));
-  if (out.numel() == 0) return;
-  if (a_rows.empty()) {
-    if (!accumulate) out.zero_();
-    return;
+void matmul_rows_out(const std::vector<RowsProduct>& products, const at::Tensor& a,
+                     const at::Tensor& b) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous());
+  for (const RowsProduct& product : products) {
+    TORCH_INTERNAL_ASSERT(product.out.is_contiguous() && product.out.dim() == 2 &&
+                          product.out.size(0) == a.size(1) && product.out.size(1) == b.size(1));
+    for (const RowRun& run : product.runs) {
+      TORCH_INTERNAL_ASSERT(run.count >= 0 && run.a_row >= 0 && run.b_row >= 0 &&
+                            run.a_row + run.count <= a.size(0) &&
+                            run.b_row + run.count <= b.size(0));
+    }
   }
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_rows", [&] {
-    matmul_rows_typed<scalar_t>(out, a, a_rows, b, b_rows, accumulate);
-  });
+  if (a.size(1) == 0 || b.size(1) == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_rows",
+                             [&] { matmul_rows_typed<scalar_t>(products, a, b); });
 }
 
 void matmul_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {

@@ -19,13 +19,13 @@ void matmul_out(at::Tensor& out,        // [M, N]
 // b [K, N] packed once, for products with many left operands.
 std::unique_ptr<RepeatedRightOperand> prepare_right_operand(const at::Tensor& b);
 
-// out [M, N] (+)= A^T B for A [K, M] and B [K, N] given by their rows: row k of A is row
-// a_rows[k] of a (a [*, M] row-major contiguous), row k of B row b_rows[k] of b [*, N]. The
-// products over gathered rows (the tLSTM's weight gradients) without gathering them into new
-// tensors: a block of rows at a time is transposed (A) and packed (B) into buffers of the
-// block's size, reused block after block.
-void matmul_rows_out(at::Tensor& out, const at::Tensor& a, const std::vector<int64_t>& a_rows,
-                     const at::Tensor& b, const std::vector<int64_t>& b_rows, bool accumulate);
+// Each product's out [M, N] = A^T B over the rows its runs name (matmul.h's RowsProduct), the
+// products over rows of the same a [*, M] and b [*, N] (the tLSTM's weight gradients, one per
+// tap), without gathering rows into new tensors: a block of b's rows at a time is packed once
+// for all the products, the rows of a they read against it transposed once, into buffers
+// reused block after block; a product's runs in the block are one GEMM's segments.
+void matmul_rows_out(const std::vector<RowsProduct>& products, const at::Tensor& a,
+                     const at::Tensor& b);
 
 // Rows (steps x batch) of the input projection the CPU kernels compute at a time in inference
 // (the step kernels' inference_chunk_rows): the chunk's product is still in the cache when

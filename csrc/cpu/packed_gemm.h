@@ -45,42 +45,58 @@ int64_t packed_size(int64_t K, int64_t N) {
   return (N + P - 1) / P * K * P;
 }
 
-// Packs the columns [0, N) of B (row-major, leading dimension ldb) into `packed`, in panels of
-// the running CPU's width.
+// A packed panel's row: `cols` values of src, zeros up to the panel's width P. A whole row is
+// a copy of a size known here (one of the vector widths: inlined moves); a library call per
+// row of 128 bytes was a tenth of a tLSTM training step.
 template <typename T>
-void pack_panels(const T* B, int64_t ldb, int64_t K, int64_t N, T* packed) {
-  const int64_t P = panel_width<T>();
-  for (int64_t n0 = 0; n0 < N; n0 += P) {
-    const int64_t cols = std::min(P, N - n0);
-    for (int64_t k = 0; k < K; ++k, packed += P) {
-      std::copy_n(B + k * ldb + n0, cols, packed);
-      std::fill(packed + cols, packed + P, T(0));
+inline void pack_panel_row(const T* src, int64_t cols, int64_t P, T* dst) {
+  if (cols == P) {
+    switch (P * int64_t(sizeof(T))) {
+      case 128: std::memcpy(dst, src, 128); return;
+      case 64: std::memcpy(dst, src, 64); return;
+      case 32: std::memcpy(dst, src, 32); return;
+      default: break;
     }
   }
+  std::copy_n(src, cols, dst);
+  std::fill(dst + cols, dst + P, T(0));
 }
 
-// As pack_panels, for a B whose K rows lie anywhere (row k at rows[k]): its columns
-// [n_begin, n_end), n_begin a multiple of the panel width, panel after panel from `packed`.
+// Packs the columns [n_begin, n_end) of B [K, *] (row-major, leading dimension ldb; n_begin a
+// multiple of the panel width) into `packed`, panel after panel, in panels of the running
+// CPU's width.
 template <typename T>
-void pack_row_panels(const T* const* rows, int64_t K, int64_t n_begin, int64_t n_end,
-                     T* packed) {
+void pack_panels_range(const T* B, int64_t ldb, int64_t K, int64_t n_begin, int64_t n_end,
+                       T* packed) {
   const int64_t P = panel_width<T>();
   for (int64_t n0 = n_begin; n0 < n_end; n0 += P) {
     const int64_t cols = std::min(P, n_end - n0);
-    for (int64_t k = 0; k < K; ++k, packed += P) {
-      std::copy_n(rows[k] + n0, cols, packed);
-      std::fill(packed + cols, packed + P, T(0));
-    }
+    for (int64_t k = 0; k < K; ++k, packed += P) pack_panel_row(B + k * ldb + n0, cols, P, packed);
   }
 }
 
+// All the columns [0, N) of B.
+template <typename T>
+void pack_panels(const T* B, int64_t ldb, int64_t K, int64_t N, T* packed) {
+  pack_panels_range(B, ldb, K, 0, N, packed);
+}
+
+// A part of the sum over k of a product: A's columns a_col .. a_col + count - 1 against the
+// packed rows b_row .. b_row + count - 1 of B (a product over rows that are not contiguous is a
+// list of them, summed in registers: gemm_packed_segments).
+struct KSegment {
+  int64_t a_col, b_row, count;
+};
+
 namespace detail {
 
-// C[kRows, kPanel] (+)= A[kRows, K] Bp[K, kPanel] for one panel; only the first `cols`
-// columns of C are read and written.
+// C[kRows, kPanel] (+)= A[kRows, K] Bp[K, kPanel] for one panel, K the segments' sum; only the
+// first `cols` columns of C are read and written.
 template <typename T, class Isa, int kRows>
-inline __attribute__((always_inline)) void panel_kernel(int64_t K, const T* __restrict A,
-                                                        int64_t lda, const T* __restrict Bp,
+inline __attribute__((always_inline)) void panel_kernel(const KSegment* segments,
+                                                        int64_t segment_count,
+                                                        const T* __restrict A, int64_t lda,
+                                                        const T* __restrict Bp,
                                                         T* __restrict C, int64_t ldc, int64_t cols,
                                                         bool accumulate) {
   using Traits = PackedGemmTraits<T, Isa>;
@@ -103,14 +119,18 @@ inline __attribute__((always_inline)) void panel_kernel(int64_t K, const T* __re
       acc[r][1] = Vec{};
     }
   }
-  for (int64_t k = 0; k < K; ++k) {
-    Vec b0, b1;
-    std::memcpy(&b0, Bp + k * P, sizeof(Vec));
-    std::memcpy(&b1, Bp + k * P + L, sizeof(Vec));
-    for (int r = 0; r < kRows; ++r) {
-      const T a = A[r * lda + k];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
+  for (int64_t i = 0; i < segment_count; ++i) {
+    const T* __restrict As = A + segments[i].a_col;
+    const T* __restrict Bs = Bp + segments[i].b_row * P;
+    for (int64_t k = 0; k < segments[i].count; ++k) {
+      Vec b0, b1;
+      std::memcpy(&b0, Bs + k * P, sizeof(Vec));
+      std::memcpy(&b1, Bs + k * P + L, sizeof(Vec));
+      for (int r = 0; r < kRows; ++r) {
+        const T a = As[r * lda + k];
+        acc[r][0] += a * b0;
+        acc[r][1] += a * b1;
+      }
     }
   }
   for (int r = 0; r < kRows; ++r) {
@@ -127,39 +147,53 @@ inline __attribute__((always_inline)) void panel_kernel(int64_t K, const T* __re
 
 }  // namespace detail
 
-// C[M, N] = A[M, K] B (or C += A B with `accumulate`), B packed by pack_panels(.., K, N, ..)
-// on the CPU that runs this. Leading dimensions lda, ldc are in elements; rows of A and C may be
-// any stride >= their width. Call it inside run_for_cpu, with its Isa.
+// C[M, N] (+)= the sum over the segments of A's columns times B's packed rows (KSegment), B
+// packed in panels of `panel_stride` elements (K * panel width for a B of K rows). Leading
+// dimensions lda, ldc are in elements; rows of A and C may be any stride >= their width. Call
+// it inside run_for_cpu, with its Isa.
 template <typename T, class Isa>
-inline __attribute__((always_inline)) void gemm_packed(int64_t M, int64_t N, int64_t K,
-                                                       const T* A, int64_t lda, const T* packed,
-                                                       T* C, int64_t ldc, bool accumulate) {
+inline __attribute__((always_inline)) void gemm_packed_segments(
+    int64_t M, int64_t N, const KSegment* segments, int64_t segment_count, const T* A,
+    int64_t lda, const T* packed, int64_t panel_stride, T* C, int64_t ldc, bool accumulate) {
   using Traits = PackedGemmTraits<T, Isa>;
   constexpr int64_t P = Traits::kPanel;
   constexpr int kRows = Traits::kRows;
-  for (int64_t n0 = 0; n0 < N; n0 += P, packed += K * P) {
+  for (int64_t n0 = 0; n0 < N; n0 += P, packed += panel_stride) {
     const int64_t cols = N - n0 < P ? N - n0 : P;
+    // (explicit calls, not a generic lambda: through one, GCC kept the accumulators in memory
+    // and the product ran ten times slower)
     int64_t m = 0;
     for (; m + kRows <= M; m += kRows) {
-      detail::panel_kernel<T, Isa, kRows>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc,
-                                          cols, accumulate);
+      detail::panel_kernel<T, Isa, kRows>(segments, segment_count, A + m * lda, lda, packed,
+                                          C + m * ldc + n0, ldc, cols, accumulate);
     }
     // the last M % kRows rows: tiles of 4, 2 and 1 rows
     if constexpr (kRows > 4) {
       for (; m + 4 <= M; m += 4) {
-        detail::panel_kernel<T, Isa, 4>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc,
-                                        cols, accumulate);
+        detail::panel_kernel<T, Isa, 4>(segments, segment_count, A + m * lda, lda, packed,
+                                        C + m * ldc + n0, ldc, cols, accumulate);
       }
     }
     for (; m + 2 <= M; m += 2) {
-      detail::panel_kernel<T, Isa, 2>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc, cols,
-                                      accumulate);
+      detail::panel_kernel<T, Isa, 2>(segments, segment_count, A + m * lda, lda, packed,
+                                      C + m * ldc + n0, ldc, cols, accumulate);
     }
     if (m < M) {
-      detail::panel_kernel<T, Isa, 1>(K, A + m * lda, lda, packed, C + m * ldc + n0, ldc, cols,
-                                      accumulate);
+      detail::panel_kernel<T, Isa, 1>(segments, segment_count, A + m * lda, lda, packed,
+                                      C + m * ldc + n0, ldc, cols, accumulate);
     }
   }
+}
+
+// C[M, N] = A[M, K] B (or C += A B with `accumulate`), B packed by pack_panels(.., K, N, ..)
+// on the CPU that runs this.
+template <typename T, class Isa>
+inline __attribute__((always_inline)) void gemm_packed(int64_t M, int64_t N, int64_t K,
+                                                       const T* A, int64_t lda, const T* packed,
+                                                       T* C, int64_t ldc, bool accumulate) {
+  const KSegment all{0, 0, K};
+  gemm_packed_segments<T, Isa>(M, N, &all, 1, A, lda, packed, K * PackedGemmTraits<T, Isa>::kPanel,
+                               C, ldc, accumulate);
 }
 
 }  // namespace cpu
