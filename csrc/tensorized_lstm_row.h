@@ -313,48 +313,79 @@ struct BackwardSequence {
 
 // ---- forward -------------------------------------------------------------------------------
 
-// The sum over the M channels of value(m) (an acc_t), over the team, in a fixed order. A
-// one-lane team (the CPU) keeps kParts partial sums, part j taking the channels j, j + kParts,
-// ..., and adds them up in a fixed tree at the end: the loop then runs in vector registers with
-// the same result whatever the CPU's vector width, where one running sum would chain every
-// add to the one before it.
-template <class Team, typename Value>
-C10_HOST_DEVICE inline auto channel_sum(const Team& team, int64_t M, const Value& value) {
-  using acc_t = decltype(value(int64_t(0)));
+// The sums over the M channels of kCount values (acc_t), value(m, v) writing channel m's into
+// v[0 .. kCount), over the team, each in a fixed order. A one-lane team (the CPU) keeps kParts
+// partial sums of each, part j taking the channels j, j + kParts, ..., and adds them up in a
+// fixed tree at the end: the loop then runs in vector registers with the same result whatever
+// the CPU's vector width, where one running sum would chain every add to the one before it;
+// and the kCount sums, independent, overlap in the CPU's pipeline where one after the other
+// each waited on its own adds.
+template <int kCount, class Team, typename acc_t, typename Value>
+C10_HOST_DEVICE inline void channel_sums(const Team& team, int64_t M, const Value& value,
+                                         acc_t* sums) {
+  acc_t v[kCount];
   if constexpr (Team::kStride == 1) {
     constexpr int64_t kParts = 16;
-    acc_t part[kParts];
-    for (int64_t j = 0; j < kParts; ++j) part[j] = 0;
+    acc_t part[kCount][kParts];
+    for (int i = 0; i < kCount; ++i) {
+      for (int64_t j = 0; j < kParts; ++j) part[i][j] = 0;
+    }
     const int64_t whole = M - M % kParts;
     for (int64_t m = 0; m < whole; m += kParts) {
-      for (int64_t j = 0; j < kParts; ++j) part[j] += value(m + j);
+      for (int64_t j = 0; j < kParts; ++j) {
+        value(m + j, v);
+        for (int i = 0; i < kCount; ++i) part[i][j] += v[i];
+      }
     }
-    for (int64_t m = whole; m < M; ++m) part[m - whole] += value(m);
-    for (int64_t width = kParts / 2; width > 0; width /= 2) {
-      for (int64_t j = 0; j < width; ++j) part[j] += part[j + width];
+    for (int64_t m = whole; m < M; ++m) {
+      value(m, v);
+      for (int i = 0; i < kCount; ++i) part[i][m - whole] += v[i];
     }
-    return team.sum(part[0]);
+    for (int i = 0; i < kCount; ++i) {
+      for (int64_t width = kParts / 2; width > 0; width /= 2) {
+        for (int64_t j = 0; j < width; ++j) part[i][j] += part[i][j + width];
+      }
+      sums[i] = team.sum(part[i][0]);
+    }
   } else {
-    acc_t sum = 0;
-    for (int64_t m = team.lane(); m < M; m += Team::kStride) sum += value(m);
-    return team.sum(sum);
+    acc_t sum[kCount];
+    for (int i = 0; i < kCount; ++i) sum[i] = 0;
+    for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+      value(m, v);
+      for (int i = 0; i < kCount; ++i) sum[i] += v[i];
+    }
+    for (int i = 0; i < kCount; ++i) sums[i] = team.sum(sum[i]);
   }
 }
 
-// Mean and 1/sqrt(var + eps) (biased variance) of the M values value(m), over the team.
-template <class Team, typename acc_t, typename Value>
-C10_HOST_DEVICE inline void channel_moments(const Team& team, int64_t M, const Value& value,
-                                            acc_t& mean, acc_t& rstd) {
-  mean = channel_sum(team, M, [&](int64_t m) { return acc_t(value(m)); }) / acc_t(M);
-  const acc_t sq = channel_sum(team, M, [&](int64_t m) {
-    const acc_t d = value(m) - mean;
-    return d * d;
-  });
-  rstd = acc_t(1) / sqrt_(sq / acc_t(M) + acc_t(kNormEps));
+// The sum over the M channels of value(m) (an acc_t), over the team, in a fixed order.
+template <class Team, typename Value>
+C10_HOST_DEVICE inline auto channel_sum(const Team& team, int64_t M, const Value& value) {
+  using acc_t = decltype(value(int64_t(0)));
+  acc_t sum;
+  channel_sums<1>(team, M, [&](int64_t m, acc_t* v) { v[0] = value(m); }, &sum);
+  return sum;
 }
 
-// Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
-// sigmoid for the others; the norm's zh and rstd saved.
+// Means and 1/sqrt(var + eps) (biased variance) of the M values value(i, m) for i < kCount,
+// over the team.
+template <int kCount, class Team, typename acc_t, typename Value>
+C10_HOST_DEVICE inline void channel_moments(const Team& team, int64_t M, const Value& value,
+                                            acc_t* mean, acc_t* rstd) {
+  acc_t sums[kCount];
+  channel_sums<kCount>(team, M, [&](int64_t m, acc_t* v) {
+    for (int i = 0; i < kCount; ++i) v[i] = acc_t(value(i, m));
+  }, sums);
+  for (int i = 0; i < kCount; ++i) mean[i] = sums[i] / acc_t(M);
+  channel_sums<kCount>(team, M, [&](int64_t m, acc_t* v) {
+    for (int i = 0; i < kCount; ++i) {
+      const acc_t d = value(i, m) - mean[i];
+      v[i] = d * d;
+    }
+  }, sums);
+  for (int i = 0; i < kCount; ++i) rstd[i] = acc_t(1) / sqrt_(sums[i] / acc_t(M) + acc_t(kNormEps));
+}
+
 // A + b of gate channel o of a row: the hidden rows' taps, the bias and the input row's term
 // (`in`: zeros for rows that do not read it; no branch, so that the loops vectorize).
 template <typename scalar_t, typename acc_t>
@@ -372,21 +403,32 @@ C10_HOST_DEVICE inline const scalar_t* input_term(const ForwardRowsParams<scalar
                    : p.zero_gates;
 }
 
+// The channel norms' statistics of the four gates of row `row` (their rstd saved).
+template <class Team, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void gate_moments(const Team& team,
+                                         const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
+                                         const scalar_t* in, acc_t* mean, acc_t* rstd) {
+  const int64_t M = p.n.M;
+  const scalar_t* a = p.pre + row * p.n.G;
+  channel_moments<4>(team, M, [&](int g, int64_t m) {
+    return gate_input<scalar_t, acc_t>(a, in, p.bias, g * M + m);
+  }, mean, rstd);
+  if (team.lane() == 0) {
+    for (int g = 0; g < 4; ++g) p.norm_rstd[row * 5 + g] = rstd[g];
+  }
+}
+
+// Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
+// sigmoid for the others, given the norm's statistics; the norm's zh saved.
 template <bool kTanh, bool kNorm, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void forward_gate(const Team& team,
                                          const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
-                                         const scalar_t* in, int g) {
+                                         const scalar_t* in, int g, acc_t mean, acc_t rstd) {
   const int64_t M = p.n.M;
   const scalar_t* a = p.pre + row * p.n.G + g * M;
   const scalar_t* bias = p.bias + g * M;
   const scalar_t* in_g = in + g * M;
   scalar_t* out = p.gates + row * 4 * M + g * M;
-  acc_t mean = 0, rstd = 1;
-  if (kNorm) {
-    channel_moments(team, M, [&](int64_t m) { return gate_input<scalar_t, acc_t>(a, in_g, bias, m); },
-                    mean, rstd);
-    if (team.lane() == 0) p.norm_rstd[row * 5 + g] = rstd;
-  }
   acc_t* zh_save = kNorm ? p.norm_hat + (row * 5 + g) * M : nullptr;
   TLSTM_ELEMENTWISE
   for (int64_t m = team.lane(); m < M; m += Team::kStride) {
@@ -434,10 +476,12 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
     return;
   }
   const scalar_t* in = input_term(p, row);
-  forward_gate<false, kNorm>(team, p, row, in, 0);  // i
-  forward_gate<false, kNorm>(team, p, row, in, 1);  // f
-  forward_gate<true, kNorm>(team, p, row, in, 2);   // g
-  forward_gate<false, kNorm>(team, p, row, in, 3);  // o
+  acc_t mean[4] = {0, 0, 0, 0}, rstd[4] = {1, 1, 1, 1};
+  if constexpr (kNorm) gate_moments(team, p, row, in, mean, rstd);
+  forward_gate<false, kNorm>(team, p, row, in, 0, mean[0], rstd[0]);  // i
+  forward_gate<false, kNorm>(team, p, row, in, 1, mean[1], rstd[1]);  // f
+  forward_gate<true, kNorm>(team, p, row, in, 2, mean[2], rstd[2]);   // g
+  forward_gate<false, kNorm>(team, p, row, in, 3, mean[3], rstd[3]);  // o
   const scalar_t* a = p.pre + row * n.G;
   const scalar_t* g_out = p.gates + row * 4 * M;
   // Q = softmax of the Kq logits, rounded to the saved dtype, so that the backward's Q is the
@@ -471,16 +515,16 @@ C10_HOST_DEVICE inline void tensorized_forward_row(const Team& team,
   team.sync();
   // H = O tanh(CN_c(C)); the top row is an output, and the returned state is taken after each
   // sequence's last input step.
-  acc_t mean = 0, rstd = 1;
+  acc_t mean_c = 0, rstd_c = 1;
   if (kNorm) {
-    channel_moments(team, M, [&](int64_t m) { return c_out[m]; }, mean, rstd);
-    if (lane == 0) p.norm_rstd[row * 5 + 4] = rstd;
+    channel_moments<1>(team, M, [&](int, int64_t m) { return c_out[m]; }, &mean_c, &rstd_c);
+    if (lane == 0) p.norm_rstd[row * 5 + 4] = rstd_c;
   }
   TLSTM_ELEMENTWISE
   for (int64_t m = lane; m < M; m += kStride) {
     acc_t u = c_out[m];
     if (kNorm) {
-      const acc_t zh = (u - mean) * rstd;
+      const acc_t zh = (u - mean_c) * rstd_c;
       p.norm_hat[(row * 5 + 4) * M + m] = zh;
       u = acc_t(p.gamma[4 * M + m]) * zh + acc_t(p.beta[4 * M + m]);
     }
@@ -515,13 +559,27 @@ C10_HOST_DEVICE inline acc_t gate_input_grad(const scalar_t* g, const acc_t* d_c
   return d_o[m] * y * (acc_t(1) - y);                                       // o
 }
 
-// dL/dA of gate kGate of row `row`: dL/d(activation input), back through its channel norm
-// (whose parameters' gradients it adds up per row).
+// Channel m's two terms of the sums that gate kGate's norm backward needs, into v[0], v[1]:
+// dL/dzh = d gamma and dL/dzh zh (d: dL/d(activation input)).
+template <int kGate, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void gate_norm_terms(const BackwardRowsParams<scalar_t, acc_t>& p,
+                                            int64_t row, const acc_t* d_c, const acc_t* cconv,
+                                            const acc_t* d_o, int64_t m, acc_t* v) {
+  const int64_t M = p.n.M;
+  const acc_t dzh = gate_input_grad<kGate>(p.gates + row * 4 * M, d_c, cconv, d_o, M, m) *
+                    acc_t(p.gamma[kGate * M + m]);
+  v[0] = dzh;
+  v[1] = dzh * p.norm_hat[(row * 5 + kGate) * M + m];
+}
+
+// dL/dA of gate kGate of row `row`: dL/d(activation input), back through its channel norm,
+// given the channel means t1, t2 of its gate_norm_terms (and the norm parameters' gradients,
+// added up per row).
 template <int kGate, bool kNorm, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void backward_gate(const Team& team,
                                           const BackwardRowsParams<scalar_t, acc_t>& p,
                                           int64_t row, const acc_t* d_c, const acc_t* cconv,
-                                          const acc_t* d_o) {
+                                          const acc_t* d_o, acc_t t1, acc_t t2) {
   const int64_t M = p.n.M;
   const scalar_t* g = p.gates + row * 4 * M;
   scalar_t* da = p.grad_pre + row * p.n.G + kGate * M;
@@ -536,22 +594,13 @@ C10_HOST_DEVICE inline void backward_gate(const Team& team,
   const scalar_t* gamma = p.gamma + kGate * M;
   acc_t* dgamma = p.grad_norm + (row * 10 + kGate) * M;
   acc_t* dbeta = p.grad_norm + (row * 10 + 5 + kGate) * M;
+  const acc_t rstd = p.norm_rstd[row * 5 + kGate];
   TLSTM_ELEMENTWISE
   for (int64_t m = team.lane(); m < M; m += Team::kStride) {
     const acc_t d = gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m);
     dgamma[m] += d * zh[m];
     dbeta[m] += d;
-  }
-  const auto dzh = [&](int64_t m) {
-    return gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]);
-  };
-  const acc_t t1 = channel_sum(team, M, dzh) / acc_t(M);
-  const acc_t t2 = channel_sum(team, M, [&](int64_t m) { return dzh(m) * zh[m]; }) / acc_t(M);
-  const acc_t rstd = p.norm_rstd[row * 5 + kGate];
-  TLSTM_ELEMENTWISE
-  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
-    da[m] = scalar_t(rstd * (gate_input_grad<kGate>(g, d_c, cconv, d_o, M, m) * acc_t(gamma[m]) -
-                             t1 - zh[m] * t2));
+    da[m] = scalar_t(rstd * (d * acc_t(gamma[m]) - t1 - zh[m] * t2));
   }
 }
 
@@ -614,9 +663,13 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
       p.grad_norm[(row * 10 + 4) * M + m] += d_c[m] * zh_c[m];
       p.grad_norm[(row * 10 + 9) * M + m] += d_c[m];
     }
-    const auto dzh = [&](int64_t m) { return d_c[m] * acc_t(p.gamma[4 * M + m]); };
-    s1 = channel_sum(team, M, dzh) / acc_t(M);
-    s2 = channel_sum(team, M, [&](int64_t m) { return dzh(m) * zh_c[m]; }) / acc_t(M);
+    acc_t sums[2];  // of dL/dzh = dL/du gamma and of dL/dzh zh, together
+    channel_sums<2>(team, M, [&](int64_t m, acc_t* v) {
+      v[0] = d_c[m] * acc_t(p.gamma[4 * M + m]);
+      v[1] = v[0] * zh_c[m];
+    }, sums);
+    s1 = sums[0] / acc_t(M);
+    s2 = sums[1] / acc_t(M);
   }
   // dL/dC; the memory convolution's input Cconv and dL/dQ.
   const scalar_t* qr = kMemoryConv ? p.q + row * n.Kq : nullptr;
@@ -668,11 +721,22 @@ C10_HOST_DEVICE inline void tensorized_backward_row(const Team& team,
     }
   }
   team.sync();
-  // The four gates: dL/d(activation input), then back through their channel norms.
-  backward_gate<0, kNorm>(team, p, row, d_c, cconv, d_o);
-  backward_gate<1, kNorm>(team, p, row, d_c, cconv, d_o);
-  backward_gate<2, kNorm>(team, p, row, d_c, cconv, d_o);
-  backward_gate<3, kNorm>(team, p, row, d_c, cconv, d_o);
+  // The four gates: dL/d(activation input), then back through their channel norms, whose
+  // eight channel sums are taken together.
+  acc_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if constexpr (kNorm) {
+    channel_sums<8>(team, M, [&](int64_t m, acc_t* v) {
+      gate_norm_terms<0>(p, row, d_c, cconv, d_o, m, v);
+      gate_norm_terms<1>(p, row, d_c, cconv, d_o, m, v + 2);
+      gate_norm_terms<2>(p, row, d_c, cconv, d_o, m, v + 4);
+      gate_norm_terms<3>(p, row, d_c, cconv, d_o, m, v + 6);
+    }, t);
+    for (int i = 0; i < 8; ++i) t[i] /= acc_t(M);
+  }
+  backward_gate<0, kNorm>(team, p, row, d_c, cconv, d_o, t[0], t[1]);
+  backward_gate<1, kNorm>(team, p, row, d_c, cconv, d_o, t[2], t[3]);
+  backward_gate<2, kNorm>(team, p, row, d_c, cconv, d_o, t[4], t[5]);
+  backward_gate<3, kNorm>(team, p, row, d_c, cconv, d_o, t[6], t[7]);
 }
 
 // ---- gather --------------------------------------------------------------------------------
