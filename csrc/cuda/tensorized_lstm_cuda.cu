@@ -39,8 +39,10 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
                                   [&] { fn(scalar_t{}); });
 }
 
-void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
+// (the whole batch: no batch_parts here)
+void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s, BatchRange batch) {
   const auto& n = buf.n;
+  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.pre.scalar_type(), [&](auto scalar) {
@@ -56,8 +58,10 @@ void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
   });
 }
 
-void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
+void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
+                        BatchRange batch) {
   const auto& n = buf.n;
+  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
@@ -73,8 +77,10 @@ void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
   });
 }
 
-void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
+void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
+                      BatchRange batch) {
   const auto& n = buf.n;
+  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.N * n.B;
   if (rows == 0 || n.M == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
