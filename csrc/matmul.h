@@ -27,17 +27,6 @@ inline at::Tensor matmul(MatmulOut backend, const at::Tensor& a, const at::Tenso
   return out;
 }
 
-// Rows of a product between row-major contiguous 2-D tensors: `groups` blocks of `rows` rows,
-// out's from out_row and a's from a_row on, each block `stride` rows after the one before it in
-// both (a run of locations of a part of the batch, in the tLSTM's [locations, B] layout).
-struct RowBlocks {
-  int64_t out_row, a_row, rows, groups = 1, stride = 0;
-  // blocks that follow each other without a gap, as one
-  RowBlocks merged() const {
-    return rows == stride || groups == 1 ? RowBlocks{out_row, a_row, rows * groups, 1, 0} : *this;
-  }
-};
-
 // A right operand b [K, N] of many products (one per step), which a backend may prepare once
 // (e.g. pack into its GEMM's layout).
 class RepeatedRightOperand {
@@ -45,16 +34,6 @@ class RepeatedRightOperand {
   virtual ~RepeatedRightOperand() = default;
   // out [M, N] = a [M, K] b, or out += a b with `accumulate`; a and out contiguous
   virtual void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const = 0;
-  // The same on the rows `blocks` names of out and a (contiguous, 2-D): a block at a time on
-  // views, unless the backend reads the rows in place.
-  virtual void matmul_blocks(at::Tensor& out, const at::Tensor& a, const RowBlocks& blocks,
-                             bool accumulate) const {
-    const RowBlocks b = blocks.merged();
-    for (int64_t g = 0; g < b.groups; ++g) {
-      at::Tensor out_rows = out.narrow(0, b.out_row + g * b.stride, b.rows);
-      matmul_out(out_rows, a.narrow(0, b.a_row + g * b.stride, b.rows), accumulate);
-    }
-  }
 };
 
 using PrepareRightOperand = std::unique_ptr<RepeatedRightOperand> (*)(const at::Tensor& b);

@@ -2,8 +2,6 @@
 #include "tensorized_lstm.h"
 
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <functional>
@@ -106,30 +104,10 @@ std::vector<RecurrentTap> recurrent_taps(const TensorizedSizes& n, PrepareRightO
   return taps;
 }
 
-// The rows of a part of the batch in `count` locations of a [locations, B, X] layout seen as
-// [locations * B, X]: out's from location out_first, a's from a_first.
-RowBlocks location_rows(int64_t out_first, int64_t a_first, int64_t count, int64_t B,
-                        BatchRange batch) {
-  return {out_first * B + batch.begin, a_first * B + batch.begin, batch.end - batch.begin, count,
-          B};
-}
-
-// Runs steps(batch) on the batch's parts (TensorizedStepKernels::batch_parts): on the calling
-// thread for one part, else one part a task, each with the caller's thread-local state (the
-// dispatcher's, e.g. KernelScope and inference mode, for the tensor operations inside).
-void run_batch_parts(const TensorizedSizes& n, const TensorizedStepKernels& kernels,
-                     const std::function<void(BatchRange)>& steps) {
-  const int64_t parts = kernels.batch_parts == nullptr
-                            ? 1
-                            : std::clamp<int64_t>(kernels.batch_parts(n), 1, std::max<int64_t>(n.B, 1));
-  if (parts == 1) return steps({0, n.B});
-  const at::ThreadLocalState state;
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t part = first; part < last; ++part) {
-      steps({n.B * part / parts, n.B * (part + 1) / parts});
-    }
-  });
+// Locations [first, first + count) of a [N, B, X] tensor seen as [N * B, X] (contiguous).
+Tensor location_block(const Tensor& t, int64_t first, int64_t count) {
+  const int64_t B = t.size(1);
+  return t.view({t.size(0) * B, t.size(2)}).narrow(0, first * B, count * B);
 }
 
 // The input rows of the steps, x_in = x~_s + b_ih while s < T_b and b_ih after (x~ = x W_ih^T),
@@ -151,28 +129,26 @@ class InputChunks {
   }
   int64_t slots() const { return int64_t(reads_.size()); }
 
-  // Steps s0 .. s0 + count - 1 (s0 a multiple of the chunk) of the batch's sequences: their
-  // terms into input_pre's first count steps, and when training their input rows into Hcat's
-  // location 0 (which the weight gradients read).
-  void compute(const TensorizedForwardBuffers& buf, int64_t s0, int64_t count, BatchRange batch) {
+  // Steps s0 .. s0 + count - 1: their terms into input_pre's first count steps, and when
+  // training their input rows into Hcat's location 0 (which the weight gradients read).
+  void compute(TensorizedForwardBuffers& buf, int64_t s0, int64_t count) {
     const int64_t B = n_.B, real = std::clamp<int64_t>(n_.T - s0, 0, count);
-    const int64_t b0 = batch.begin, nb = batch.end - batch.begin;
-    Tensor rows = x_in_.view({-1, n_.M});                               // [chunk * B, M]
-    Tensor x = x_in_.narrow(0, 0, count).narrow(1, b0, nb);  // [count, nb, M]
+    Tensor x = x_in_.narrow(0, 0, count);  // [count, B, M]
     if (real > 0) {
-      projection_->matmul_blocks(rows, input_.view({n_.T * B, n_.I}),
-                                 {b0, s0 * B + b0, nb, real, B}, /*accumulate=*/false);
-      if (unread_.defined()) {
-        x.narrow(0, 0, real).masked_fill_(unread_.narrow(0, s0, real).narrow(1, b0, nb), 0);
-      }
+      Tensor projected = x.narrow(0, 0, real).view({real * B, n_.M});
+      projection_->matmul_out(projected, input_.narrow(0, s0, real).view({real * B, n_.I}),
+                              /*accumulate=*/false);
+      if (unread_.defined()) x.narrow(0, 0, real).masked_fill_(unread_.narrow(0, s0, real), 0);
     }
     if (real < count) x.narrow(0, real, count - real).zero_();
     if (bias_ih_.defined()) x.add_(bias_ih_);
+    const Tensor rows = x.view({count * B, n_.M});
     for (size_t slot = 0; slot < taps_.size(); ++slot) {
-      Tensor out = buf.input_pre.select(0, int64_t(slot)).view({-1, n_.G});  // [chunk * B, G]
-      taps_[slot]->matmul_blocks(out, rows, {b0, b0, nb, count, B}, /*accumulate=*/false);
+      Tensor out = buf.input_pre.select(0, int64_t(slot)).narrow(0, 0, count).view({count * B, n_.G});
+      taps_[slot]->matmul_out(out, rows, /*accumulate=*/false);
     }
-    if (buf.training) buf.hcat.narrow(0, s0, count).select(1, 0).narrow(1, b0, nb).copy_(x);
+    if (buf.training) buf.hcat.narrow(0, s0, count).select(1, 0).copy_(x);
+    buf.input_first = s0;
   }
 
  private:
@@ -335,27 +311,23 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
   buf.state_cell = locations_first(c0, n).to(op_math, /*non_blocking=*/false, /*copy=*/true,
                                              at::MemoryFormat::Contiguous);
 
-  if (chunk == n.S) inputs.compute(buf, 0, n.S, {0, n.B});
+  if (chunk == n.S) inputs.compute(buf, 0, n.S);
   if (chunk < n.S || kernels.forward_sequence == nullptr ||
       !kernels.forward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand,
                                      [&](int64_t k) { return tap_weight(weight_hh, k); });
-    const Tensor hcat_rows = buf.hcat.view({-1, n.M});  // [slots * (N+1) * B, M]
-    Tensor pre_rows = buf.pre.view({n.N * n.B, n.G});
-    run_batch_parts(n, kernels, [&](BatchRange batch) {
-      for (int64_t s = 0; s < n.S; ++s) {
-        if (chunk < n.S && s % chunk == 0) inputs.compute(buf, s, std::min(chunk, n.S - s), batch);
-        const int64_t hcat_s = (training ? s : s % 2) * (n.N + 1);  // Hcat_{s-1}'s location 0
-        for (size_t i = 0; i < taps.size(); ++i) {
-          for (const TapBlock& t : taps[i].blocks) {
-            taps[i].weight->matmul_blocks(pre_rows, hcat_rows,
-                                          location_rows(t.dst, hcat_s + 1 + t.src, t.count, n.B, batch),
-                                          /*accumulate=*/i > 0);
-          }
+    for (int64_t s = 0; s < n.S; ++s) {
+      if (chunk < n.S && s % chunk == 0) inputs.compute(buf, s, std::min(chunk, n.S - s));
+      const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [N+1, B, M]
+      for (size_t i = 0; i < taps.size(); ++i) {
+        for (const TapBlock& t : taps[i].blocks) {
+          Tensor out = location_block(buf.pre, t.dst, t.count);
+          taps[i].weight->matmul_out(out, location_block(hcat_s, 1 + t.src, t.count),
+                                     /*accumulate=*/i > 0);
         }
-        kernels.forward_rows(buf, s, batch);
       }
-    });
+      kernels.forward_rows(buf, s);
+    }
   }
 
   Tensor h_n = state_of(buf.state_hidden, n);
@@ -450,23 +422,20 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
 
   if (kernels.backward_sequence == nullptr || !kernels.backward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand, tap_weight_t);
-    const Tensor grad_pre_rows = buf.grad_pre.view({-1, n.G});  // [S * N * B, G]
-    Tensor grad_taps_rows = buf.grad_taps.view({n.N * n.B, n.M});
-    run_batch_parts(n, kernels, [&](BatchRange batch) {
-      int64_t cur = 0;
-      for (int64_t s = n.S - 1; s >= 0; --s) {
-        kernels.backward_rows(buf, s, cur, batch);
-        for (size_t i = 0; i < taps.size(); ++i) {  // dL/dH_{s-1} = sum of dA W_k^T, by tap
-          for (const TapBlock& t : taps[i].blocks) {
-            taps[i].weight->matmul_blocks(grad_taps_rows, grad_pre_rows,
-                                          location_rows(t.src, s * n.N + t.dst, t.count, n.B, batch),
-                                          /*accumulate=*/i > 0);
-          }
+    int64_t cur = 0;
+    for (int64_t s = n.S - 1; s >= 0; --s) {
+      kernels.backward_rows(buf, s, cur);
+      const Tensor grad_pre_s = buf.grad_pre.select(0, s);  // [N, B, G]
+      for (size_t i = 0; i < taps.size(); ++i) {  // dL/dH_{s-1} = sum of dA W_k^T, by tap
+        for (const TapBlock& t : taps[i].blocks) {
+          Tensor out = location_block(buf.grad_taps, t.src, t.count);
+          taps[i].weight->matmul_out(out, location_block(grad_pre_s, t.dst, t.count),
+                                     /*accumulate=*/i > 0);
         }
-        kernels.gather_rows(buf, s, cur, batch);
-        cur = 1 - cur;
       }
-    });
+      kernels.gather_rows(buf, s, cur);
+      cur = 1 - cur;
+    }
   }
   const int64_t cur = n.S % 2;  // the slot of dL/dH_0, dL/dC_0 after S steps
 

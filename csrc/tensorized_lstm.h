@@ -58,9 +58,10 @@ struct TensorizedSizes {
 struct TensorizedForwardBuffers {
   TensorizedSizes n;
   Tensor input_pre;    // [c'^axes, S, B, G] the input's term of A at the locations that read it
-                       //                    (input_slot; c' = min(c, P)): x_in W_{c-p}; on a
-                       //                    chunked backend (input_chunk_rows) a chunk of
-                       //                    steps, the chunk of step s at s % chunk
+                       //                    (input_slot; c' = min(c, P)): x_in W_{c-p}; a
+                       //                    chunk of steps from input_first, in inference
+                       //                    on a chunked backend (inference_chunk_rows)
+  int64_t input_first = 0;
   Tensor zero_gates;   // [G]                zeros: the input term of the other locations
   Tensor bias_hh;      // [G]                (zeros without biases)
   Tensor norm_weight;  // [5, M]             CN gamma of i, f, g, o, c (undefined without CN)
@@ -98,12 +99,6 @@ struct TensorizedBackwardBuffers {
   Tensor row_scratch;             // [N, B, 3, M] op math: the row code's dL/dC, Cconv, dL/dO
 };
 
-// The sequences [begin, end) of the batch that a row pass runs: a part of the batch
-// (TensorizedStepKernels::batch_parts), or all of it.
-struct BatchRange {
-  int64_t begin, end;
-};
-
 // What a device backend provides: the row passes of one step s. Backends name their members
 // (designated initializers); a member left out is null.
 struct TensorizedStepKernels {
@@ -114,15 +109,13 @@ struct TensorizedStepKernels {
   // From pre (the hidden rows' taps), input_pre and b_hh: the rows' H_s (in hcat's slot of step
   // s+1), cells, the saved slot s, the output row, and state_hidden, state_cell for the
   // sequences whose last input step s is.
-  void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s, BatchRange batch);
+  void (*forward_rows)(const TensorizedForwardBuffers&, int64_t s);
   // grad_pre[s], grad_cconv and the CN sums from grad_hidden[cur], grad_cell[cur], grad_output
   // (and grad_state_* for the sequences whose last input step s is).
-  void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur,
-                        BatchRange batch);
+  void (*backward_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
   // From grad_taps and grad_cconv: grad_hidden[1-cur], grad_cell[1-cur]; sequences past their
   // end pass their gradients through.
-  void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur,
-                      BatchRange batch);
+  void (*gather_rows)(const TensorizedBackwardBuffers&, int64_t s, int64_t cur);
   // Optional: the whole forward loop (every step's taps and rows) in one go, given W_col
   // [K'^axes*M, G] (W_col[k*M + m, o] = weight_hh[o, m, k], k the tap's index in weight_hh's
   // flattened taps); false (not run) sends the driver to the steps.
@@ -138,11 +131,6 @@ struct TensorizedStepKernels {
   // Optional: the weight gradients' products over gathered rows (matmul.h's matmul_rows_out;
   // default: gathered copies and a GEMM).
   MatmulRowsOut matmul_rows_out;
-  // Optional: into how many parts of the batch to split the steps' loop. Sequences never
-  // interact, so each part runs every step on its own (its input chunks, step GEMMs and rows:
-  // the CPU's threads, one part each, without a fork and a join per step). Default 1: each
-  // step on the whole batch, which the row passes and the GEMMs may split themselves.
-  int64_t (*batch_parts)(const TensorizedSizes&);
 };
 
 // Sizes of a call, after checking the shapes they come from: the cell's shape is weight_hh's
@@ -265,6 +253,7 @@ ForwardSequence<scalar_t, acc_t> forward_sequence(const TensorizedForwardBuffers
           ptr_or_null<int64_t>(buf.lengths),
           row_sizes(buf.n),
           buf.training,
+          buf.input_first,
           buf.input_pre.size(1)};
 }
 

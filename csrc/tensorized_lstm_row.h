@@ -146,7 +146,7 @@ struct ForwardRowsParams {
 template <typename scalar_t, typename acc_t>
 struct ForwardSequence {
   const scalar_t* input_pre;   // [c'^axes, input_steps, B, G] the input's term of A by
-                               // input_slot, step s at s % input_steps
+                               // input_slot, of steps input_first .. input_first + input_steps - 1
   const scalar_t* zero_gates;  // [G] zeros
   const scalar_t* bias_hh;     // [G]
   const scalar_t* gamma;       // [5, M] or null
@@ -165,8 +165,8 @@ struct ForwardSequence {
   const int64_t* lengths;      // [B] or null
   RowSizes n;
   bool training;
-  int64_t input_steps;         // the steps input_pre holds: S, or a chunk's (the CPU), which
-                               // starts at a multiple of it
+  int64_t input_first;         // the first step input_pre holds: 0, or a chunk's (the CPU in
+  int64_t input_steps;         // inference) and how many: S, or the chunk's size
 
   // Hcat_{s-1}, read by step s: [N+1, B, M]
   C10_HOST_DEVICE scalar_t* hcat_of(int64_t s) const {
@@ -178,7 +178,7 @@ struct ForwardSequence {
     const int64_t rows = n.B * n.N, slot = training ? s : 0;
     const int64_t cell_prev = training ? s : s % 2, cell_next = training ? s + 1 : (s + 1) % 2;
     return {pre,
-            input_pre + (s % input_steps) * n.B * n.G,
+            input_pre + (s - input_first) * n.B * n.G,
             input_steps * n.B * n.G,
             zero_gates,
             bias_hh,

@@ -44,30 +44,3 @@ def test_fresh_module_same_weights_is_bitwise_identical():
         assert_results_equal(
             forward_backward(a, x, state, lengths=lengths, flush=flush, seed=9),
             forward_backward(b, x, state, lengths=lengths, flush=flush, seed=9))
-
-
-# B from 8 on: with 2 threads the CPU runs the steps as two parts of the batch, one per thread
-# (B = 9: parts of 4 and 5 sequences), with 1 thread on the whole batch.
-PARTS_CASES = {
-    "even_parts": (dict(input_size=8, hidden_size=16, depth=3), 5, 8, None, True),
-    "uneven_parts_lengths": (dict(input_size=8, hidden_size=16, depth=3, kernel_size=5),
-                             6, 9, [6, 1, 3, 6, 2, 1, 5, 4, 6], False),
-    "plane": (dict(input_size=8, hidden_size=8, depth=3, tensor_dim=3), 4, 9, None, True),
-}
-
-
-@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
-@pytest.mark.parametrize("case", list(PARTS_CASES))
-@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-def test_batch_parts_match_whole_batch_bitwise(case, dtype, training):
-    """The CPU's parts of the batch (a thread each for every step) compute bitwise what the
-    steps on the whole batch compute: each sequence's sums are the same, in the same order."""
-    kwargs, T, B, lengths, flush = PARTS_CASES[case]
-    module = make_tlstm(tlstm.TensorizedLSTM, dtype, seed=10, **kwargs)
-    x, state = make_inputs(module, T, B, seed=11)
-    results = {}
-    for threads in (1, 2):
-        with num_threads(threads), torch.set_grad_enabled(training):
-            results[threads] = forward_backward(module, x, state, lengths=lengths, flush=flush,
-                                                seed=12, grads=training)
-    assert_results_equal(results[2], results[1], context=f"{case} parts vs whole batch")

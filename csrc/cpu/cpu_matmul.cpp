@@ -49,13 +49,11 @@ at::Tensor pack(const at::Tensor& b) {
 // B's panels panel_stride elements apart (gemm_packed_segments).
 template <typename scalar_t>
 void matmul_packed_segments(scalar_t* C, int64_t M, int64_t N, const scalar_t* A, int64_t lda,
-                            const scalar_t* Bp, int64_t panel_stride, const KSegment* segments,
-                            int64_t segment_count, bool accumulate) {
+                            const scalar_t* Bp, int64_t panel_stride,
+                            const std::vector<KSegment>& segments, bool accumulate) {
   const int64_t P = panel_width<scalar_t>();
   const int64_t chunks = (M + kRowChunk - 1) / kRowChunk, panels = (N + P - 1) / P;
-  // (inside a parallel region, e.g. a part of the batch on a thread of its own, one task)
-  const int64_t threads =
-      at::in_parallel_region() ? 1 : std::max<int64_t>(1, at::get_num_threads());
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   // Tasks: row chunks x panel slices, with as many slices as it takes to occupy the threads.
   const int64_t slices = std::clamp<int64_t>(threads / chunks, 1, panels);
   at::parallel_for(0, chunks * slices, 1, [&](int64_t begin, int64_t end) {
@@ -67,7 +65,7 @@ void matmul_packed_segments(scalar_t* C, int64_t M, int64_t N, const scalar_t* A
       const int64_t n0 = p0 * P, cols = std::min(N, p1 * P) - n0;
       run_for_cpu([&](auto isa) {
         gemm_packed_segments<scalar_t, decltype(isa)>(
-            rows, cols, segments, segment_count, A + m0 * lda, lda,
+            rows, cols, segments.data(), int64_t(segments.size()), A + m0 * lda, lda,
             Bp + p0 * panel_stride, panel_stride, C + m0 * N + n0, N, accumulate);
       });
     }
@@ -79,10 +77,9 @@ template <typename scalar_t>
 void matmul_packed(at::Tensor& out, const at::Tensor& a, const at::Tensor& packed, int64_t N,
                    bool accumulate) {
   const int64_t K = a.size(1);
-  const KSegment all{0, 0, K};
   matmul_packed_segments<scalar_t>(out.data_ptr<scalar_t>(), a.size(0), N,
                                    a.data_ptr<scalar_t>(), K, packed.data_ptr<scalar_t>(),
-                                   K * panel_width<scalar_t>(), &all, 1, accumulate);
+                                   K * panel_width<scalar_t>(), {KSegment{0, 0, K}}, accumulate);
 }
 
 void check_operands(const at::Tensor& out, const at::Tensor& a, int64_t K, int64_t N) {
@@ -115,28 +112,6 @@ struct PackedOperand : RepeatedRightOperand {
   explicit PackedOperand(const at::Tensor& b) : packed(pack_any(b)), K(b.size(0)), N(b.size(1)) {}
   void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const override {
     run_packed(out, a, packed, K, N, accumulate);
-  }
-  // in place: no views, no allocations (it runs a few times a step on each part of the batch)
-  void matmul_blocks(at::Tensor& out, const at::Tensor& a, const RowBlocks& blocks,
-                     bool accumulate) const override {
-    const RowBlocks b = blocks.merged();
-    TORCH_INTERNAL_ASSERT(a.dim() == 2 && a.size(1) == K && a.is_contiguous() &&
-                          out.dim() == 2 && out.size(1) == N && out.is_contiguous() &&
-                          out.scalar_type() == a.scalar_type() && b.rows >= 0 && b.groups >= 0);
-    if (b.rows == 0 || b.groups == 0 || N == 0) return;
-    TORCH_INTERNAL_ASSERT(b.out_row >= 0 && b.a_row >= 0 &&
-                          b.out_row + (b.groups - 1) * b.stride + b.rows <= out.size(0) &&
-                          b.a_row + (b.groups - 1) * b.stride + b.rows <= a.size(0));
-    if (K == 0) return RepeatedRightOperand::matmul_blocks(out, a, blocks, accumulate);
-    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_blocks", [&] {
-      const KSegment all{0, 0, K};
-      for (int64_t g = 0; g < b.groups; ++g) {
-        matmul_packed_segments<scalar_t>(
-            out.data_ptr<scalar_t>() + (b.out_row + g * b.stride) * N, b.rows, N,
-            a.data_ptr<scalar_t>() + (b.a_row + g * b.stride) * K, K,
-            packed.data_ptr<scalar_t>(), K * panel_width<scalar_t>(), &all, 1, accumulate);
-      }
-    });
   }
   at::Tensor packed;
   int64_t K, N;
@@ -221,8 +196,7 @@ void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tenso
       if (segments[i].empty()) continue;
       for (KSegment& segment : segments[i]) segment.a_col -= a0;
       matmul_packed_segments<scalar_t>(products[i].out.data_ptr<scalar_t>(), M, N, at_ptr, span,
-                                       packed_ptr, count * P, segments[i].data(),
-                                       int64_t(segments[i].size()), /*accumulate=*/true);
+                                       packed_ptr, count * P, segments[i], /*accumulate=*/true);
     }
   }
 }

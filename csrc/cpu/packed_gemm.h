@@ -160,14 +160,10 @@ inline __attribute__((always_inline)) void gemm_packed_segments(
   constexpr int kRows = Traits::kRows;
   for (int64_t n0 = 0; n0 < N; n0 += P, packed += panel_stride) {
     const int64_t cols = N - n0 < P ? N - n0 : P;
-    // (with 6-row tiles, rows that would leave 2 take two tiles of 4 at the end instead: a
-    // 2-row tile's 4 accumulators keep the FMA units half idle, and a part of 8 sequences of
-    // the tLSTM's batch is such a case)
-    const int64_t full = kRows == 6 && M % 6 == 2 && M >= 8 ? M - 8 : M;
-    int64_t m = 0;
     // (explicit calls, not a generic lambda: through one, GCC kept the accumulators in memory
     // and the product ran ten times slower)
-    for (; m + kRows <= full; m += kRows) {
+    int64_t m = 0;
+    for (; m + kRows <= M; m += kRows) {
       detail::panel_kernel<T, Isa, kRows>(segments, segment_count, A + m * lda, lda, packed,
                                           C + m * ldc + n0, ldc, cols, accumulate);
     }

@@ -1,9 +1,7 @@
-// CPU backend of the tensorized LSTM ops: the three row passes of a step (tensorized_lstm.h)
-// over the rows of a part of the batch. With more than one thread the driver runs the steps as
-// parts of the batch, one per thread (batch_parts below), and a pass runs its part's rows on
-// its own; with the whole batch it runs them in parallel. The forward and backward rows run the
-// row code that CUDA runs too (tensorized_lstm_row.h), with a team of one lane, compiled for
-// the running CPU's vector extension (cpu_capability.h).
+// CPU backend of the tensorized LSTM ops: the three row passes of a step (tensorized_lstm.h),
+// each parallel over the N*B rows of the step. The forward and
+// backward rows run the row code that CUDA runs too (tensorized_lstm_row.h), with a team of
+// one lane, compiled for the running CPU's vector extension (cpu_capability.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,42 +24,30 @@ int64_t rows_per_task(int64_t row_elements) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(row_elements, 1));
 }
 
-// Rows of the batch's sequences in every location, in parallel (inline in a part's task):
-// rows(begin, end) over indices of the N x part rows, index i being location i / part,
-// sequence batch.begin + i % part.
-template <class Rows>
-void for_rows(const TensorizedSizes& n, BatchRange batch, int64_t row_elements, const Rows& rows) {
-  const int64_t part = batch.end - batch.begin;
-  at::parallel_for(0, n.N * part, rows_per_task(row_elements), [&](int64_t begin, int64_t end) {
-    rows([&](int64_t i) { return (i / part) * n.B + batch.begin + i % part; }, begin, end);
-  });
-}
-
 // ---- rows --------------------------------------------------------------------------------
 
 // The row code of tensorized_lstm_row.h, a one-lane team per row, parallel over the rows.
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
-void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s, BatchRange batch) {
+void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
   const auto p = forward_sequence<scalar_t>(buf).rows(s);
-  for_rows(buf.n, batch, p.n.G, [&](const auto& row_of, int64_t begin, int64_t end) {
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> qk(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
-      for (int64_t i = begin; i < end; ++i) {
-        tensorized_forward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row_of(i), qk.data());
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_forward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, qk.data());
       }
     });
   });
 }
 
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
-void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                          BatchRange batch) {
+void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).rows(s, cur);
-  for_rows(buf.n, batch, p.n.G, [&](const auto& row_of, int64_t begin, int64_t end) {
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> dq(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
-      for (int64_t i = begin; i < end; ++i) {
-        tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row_of(i), dq.data());
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, dq.data());
       }
     });
   });
@@ -70,16 +56,14 @@ void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64
 // ---- gather ------------------------------------------------------------------------------
 
 template <typename scalar_t, bool kMemoryConv>
-void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                        BatchRange batch) {
+void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).gather(s, cur);
-  for_rows(buf.n, batch, p.n.Kq * p.n.M, [&](const auto& row_of, int64_t begin, int64_t end) {
+  at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.Kq * p.n.M), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> sources(p.n.Kq);
     std::vector<scalar_t> weights(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
-      for (int64_t i = begin; i < end; ++i) {
-        tensorized_gather_row<kMemoryConv>(SerialTeam{}, p, row_of(i), sources.data(),
-                                           weights.data());
+      for (int64_t row = begin; row < end; ++row) {
+        tensorized_gather_row<kMemoryConv>(SerialTeam{}, p, row, sources.data(), weights.data());
       }
     });
   });
@@ -87,40 +71,29 @@ void gather_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
 
 // ---- dispatch and registration -------------------------------------------------------------
 
-void forward_rows_cpu(const TensorizedForwardBuffers& buf, int64_t s, BatchRange batch) {
+void forward_rows_cpu(const TensorizedForwardBuffers& buf, int64_t s) {
   AT_DISPATCH_FLOATING_TYPES(buf.pre.scalar_type(), "tlstm_tensorized_forward_rows_cpu", [&] {
     dispatch_flags(buf.n.channel_norm, buf.n.memory_conv, [&](auto norm, auto memory_conv) {
-      forward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(buf, s,
-                                                                                         batch);
+      forward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(buf, s);
     });
   });
 }
 
-void backward_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                       BatchRange batch) {
+void backward_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   AT_DISPATCH_FLOATING_TYPES(buf.grad_pre.scalar_type(), "tlstm_tensorized_backward_rows_cpu", [&] {
     dispatch_flags(buf.n.channel_norm, buf.n.memory_conv, [&](auto norm, auto memory_conv) {
-      backward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(
-          buf, s, cur, batch);
+      backward_rows_kernel<scalar_t, decltype(norm)::value, decltype(memory_conv)::value>(buf, s,
+                                                                                          cur);
     });
   });
 }
 
-void gather_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                     BatchRange batch) {
+void gather_rows_cpu(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   AT_DISPATCH_FLOATING_TYPES(buf.grad_pre.scalar_type(), "tlstm_tensorized_gather_cpu", [&] {
     dispatch_flag(buf.n.memory_conv, [&](auto memory_conv) {
-      gather_rows_kernel<scalar_t, decltype(memory_conv)::value>(buf, s, cur, batch);
+      gather_rows_kernel<scalar_t, decltype(memory_conv)::value>(buf, s, cur);
     });
   });
-}
-
-// A part of the batch per thread, of at least kPartRows sequences: a part's step GEMMs then
-// still fill the register tiles of packed_gemm.h, and its rows need no other thread's.
-constexpr int64_t kPartRows = 4;
-int64_t batch_parts_cpu(const TensorizedSizes& n) {
-  if (at::in_parallel_region()) return 1;
-  return std::clamp<int64_t>(n.B / kPartRows, 1, at::get_num_threads());
 }
 
 struct CpuBackend {
@@ -132,7 +105,6 @@ struct CpuBackend {
       .gather_rows = gather_rows_cpu,
       .input_chunk_rows = cpu::kInferenceChunkRows,
       .matmul_rows_out = cpu::matmul_rows_out,
-      .batch_parts = batch_parts_cpu,
   };
   static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/,
                           int64_t /*memory_taps*/) {

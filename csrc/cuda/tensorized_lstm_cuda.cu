@@ -39,10 +39,8 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
                                   [&] { fn(scalar_t{}); });
 }
 
-// (the whole batch: no batch_parts here)
-void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s, BatchRange batch) {
+void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s) {
   const auto& n = buf.n;
-  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.pre.scalar_type(), [&](auto scalar) {
@@ -58,10 +56,8 @@ void forward_rows_cuda(const TensorizedForwardBuffers& buf, int64_t s, BatchRang
   });
 }
 
-void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                        BatchRange batch) {
+void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.B * n.N;
   if (rows == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {
@@ -77,10 +73,8 @@ void backward_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t
   });
 }
 
-void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur,
-                      BatchRange batch) {
+void gather_rows_cuda(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
   const auto& n = buf.n;
-  TORCH_INTERNAL_ASSERT(batch.begin == 0 && batch.end == n.B);
   const int64_t rows = n.N * n.B;
   if (rows == 0 || n.M == 0) return;
   dispatch_dtype(buf.grad_pre.scalar_type(), [&](auto scalar) {

@@ -216,7 +216,7 @@ void run(const Config& c, Inputs& in, FILE* out) {
       kNorm ? gamma.data() : nullptr, kNorm ? beta.data() : nullptr, hcat.data(), pre.data(),
       cells.data(), gates.data(), kMemoryConv ? q.data() : nullptr,
       kNorm ? norm_hat.data() : nullptr, kNorm ? norm_rstd.data() : nullptr, output.data(),
-      state_hidden.data(), state_cell.data(), lengths_ptr, n, c.training, n.S};
+      state_hidden.data(), state_cell.data(), lengths_ptr, n, c.training, 0, n.S};
   const auto taps = recurrent_taps(n);
   if (c.persistent) {  // (rows only: the plane mode runs the steps)
     const int64_t w = c.units_fwd, blocks = (n.G + w - 1) / w;
