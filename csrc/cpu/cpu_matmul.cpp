@@ -159,8 +159,7 @@ void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tenso
   for (const RowsProduct& product : products) product.out.zero_();
   for (int64_t b0 = 0; b0 < rows_b; b0 += block) {
     const int64_t count = std::min(block, rows_b - b0);
-    int64_t a0 = a.size(0), a1 = 0;
-    bool used = false;
+    int64_t a0 = a.size(0), a1 = 0;  // the rows of a the block's runs read (none: a1 <= a0)
     for (size_t i = 0; i < products.size(); ++i) {
       segments[i].clear();
       for (const RowRun& run : products[i].runs) {
@@ -170,10 +169,9 @@ void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tenso
         segments[i].push_back({a_row, lo - b0, hi - lo});  // a_col made relative to a0 below
         a0 = std::min(a0, a_row);
         a1 = std::max(a1, a_row + hi - lo);
-        used = true;
       }
     }
-    if (!used) continue;
+    if (a1 <= a0) continue;
     const int64_t span = a1 - a0;
     if (a_t.numel() < M * span) a_t = at::empty({M * span}, a.options());
     scalar_t* at_ptr = a_t.data_ptr<scalar_t>();
