@@ -91,8 +91,10 @@ struct KSegment {
 namespace detail {
 
 // C[kRows, kPanel] (+)= A[kRows, K] Bp[K, kPanel] for one panel, K the segments' sum; only the
-// first `cols` columns of C are read and written.
-template <typename T, class Isa, int kRows>
+// first `cols` columns of C are read and written. kVectors = 1 for a last panel of at most one
+// vector's columns (the tLSTM's 4M + Kq gate columns end in one of Kq < a vector): it reads the
+// panel's first vector only, the other being zero padding, and does half the multiply-adds.
+template <typename T, class Isa, int kRows, int kVectors = 2>
 inline __attribute__((always_inline)) void panel_kernel(const KSegment* segments,
                                                         int64_t segment_count,
                                                         const T* __restrict A, int64_t lda,
@@ -103,45 +105,88 @@ inline __attribute__((always_inline)) void panel_kernel(const KSegment* segments
   using Vec = typename Traits::Vec;
   constexpr int64_t L = Traits::kLanes;
   constexpr int64_t P = Traits::kPanel;
-  Vec acc[kRows][2];
-  T tile[kRows][P];  // C's tile for a partial panel
+  static_assert(kVectors == 1 || kVectors == 2, "a panel is two vectors wide");
+  Vec acc[kRows][2];  // (acc[r][1] unused with one vector)
+  T tile[kRows][P];   // C's tile for a partial panel
   for (int r = 0; r < kRows; ++r) {
     if (accumulate && cols == P) {
       std::memcpy(&acc[r][0], C + r * ldc, sizeof(Vec));
-      std::memcpy(&acc[r][1], C + r * ldc + L, sizeof(Vec));
+      if constexpr (kVectors == 2) std::memcpy(&acc[r][1], C + r * ldc + L, sizeof(Vec));
     } else if (accumulate) {
       std::fill(tile[r], tile[r] + P, T(0));
       std::copy_n(C + r * ldc, cols, tile[r]);
       std::memcpy(&acc[r][0], tile[r], sizeof(Vec));
-      std::memcpy(&acc[r][1], tile[r] + L, sizeof(Vec));
+      if constexpr (kVectors == 2) std::memcpy(&acc[r][1], tile[r] + L, sizeof(Vec));
     } else {
       acc[r][0] = Vec{};
-      acc[r][1] = Vec{};
+      if constexpr (kVectors == 2) acc[r][1] = Vec{};
     }
   }
+  // (one body per width, with named registers: through loops over the vectors, GCC kept the
+  // accumulators in memory and the product ran at two thirds of the speed)
   for (int64_t i = 0; i < segment_count; ++i) {
     const T* __restrict As = A + segments[i].a_col;
     const T* __restrict Bs = Bp + segments[i].b_row * P;
-    for (int64_t k = 0; k < segments[i].count; ++k) {
-      Vec b0, b1;
-      std::memcpy(&b0, Bs + k * P, sizeof(Vec));
-      std::memcpy(&b1, Bs + k * P + L, sizeof(Vec));
-      for (int r = 0; r < kRows; ++r) {
-        const T a = As[r * lda + k];
-        acc[r][0] += a * b0;
-        acc[r][1] += a * b1;
+    if constexpr (kVectors == 2) {
+      for (int64_t k = 0; k < segments[i].count; ++k) {
+        Vec b0, b1;
+        std::memcpy(&b0, Bs + k * P, sizeof(Vec));
+        std::memcpy(&b1, Bs + k * P + L, sizeof(Vec));
+        for (int r = 0; r < kRows; ++r) {
+          const T a = As[r * lda + k];
+          acc[r][0] += a * b0;
+          acc[r][1] += a * b1;
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < segments[i].count; ++k) {
+        Vec b0;
+        std::memcpy(&b0, Bs + k * P, sizeof(Vec));
+        for (int r = 0; r < kRows; ++r) acc[r][0] += As[r * lda + k] * b0;
       }
     }
   }
   for (int r = 0; r < kRows; ++r) {
     if (cols == P) {
       std::memcpy(C + r * ldc, &acc[r][0], sizeof(Vec));
-      std::memcpy(C + r * ldc + L, &acc[r][1], sizeof(Vec));
+      if constexpr (kVectors == 2) std::memcpy(C + r * ldc + L, &acc[r][1], sizeof(Vec));
     } else {
       std::memcpy(tile[r], &acc[r][0], sizeof(Vec));
-      std::memcpy(tile[r] + L, &acc[r][1], sizeof(Vec));
+      if constexpr (kVectors == 2) std::memcpy(tile[r] + L, &acc[r][1], sizeof(Vec));
       std::copy_n(tile[r], cols, C + r * ldc);
     }
+  }
+}
+
+// The rows [0, M) of one panel's columns: tiles of kRows rows, then of 4, 2 and 1 for the last
+// M % kRows.
+template <typename T, class Isa, int kVectors>
+inline __attribute__((always_inline)) void panel_rows(int64_t M, const KSegment* segments,
+                                                      int64_t segment_count, const T* A,
+                                                      int64_t lda, const T* packed, T* C,
+                                                      int64_t ldc, int64_t cols,
+                                                      bool accumulate) {
+  constexpr int kRows = PackedGemmTraits<T, Isa>::kRows;
+  // (explicit calls, not a generic lambda: through one, GCC kept the accumulators in memory
+  // and the product ran ten times slower)
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) {
+    panel_kernel<T, Isa, kRows, kVectors>(segments, segment_count, A + m * lda, lda, packed,
+                                          C + m * ldc, ldc, cols, accumulate);
+  }
+  if constexpr (kRows > 4) {
+    for (; m + 4 <= M; m += 4) {
+      panel_kernel<T, Isa, 4, kVectors>(segments, segment_count, A + m * lda, lda, packed,
+                                        C + m * ldc, ldc, cols, accumulate);
+    }
+  }
+  for (; m + 2 <= M; m += 2) {
+    panel_kernel<T, Isa, 2, kVectors>(segments, segment_count, A + m * lda, lda, packed,
+                                      C + m * ldc, ldc, cols, accumulate);
+  }
+  if (m < M) {
+    panel_kernel<T, Isa, 1, kVectors>(segments, segment_count, A + m * lda, lda, packed,
+                                      C + m * ldc, ldc, cols, accumulate);
   }
 }
 
@@ -157,30 +202,14 @@ inline __attribute__((always_inline)) void gemm_packed_segments(
     int64_t lda, const T* packed, int64_t panel_stride, T* C, int64_t ldc, bool accumulate) {
   using Traits = PackedGemmTraits<T, Isa>;
   constexpr int64_t P = Traits::kPanel;
-  constexpr int kRows = Traits::kRows;
   for (int64_t n0 = 0; n0 < N; n0 += P, packed += panel_stride) {
     const int64_t cols = N - n0 < P ? N - n0 : P;
-    // (explicit calls, not a generic lambda: through one, GCC kept the accumulators in memory
-    // and the product ran ten times slower)
-    int64_t m = 0;
-    for (; m + kRows <= M; m += kRows) {
-      detail::panel_kernel<T, Isa, kRows>(segments, segment_count, A + m * lda, lda, packed,
-                                          C + m * ldc + n0, ldc, cols, accumulate);
-    }
-    // the last M % kRows rows: tiles of 4, 2 and 1 rows
-    if constexpr (kRows > 4) {
-      for (; m + 4 <= M; m += 4) {
-        detail::panel_kernel<T, Isa, 4>(segments, segment_count, A + m * lda, lda, packed,
-                                        C + m * ldc + n0, ldc, cols, accumulate);
-      }
-    }
-    for (; m + 2 <= M; m += 2) {
-      detail::panel_kernel<T, Isa, 2>(segments, segment_count, A + m * lda, lda, packed,
-                                      C + m * ldc + n0, ldc, cols, accumulate);
-    }
-    if (m < M) {
-      detail::panel_kernel<T, Isa, 1>(segments, segment_count, A + m * lda, lda, packed,
-                                      C + m * ldc + n0, ldc, cols, accumulate);
+    if (cols <= Traits::kLanes) {
+      detail::panel_rows<T, Isa, 1>(M, segments, segment_count, A, lda, packed, C + n0, ldc, cols,
+                                    accumulate);
+    } else {
+      detail::panel_rows<T, Isa, 2>(M, segments, segment_count, A, lda, packed, C + n0, ldc, cols,
+                                    accumulate);
     }
   }
 }
