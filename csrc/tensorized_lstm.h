@@ -131,6 +131,10 @@ struct TensorizedStepKernels {
   // Optional: the weight gradients' products over gathered rows (matmul.h's matmul_rows_out;
   // default: gathered copies and a GEMM).
   MatmulRowsOut matmul_rows_out;
+  // Optional: in inference, compute the input's term of A from x through the folded weights
+  // W_ih^T W_k where that costs fewer multiply-adds (tensorized_lstm.cpp,
+  // fold_input_projection).
+  bool fold_input_projection;
 };
 
 // Sizes of a call, after checking the shapes they come from: the cell's shape is weight_hh's

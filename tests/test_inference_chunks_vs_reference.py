@@ -5,9 +5,12 @@ just before the steps that read it (the kernels' inference_chunk_rows / input_ch
 tLSTM does so in training too). These cases span several chunks and end in a partial one (B=16:
 16 steps a chunk; B=1: 256; B=300: one step), in both directions, with lengths, with a
 projection, and for the tLSTM with one or several input taps (K=5, the 3-D cell) and the flush
-steps past the input. Each checks, without autograd, the outputs and final states against the
-float64 reference (docs/parity.md's bounds) and against the same module's forward under
-autograd, which projects all steps at once for the peephole cell (equal within the bound).
+steps past the input; in inference the tLSTM's CPU op computes the input's term of the taps
+through the folded weights W_ih^T W_k where that is cheaper (I small against M), else through
+x~ as in training (the wide_input case). Each checks, without autograd, the outputs and final
+states against the float64 reference (docs/parity.md's bounds) and against the same module's
+forward under autograd, which projects all steps at once for the peephole cell (equal within
+the bound).
 On CUDA (no chunks) the same checks run as a plain property.
 """
 import pytest
@@ -55,6 +58,9 @@ TENSORIZED_CASES = {
                                     bias=False), 33, 16, None),
     "plane": (dict(input_size=4, hidden_size=8, depth=2, tensor_dim=3), 35, 16, None),
     "one_sequence": (dict(input_size=3, hidden_size=8, depth=2), 270, 1, None),
+    # I >> M: the CPU projects x~ first (I << M, the other cases: the folded weights)
+    "wide_input_projected": (dict(input_size=64, hidden_size=8, depth=2),
+                             35, 16, [35, 1, 16, 17, 33, 34, 2, 20, 15, 35, 9, 31, 32, 5, 16, 24]),
 }
 
 
@@ -105,7 +111,9 @@ def test_tensorized_inference(case, dtype, device):
 def _assert_padding_never_read(run, x, lengths, params, context):
     """run(inputs) -> the op's outputs, for inputs [T, B, I] padded past `lengths` with zeros or
     with NaN: equal results, bit for bit, in inference and in training (outputs and the
-    gradients of a random loss for the inputs and `params`)."""
+    gradients of a random loss for the inputs and `params`), each mode against its own run on
+    zero padding (inference may compute the input's term another way: the tLSTM's folded
+    projection)."""
     T = x.shape[0]
     real = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2).to(x.device)
     padded = {"zeros": (x * real).detach(),
@@ -118,8 +126,8 @@ def _assert_padding_never_read(run, x, lengths, params, context):
         out = run(leaf)
         loss = sum((t * randn(t.shape, 50 + k).to(x.device)).sum() for k, t in enumerate(out))
         results[name, "training"] = (*out, *torch.autograd.grad(loss, [leaf, *params]))
-    want = results["zeros", "training"]
     for key, got in results.items():
+        want = results["zeros", key[1]]
         for k, (a, b) in enumerate(zip(got, want)):
             assert torch.equal(a.detach(), b.detach()), (key, k, context)
 

@@ -105,6 +105,7 @@ struct CpuBackend {
       .gather_rows = gather_rows_cpu,
       .input_chunk_rows = cpu::kInferenceChunkRows,
       .matmul_rows_out = cpu::matmul_rows_out,
+      .fold_input_projection = true,
   };
   static void check_input(const char* op, const Tensor& input, int64_t /*kernel_size*/,
                           int64_t /*memory_taps*/) {
