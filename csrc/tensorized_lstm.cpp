@@ -142,20 +142,21 @@ class InputChunks {
                                       kernels.fold_input_projection)) {
     if (lengths.defined()) unread_ = active_mask(lengths, n.T).logical_not();
     const auto prepare = kernels.prepare_right_operand;
+    const Tensor weight_ih_t = weight_ih.t();  // [I, M]
     if (!folded_) {
       if (bias_ih.has_value()) bias_ih_ = *bias_ih;
-      projection_ = repeated_right_operand(prepare, weight_ih.t());
+      projection_ = repeated_right_operand(prepare, weight_ih_t);
       x_in_ = at::empty({chunk, n.B, n.M}, input.options());
-      for (const InputRead& read : reads_) {
-        taps_.push_back(repeated_right_operand(prepare, tap_weight(weight_hh, read.tap)));
-      }
-      return;
     }
-    const Tensor weight_ih_t = weight_ih.t().contiguous();  // [I, M]
     for (const InputRead& read : reads_) {
-      const Tensor w_k = tap_weight(weight_hh, read.tap).contiguous();  // [M, G]
+      const Tensor w_k = tap_weight(weight_hh, read.tap);  // [M, G]
+      if (!folded_) {
+        taps_.push_back(repeated_right_operand(prepare, w_k));
+        continue;
+      }
+      // W_ih^T W_k [I, G], and b_ih W_k [G]
       taps_.push_back(repeated_right_operand(prepare, matmul(kernels.matmul_out, weight_ih_t, w_k)));
-      if (bias_ih.has_value()) {  // b_ih W_k [G]
+      if (bias_ih.has_value()) {
         bias_terms_.push_back(matmul(kernels.matmul_out, bias_ih->view({1, n.M}), w_k).view({n.G}));
       }
     }
