@@ -112,14 +112,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_lstm_forward
 
   const Tensor input = input_.contiguous();
   // [I, 4H] and [R, 4H]: transposed once here, because BLAS runs x W^T faster (~10-15% in MKL)
-  // with W^T stored row-major than with the transpose flag on W.
-  const Tensor weight_ih_t = weight_ih_.t().contiguous();
+  // with W^T stored row-major than with the transpose flag on W; a backend that packs them
+  // (prepare_right_operand, prepare_forward) reads the transposed views as it packs instead,
+  // without the copies (on the CPU, 2.5% of an inference call at T=100, B=32, H=256).
+  const Tensor weight_ih_t = kernels.prepare_right_operand != nullptr
+                                 ? weight_ih_.t()
+                                 : weight_ih_.t().contiguous();
   const Tensor weight_proj = contiguous_or_undefined(weight_proj_);
   const bool projected = weight_proj.defined();
   const auto op_math = at::toOpMathType(input.scalar_type());
 
   PeepholeForwardBuffers buf;
-  buf.weight_hh_t = weight_hh_.t().contiguous();
+  buf.weight_hh_t =
+      kernels.prepare_forward != nullptr ? weight_hh_.t() : weight_hh_.t().contiguous();
   buf.activation = parse_activation(activation);
   buf.peephole = peephole_or_zeros(weight_peephole, input, H);
   buf.lengths = contiguous_or_undefined(lengths);

@@ -38,7 +38,8 @@ struct StepSlots {
 
 // Buffers of the forward pass of one layer and direction.
 struct PeepholeForwardBuffers {
-  Tensor weight_hh_t;    // [R, 4H]     W_hh^T, contiguous
+  Tensor weight_hh_t;    // [R, 4H]     W_hh^T: contiguous, or with prepare_forward (which
+                         //             packs it) the transposed view of W_hh
   Tensor gates;          // [T, B, 4H]  in: a_t without biases; out: post-activation i, f, g, o
                          //             (in inference on a chunked backend: [chunk, B, 4H],
                          //             step t at slot StepSlots::gate)

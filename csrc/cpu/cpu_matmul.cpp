@@ -14,34 +14,13 @@ namespace cpu {
 namespace {
 constexpr int64_t kRowChunk = 64;  // rows of a, and of out, one task works through at a time
 
-// b [K, N] in any layout: rows of contiguous values are copied as they are; otherwise (e.g. a
-// transposed weight, or one tap of the tLSTM's weight_hh) a panel at a time, which keeps the
-// panel's columns of b in the cache while it goes down the rows (no transposed copy first).
+// b [K, N] in any layout (pack_panels_strided).
 template <typename scalar_t>
 at::Tensor pack(const at::Tensor& b) {
   const int64_t K = b.size(0), N = b.size(1);
   at::Tensor packed = at::empty({packed_size<scalar_t>(K, N)}, b.options());
-  const scalar_t* B = b.data_ptr<scalar_t>();
-  scalar_t* out = packed.data_ptr<scalar_t>();
-  if (b.stride(1) == 1 || N == 1) {
-    pack_panels(B, b.stride(0), K, N, out);
-    return packed;
-  }
-  // 16 rows of the panel at a time: the reads of a column's 16 values and the writes of the
-  // 16 packed rows each stay within a few cache lines
-  constexpr int64_t kRows = 16;
-  const int64_t P = panel_width<scalar_t>(), s0 = b.stride(0), s1 = b.stride(1);
-  for (int64_t n0 = 0; n0 < N; n0 += P, out += K * P) {
-    const int64_t cols = std::min(P, N - n0);
-    for (int64_t k0 = 0; k0 < K; k0 += kRows) {
-      const int64_t rows = std::min(kRows, K - k0);
-      scalar_t* o = out + k0 * P;
-      for (int64_t j = 0; j < P; ++j) {
-        const scalar_t* column = B + k0 * s0 + (n0 + j) * s1;
-        for (int64_t k = 0; k < rows; ++k) o[k * P + j] = j < cols ? column[k * s0] : scalar_t(0);
-      }
-    }
-  }
+  pack_panels_strided(b.data_ptr<scalar_t>(), b.stride(0), b.stride(1), K, N,
+                      packed.data_ptr<scalar_t>());
   return packed;
 }
 

@@ -81,6 +81,29 @@ void pack_panels(const T* B, int64_t ldb, int64_t K, int64_t N, T* packed) {
   pack_panels_range(B, ldb, K, 0, N, packed);
 }
 
+// All the columns of B [K, N] in any layout, element (k, n) at B[k * s0 + n * s1]: rows of
+// contiguous values are copied as they are; otherwise (e.g. a transposed weight, read as it is
+// instead of copied into a transposed tensor first) column after column, each read from top
+// to bottom (for a transposed weight, a contiguous run that the hardware prefetches) into its
+// slot of the panel's rows, the panel being in the cache meanwhile. (16 rows of all the
+// panel's columns at a time, a cache line from each of 32 places, waited on every line.)
+template <typename T>
+void pack_panels_strided(const T* B, int64_t s0, int64_t s1, int64_t K, int64_t N, T* packed) {
+  if (s1 == 1 || N == 1) return pack_panels(B, s0, K, N, packed);
+  const int64_t P = panel_width<T>();
+  for (int64_t n0 = 0; n0 < N; n0 += P, packed += K * P) {
+    const int64_t cols = std::min(P, N - n0);
+    for (int64_t j = 0; j < P; ++j) {
+      const T* column = B + (n0 + j) * s1;
+      if (j < cols) {
+        for (int64_t k = 0; k < K; ++k) packed[k * P + j] = column[k * s0];
+      } else {
+        for (int64_t k = 0; k < K; ++k) packed[k * P + j] = T(0);
+      }
+    }
+  }
+}
+
 // A part of the sum over k of a product: A's columns a_col .. a_col + count - 1 against the
 // packed rows b_row .. b_row + count - 1 of B (a product over rows that are not contiguous is a
 // list of them, summed in registers: gemm_packed_segments).

@@ -64,10 +64,12 @@ StepPartition partition_step(int64_t B, int64_t n, int64_t macs) {
 }
 
 // Packs, slice after slice, the column blocks {g * block + [c0, c1)} for g < blocks of a
-// weight [K, blocks * block] (row-major): what the task owning columns [c0, c1) multiplies by.
+// weight [K, blocks * block] (any strides: W_hh^T is a view): what the task owning columns
+// [c0, c1) multiplies by.
 template <typename scalar_t>
 Tensor pack_weight_slices(const Tensor& weight, int64_t blocks, const std::vector<int64_t>& columns) {
-  const int64_t K = weight.size(0), ld = weight.size(1), block = ld / blocks;
+  const int64_t K = weight.size(0), block = weight.size(1) / blocks;
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
   int64_t total = 0;
   for (size_t k = 0; k + 1 < columns.size(); ++k) {
     total += blocks * cpu::packed_size<scalar_t>(K, columns[k + 1] - columns[k]);
@@ -78,7 +80,7 @@ Tensor pack_weight_slices(const Tensor& weight, int64_t blocks, const std::vecto
   for (size_t k = 0; k + 1 < columns.size(); ++k) {
     const int64_t n = columns[k + 1] - columns[k];
     for (int64_t g = 0; g < blocks; ++g) {
-      cpu::pack_panels(w + g * block + columns[k], ld, K, n, out);
+      cpu::pack_panels_strided(w + (g * block + columns[k]) * s1, s0, s1, K, n, out);
       out += cpu::packed_size<scalar_t>(K, n);
     }
   }
