@@ -9,13 +9,15 @@
 
 namespace tlstm {
 
+// out [M, N] = a [M, K] b [K, N]: out and a row-major contiguous, b in any layout (the
+// backend packs it: a transposed weight is read as it is, not copied first).
 using MatmulOut = void (*)(at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 // out [M, N] = a [M, K] b [K, N]; out must be contiguous.
 inline void matmul_out(MatmulOut backend, at::Tensor& out, const at::Tensor& a,
                        const at::Tensor& b) {
   if (backend != nullptr) {
-    backend(out, a.contiguous(), b.contiguous());
+    backend(out, a.contiguous(), b);
   } else {
     at::mm_out(out, a, b);
   }

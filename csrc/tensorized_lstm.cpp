@@ -148,17 +148,20 @@ class InputChunks {
       projection_ = repeated_right_operand(prepare, weight_ih_t);
       x_in_ = at::empty({chunk, n.B, n.M}, input.options());
     }
+    // Folded: [W_ih^T; b_ih] W_k [I (+1), G], the folded weight W_ih^T W_k and as its last row
+    // the bias's term b_ih W_k, in one product (W_k packed once).
+    const Tensor stacked = folded_ && bias_ih.has_value()
+                               ? at::cat({weight_ih_t, bias_ih->view({1, n.M})})  // [I+1, M]
+                               : weight_ih_t;
     for (const InputRead& read : reads_) {
       const Tensor w_k = tap_weight(weight_hh, read.tap);  // [M, G]
       if (!folded_) {
         taps_.push_back(repeated_right_operand(prepare, w_k));
         continue;
       }
-      // W_ih^T W_k [I, G], and b_ih W_k [G]
-      taps_.push_back(repeated_right_operand(prepare, matmul(kernels.matmul_out, weight_ih_t, w_k)));
-      if (bias_ih.has_value()) {
-        bias_terms_.push_back(matmul(kernels.matmul_out, bias_ih->view({1, n.M}), w_k).view({n.G}));
-      }
+      const Tensor product = matmul(kernels.matmul_out, stacked, w_k);
+      taps_.push_back(repeated_right_operand(prepare, product.narrow(0, 0, n.I)));
+      if (bias_ih.has_value()) bias_terms_.push_back(product.select(0, n.I));
     }
   }
   int64_t slots() const { return int64_t(reads_.size()); }

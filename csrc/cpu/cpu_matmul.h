@@ -1,6 +1,6 @@
-// out = a b for row-major contiguous 2-D CPU tensors, on the packed-panel GEMM (packed_gemm.h):
-// b is packed once per call, the work is split over threads by chunks of rows (or, for short
-// matrices, by slices of column panels), with the running CPU's vector width.
+// out = a b for 2-D CPU tensors, a row-major contiguous and b in any layout, on the packed-panel
+// GEMM (packed_gemm.h): b is packed once per call, the work is split over threads by chunks of
+// rows (or, for short matrices, by slices of column panels), with the running CPU's vector width.
 #pragma once
 
 #include <torch/types.h>
@@ -14,7 +14,7 @@ namespace cpu {
 
 void matmul_out(at::Tensor& out,        // [M, N]
                 const at::Tensor& a,    // [M, K]
-                const at::Tensor& b);   // [K, N]
+                const at::Tensor& b);   // [K, N], any layout
 
 // b [K, N] packed once, for products with many left operands.
 std::unique_ptr<RepeatedRightOperand> prepare_right_operand(const at::Tensor& b);
