@@ -403,23 +403,31 @@ C10_HOST_DEVICE inline const scalar_t* input_term(const ForwardRowsParams<scalar
                    : p.zero_gates;
 }
 
-// The channel norms' statistics of the four gates of row `row` (their rstd saved).
+// The channel norms' statistics of the four gates of row `row` (their rstd saved), and the
+// gates' inputs u = A + b in the norm's zh slots, where forward_gate reads them (and writes zh
+// over them): each u is added up from its terms once, not again for each pass over it.
 template <class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void gate_moments(const Team& team,
                                          const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
                                          const scalar_t* in, acc_t* mean, acc_t* rstd) {
   const int64_t M = p.n.M;
   const scalar_t* a = p.pre + row * p.n.G;
-  channel_moments<4>(team, M, [&](int g, int64_t m) {
-    return gate_input<scalar_t, acc_t>(a, in, p.bias, g * M + m);
-  }, mean, rstd);
+  acc_t* u = p.norm_hat + row * 5 * M;  // [4, M]: the zh slots of the four gates
+  TLSTM_ELEMENTWISE
+  for (int64_t m = team.lane(); m < M; m += Team::kStride) {
+    for (int g = 0; g < 4; ++g) {
+      u[g * M + m] = gate_input<scalar_t, acc_t>(a, in, p.bias, g * M + m);
+    }
+  }
+  channel_moments<4>(team, M, [&](int g, int64_t m) { return u[g * M + m]; }, mean, rstd);
   if (team.lane() == 0) {
     for (int g = 0; g < 4; ++g) p.norm_rstd[row * 5 + g] = rstd[g];
   }
 }
 
 // Gate g (0..3: i, f, g, o) of row `row`: act(CN_g(A_g + b_g)), act tanh for g and the
-// sigmoid for the others, given the norm's statistics; the norm's zh saved.
+// sigmoid for the others, given the norm's statistics; the norm's zh saved (over the gate's
+// input, which gate_moments left there).
 template <bool kTanh, bool kNorm, class Team, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void forward_gate(const Team& team,
                                          const ForwardRowsParams<scalar_t, acc_t>& p, int64_t row,
@@ -432,7 +440,7 @@ C10_HOST_DEVICE inline void forward_gate(const Team& team,
   acc_t* zh_save = kNorm ? p.norm_hat + (row * 5 + g) * M : nullptr;
   TLSTM_ELEMENTWISE
   for (int64_t m = team.lane(); m < M; m += Team::kStride) {
-    acc_t u = gate_input<scalar_t, acc_t>(a, in_g, bias, m);
+    acc_t u = kNorm ? zh_save[m] : gate_input<scalar_t, acc_t>(a, in_g, bias, m);
     if (kNorm) {
       const acc_t zh = (u - mean) * rstd;
       zh_save[m] = zh;
