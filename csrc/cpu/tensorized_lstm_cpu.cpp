@@ -40,14 +40,39 @@ void forward_rows_kernel(const TensorizedForwardBuffers& buf, int64_t s) {
   });
 }
 
+// Asks the cache for `count` elements from `p` (to be written: for_write), a line at a time.
+template <typename T>
+inline void prefetch(const T* p, int64_t count, bool for_write = false) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = count * int64_t(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (for_write) {
+      __builtin_prefetch(c + o, 1, 2);
+    } else {
+      __builtin_prefetch(c + o, 0, 2);
+    }
+  }
+}
+
 template <typename scalar_t, bool kNorm, bool kMemoryConv>
 void backward_rows_kernel(const TensorizedBackwardBuffers& buf, int64_t s, int64_t cur) {
-  const auto p = backward_sequence<scalar_t>(buf, buf.grad_cconv).rows(s, cur);
+  const auto seq = backward_sequence<scalar_t>(buf, buf.grad_cconv);
+  const auto p = seq.rows(s, cur);
+  // Step s - 1's saved rows, read by the next call: they come from memory (the forward wrote
+  // them long ago), and row by row the hardware prefetcher stops at each page's end.
+  const auto next = seq.rows(s > 0 ? s - 1 : s, 1 - cur);
+  const int64_t M = p.n.M;
   at::parallel_for(0, p.n.B * p.n.N, rows_per_task(p.n.G), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> dq(p.n.Kq);
     cpu::run_for_cpu([&](auto) {
       for (int64_t row = begin; row < end; ++row) {
         tensorized_backward_row<kNorm, kMemoryConv>(SerialTeam{}, p, row, dq.data());
+        if (s > 0) {
+          prefetch(next.gates + row * 4 * M, 4 * M);
+          prefetch(next.cells_prev + row * M, M);
+          if (kNorm) prefetch(next.norm_hat + row * 5 * M, 5 * M);
+          prefetch(next.grad_pre + row * p.n.G, p.n.G, /*for_write=*/true);
+        }
       }
     });
   });
