@@ -36,6 +36,14 @@ class RepeatedRightOperand {
   virtual ~RepeatedRightOperand() = default;
   // out [M, N] = a [M, K] b, or out += a b with `accumulate`; a and out contiguous
   virtual void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const = 0;
+  // The same for `rows` rows of each, from out_row of out [*, N] and from a_row of a [*, K]
+  // (both contiguous): what a step multiplies, without a view of each block every step (a
+  // backend may read the rows in place; here they are views).
+  virtual void matmul_block_out(const at::Tensor& out, int64_t out_row, const at::Tensor& a,
+                                int64_t a_row, int64_t rows, bool accumulate) const {
+    at::Tensor block = out.narrow(0, out_row, rows);
+    matmul_out(block, a.narrow(0, a_row, rows), accumulate);
+  }
 };
 
 using PrepareRightOperand = std::unique_ptr<RepeatedRightOperand> (*)(const at::Tensor& b);

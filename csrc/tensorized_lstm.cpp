@@ -104,12 +104,6 @@ std::vector<RecurrentTap> recurrent_taps(const TensorizedSizes& n, PrepareRightO
   return taps;
 }
 
-// Locations [first, first + count) of a [N, B, X] tensor seen as [N * B, X] (contiguous).
-Tensor location_block(const Tensor& t, int64_t first, int64_t count) {
-  const int64_t B = t.size(1);
-  return t.view({t.size(0) * B, t.size(2)}).narrow(0, first * B, count * B);
-}
-
 // Whether the input's term of A is computed from x directly, through the folded weights
 // W_ih^T W_k [I, G] of the taps that read it (x~ W_k = x (W_ih^T W_k)): in inference, where
 // nothing reads x~ itself, on a backend that asks for it, and where it costs fewer
@@ -371,14 +365,16 @@ tensorized_lstm_forward_driver(const Tensor& input_, const Tensor& h0, const Ten
       !kernels.forward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand,
                                      [&](int64_t k) { return tap_weight(weight_hh, k); });
+    const Tensor pre_rows = buf.pre.view({n.N * n.B, n.G});  // [N*B, G]
+    const Tensor hcat_rows = buf.hcat.view({-1, n.M});         // [(S+1 or 2)*(N+1)*B, M]
     for (int64_t s = 0; s < n.S; ++s) {
       if (chunk < n.S && s % chunk == 0) inputs.compute(buf, s, std::min(chunk, n.S - s));
-      const Tensor hcat_s = buf.hcat.select(0, training ? s : s % 2);  // [N+1, B, M]
+      const int64_t hcat_s = (training ? s : s % 2) * (n.N + 1) * n.B;  // Hcat_{s-1}'s first row
       for (size_t i = 0; i < taps.size(); ++i) {
-        for (const TapBlock& t : taps[i].blocks) {
-          Tensor out = location_block(buf.pre, t.dst, t.count);
-          taps[i].weight->matmul_out(out, location_block(hcat_s, 1 + t.src, t.count),
-                                     /*accumulate=*/i > 0);
+        for (const TapBlock& t : taps[i].blocks) {  // A's locations dst.. += H's src.. W_k
+          taps[i].weight->matmul_block_out(pre_rows, t.dst * n.B, hcat_rows,
+                                           hcat_s + (1 + t.src) * n.B, t.count * n.B,
+                                           /*accumulate=*/i > 0);
         }
       }
       kernels.forward_rows(buf, s);
@@ -477,15 +473,17 @@ tensorized_lstm_backward_driver(const Tensor& grad_output, const Tensor& grad_h_
 
   if (kernels.backward_sequence == nullptr || !kernels.backward_sequence(buf, weight_col)) {
     const auto taps = recurrent_taps(n, kernels.prepare_right_operand, tap_weight_t);
+    const Tensor grad_taps_rows = buf.grad_taps.view({n.N * n.B, n.M});  // [N*B, M]
+    const Tensor grad_pre_rows = buf.grad_pre.view({-1, n.G});            // [S*N*B, G]
     int64_t cur = 0;
     for (int64_t s = n.S - 1; s >= 0; --s) {
       kernels.backward_rows(buf, s, cur);
-      const Tensor grad_pre_s = buf.grad_pre.select(0, s);  // [N, B, G]
+      const int64_t grad_pre_s = s * n.N * n.B;  // step s's first row
       for (size_t i = 0; i < taps.size(); ++i) {  // dL/dH_{s-1} = sum of dA W_k^T, by tap
         for (const TapBlock& t : taps[i].blocks) {
-          Tensor out = location_block(buf.grad_taps, t.src, t.count);
-          taps[i].weight->matmul_out(out, location_block(grad_pre_s, t.dst, t.count),
-                                     /*accumulate=*/i > 0);
+          taps[i].weight->matmul_block_out(grad_taps_rows, t.src * n.B, grad_pre_rows,
+                                           grad_pre_s + t.dst * n.B, t.count * n.B,
+                                           /*accumulate=*/i > 0);
         }
       }
       kernels.gather_rows(buf, s, cur);

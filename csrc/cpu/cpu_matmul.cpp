@@ -92,6 +92,26 @@ struct PackedOperand : RepeatedRightOperand {
   void matmul_out(at::Tensor& out, const at::Tensor& a, bool accumulate) const override {
     run_packed(out, a, packed, K, N, accumulate);
   }
+  // the rows read and written in place: a step's blocks cost no tensor views
+  void matmul_block_out(const at::Tensor& out, int64_t out_row, const at::Tensor& a,
+                        int64_t a_row, int64_t rows, bool accumulate) const override {
+    TORCH_INTERNAL_ASSERT(a.dim() == 2 && a.size(1) == K && a.is_contiguous() &&
+                          out.dim() == 2 && out.size(1) == N && out.is_contiguous() &&
+                          out.scalar_type() == a.scalar_type() && rows >= 0 && out_row >= 0 &&
+                          a_row >= 0 && out_row + rows <= out.size(0) &&
+                          a_row + rows <= a.size(0));
+    if (rows == 0 || N == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_block", [&] {
+      scalar_t* c = out.data_ptr<scalar_t>() + out_row * N;
+      if (K == 0) {
+        if (!accumulate) std::fill_n(c, rows * N, scalar_t(0));
+        return;
+      }
+      matmul_packed_segments<scalar_t>(c, rows, N, a.data_ptr<scalar_t>() + a_row * K, K,
+                                       packed.data_ptr<scalar_t>(), K * panel_width<scalar_t>(),
+                                       {KSegment{0, 0, K}}, accumulate);
+    });
+  }
   at::Tensor packed;
   int64_t K, N;
 };
