@@ -73,14 +73,16 @@ struct RowRun {
 };
 
 // out [M, N] = A^T B, A [K, M] and B [K, N] the rows of a [*, M] and b [*, N] that the runs
-// name, in order.
+// name, in order; a is the call's, or the product's own.
 struct RowsProduct {
   at::Tensor out;  // [M, N] contiguous
   std::vector<RowRun> runs;
+  at::Tensor a;    // [*, M] contiguous, or undefined: the call's a
 };
 
-// Products over rows of the same a and b (row-major contiguous): the tLSTM's weight gradients,
-// one per tap, which a backend may read once for all of them.
+// Products over rows of the same b and of a (row-major contiguous, each product's own a where
+// it has one): the tLSTM's weight gradients, one per tap, and the peephole LSTM's two, which a
+// backend may read once for all of them.
 using MatmulRowsOut = void (*)(const std::vector<RowsProduct>& products, const at::Tensor& a,
                                const at::Tensor& b);
 
@@ -99,28 +101,42 @@ inline void matmul_rows_out(MatmulRowsOut backend, PrepareRightOperand prepare,
       }
     }
     const int64_t K = int64_t(a_rows.size());
+    const at::Tensor& a_p = product.a.defined() ? product.a : a;
     at::Tensor out = product.out;
     if (K == 0) out.zero_();
     const auto index = [&](const std::vector<int64_t>& rows, int64_t k0, int64_t count) {
       return at::tensor(std::vector<int64_t>(rows.begin() + k0, rows.begin() + k0 + count),
-                        at::TensorOptions().dtype(at::kLong)).to(a.device());
+                        at::TensorOptions().dtype(at::kLong)).to(a_p.device());
     };
     for (int64_t k0 = 0; k0 < K; k0 += kChunkRows) {
       const int64_t count = std::min(kChunkRows, K - k0);
-      const at::Tensor a_t = a.index_select(0, index(a_rows, k0, count)).t().contiguous();
+      const at::Tensor a_t = a_p.index_select(0, index(a_rows, k0, count)).t().contiguous();
       const at::Tensor b_k = b.index_select(0, index(b_rows, k0, count));
       repeated_right_operand(prepare, b_k)->matmul_out(out, a_t, /*accumulate=*/k0 > 0);
     }
   }
 }
 
-// a^T b [M, N] for a [K, M] and b [K, N]: the backend's product over rows (all of them), or
-// ATen's GEMM on the transposed view.
+// a_i^T b [M_i, N] for each a_i [K, M_i] and one b [K, N]: the backend's products over rows
+// (all of them), which read b once for all, or ATen's GEMMs on the transposed views.
+inline std::vector<at::Tensor> matmul_t(MatmulRowsOut backend, const std::vector<at::Tensor>& as,
+                                        const at::Tensor& b) {
+  std::vector<at::Tensor> outs;
+  if (backend == nullptr) {
+    for (const at::Tensor& a : as) outs.push_back(at::mm(a.t(), b));
+    return outs;
+  }
+  std::vector<RowsProduct> products;
+  for (const at::Tensor& a : as) {
+    outs.push_back(at::empty({a.size(1), b.size(1)}, a.options()));
+    products.push_back({outs.back(), {RowRun{0, 0, a.size(0)}}, a.contiguous()});
+  }
+  backend(products, as.front().contiguous(), b.contiguous());
+  return outs;
+}
+
 inline at::Tensor matmul_t(MatmulRowsOut backend, const at::Tensor& a, const at::Tensor& b) {
-  if (backend == nullptr) return at::mm(a.t(), b);
-  at::Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
-  backend({RowsProduct{out, {RowRun{0, 0, a.size(0)}}}}, a.contiguous(), b.contiguous());
-  return out;
+  return matmul_t(backend, std::vector<at::Tensor>{a}, b).front();
 }
 
 }  // namespace tlstm

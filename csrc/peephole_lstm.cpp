@@ -286,14 +286,19 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
   // (zeros past each length: padding that is not finite, NaN, stays out as zero padding does)
   const Tensor read_input =
       buf.lengths.defined() ? input.masked_fill(active_mask(buf.lengths, T).logical_not(), 0) : input;
-  // dW = dG^T x as (x^T dG)^T: the backend's product transposes the narrow x (or h), not dG
-  const auto weight_grad = [&](const Tensor& rows) {  // rows [T*B, I or R] -> [4H, I or R]
-    if (kernels.matmul_rows_out == nullptr) return at::mm(grad_gates_2d.t(), rows);
-    return matmul_t(kernels.matmul_rows_out, rows, grad_gates_2d).t().contiguous();
-  };
-  Tensor grad_weight_ih = weight_grad(read_input.view({T * B, I}));
+  // dW = dG^T x as (x^T dG)^T: the backend's products transpose the narrow x and h, not dG,
+  // and read dG once for both
   const auto hidden_prev = hidden_states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, R});
-  Tensor grad_weight_hh = weight_grad(hidden_prev);
+  Tensor grad_weight_ih, grad_weight_hh;  // [4H, I], [4H, R]
+  if (kernels.matmul_rows_out == nullptr) {
+    grad_weight_ih = at::mm(grad_gates_2d.t(), read_input.view({T * B, I}));
+    grad_weight_hh = at::mm(grad_gates_2d.t(), hidden_prev);
+  } else {
+    const auto grads = matmul_t(kernels.matmul_rows_out, {read_input.view({T * B, I}), hidden_prev},
+                                grad_gates_2d);  // [I, 4H], [R, 4H]
+    grad_weight_ih = grads[0].t().contiguous();
+    grad_weight_hh = grads[1].t().contiguous();
+  }
   Tensor grad_bias = grad_gates_2d.sum(0);
   Tensor grad_weight_peephole =
       weight_peephole.has_value()

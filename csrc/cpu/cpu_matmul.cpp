@@ -141,49 +141,76 @@ void transpose_tile(const scalar_t* src, int64_t M, int64_t m0, int64_t rows, in
   }
 }
 
-// A block of b's rows, [b0, b0 + count), is packed once for every product; the rows of a that
-// the products read against it, [a0, a1), are transposed once; then each product sums over its
-// runs' parts in the block (segments of one GEMM, in registers).
+// The left operand of a product: its own, or the call's.
+const at::Tensor& left_of(const RowsProduct& product, const at::Tensor& a) {
+  return product.a.defined() ? product.a : a;
+}
+
+// A block of b's rows, [b0, b0 + count), is packed once for every product; the rows of each
+// left operand that the products read against it, [a0, a1), are transposed once (for all the
+// products of that operand); then each product sums over its runs' parts in the block
+// (segments of one GEMM, in registers).
 template <typename scalar_t>
 void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tensor& a,
                        const at::Tensor& b) {
-  const int64_t M = a.size(1), N = b.size(1), rows_b = b.size(0);
+  const int64_t N = b.size(1), rows_b = b.size(0);
   const int64_t P = panel_width<scalar_t>(), panels = (N + P - 1) / P;
-  const scalar_t* A = a.data_ptr<scalar_t>();
   const scalar_t* B = b.data_ptr<scalar_t>();
   const int64_t block = std::min(rows_b, kRowsPerBlock);
   at::Tensor packed = at::empty({packed_size<scalar_t>(block, N)}, b.options());  // b's block
-  at::Tensor a_t = at::empty({0}, a.options());  // [M, a1 - a0]
+  // The distinct left operands (products of the same one share its transposed rows), and for
+  // each its rows a0 .. a1 - 1 that the block's runs read, as the columns of [M, a1 - a0].
+  std::vector<const at::Tensor*> lefts;
+  std::vector<size_t> left_of_product;
+  for (const RowsProduct& product : products) {
+    const at::Tensor* left = &left_of(product, a);
+    size_t k = 0;
+    while (k < lefts.size() && !lefts[k]->is_same(*left)) ++k;
+    if (k == lefts.size()) lefts.push_back(left);
+    left_of_product.push_back(k);
+  }
+  std::vector<at::Tensor> transposed(lefts.size(), at::empty({0}, a.options()));
+  std::vector<int64_t> a0(lefts.size()), a1(lefts.size());
   std::vector<std::vector<KSegment>> segments(products.size());
   for (const RowsProduct& product : products) product.out.zero_();
   for (int64_t b0 = 0; b0 < rows_b; b0 += block) {
     const int64_t count = std::min(block, rows_b - b0);
-    int64_t a0 = a.size(0), a1 = 0;  // the rows of a the block's runs read (none: a1 <= a0)
+    for (size_t k = 0; k < lefts.size(); ++k) {
+      a0[k] = lefts[k]->size(0);  // none yet: a1 <= a0
+      a1[k] = 0;
+    }
+    bool any = false;
     for (size_t i = 0; i < products.size(); ++i) {
       segments[i].clear();
+      const size_t k = left_of_product[i];
       for (const RowRun& run : products[i].runs) {
         const int64_t lo = std::max(run.b_row, b0), hi = std::min(run.b_row + run.count, b0 + count);
         if (lo >= hi) continue;
         const int64_t a_row = run.a_row + lo - run.b_row;
         segments[i].push_back({a_row, lo - b0, hi - lo});  // a_col made relative to a0 below
-        a0 = std::min(a0, a_row);
-        a1 = std::max(a1, a_row + hi - lo);
+        a0[k] = std::min(a0[k], a_row);
+        a1[k] = std::max(a1[k], a_row + hi - lo);
+        any = true;
       }
     }
-    if (a1 <= a0) continue;
-    const int64_t span = a1 - a0;
-    if (a_t.numel() < M * span) a_t = at::empty({M * span}, a.options());
-    scalar_t* at_ptr = a_t.data_ptr<scalar_t>();
-    // a's rows a0 .. a1 - 1 as the columns of a_t [M, span], in 16 x 16 tiles
-    at::parallel_for(0, (span + kTile - 1) / kTile, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        const int64_t r0 = g * kTile, rows_here = std::min(kTile, span - r0);
-        for (int64_t m0 = 0; m0 < M; m0 += kTile) {
-          transpose_tile(A + (a0 + r0) * M, M, m0, rows_here, std::min(kTile, M - m0),
-                         at_ptr + m0 * span + r0, span);
+    if (!any) continue;
+    for (size_t k = 0; k < lefts.size(); ++k) {
+      if (a1[k] <= a0[k]) continue;
+      const int64_t span = a1[k] - a0[k], M = lefts[k]->size(1);
+      if (transposed[k].numel() < M * span) transposed[k] = at::empty({M * span}, a.options());
+      const scalar_t* A = lefts[k]->data_ptr<scalar_t>();
+      scalar_t* at_ptr = transposed[k].data_ptr<scalar_t>();
+      // rows a0 .. a1 - 1 as the columns of [M, span], in 16 x 16 tiles
+      at::parallel_for(0, (span + kTile - 1) / kTile, 4, [&](int64_t begin, int64_t end) {
+        for (int64_t g = begin; g < end; ++g) {
+          const int64_t r0 = g * kTile, rows_here = std::min(kTile, span - r0);
+          for (int64_t m0 = 0; m0 < M; m0 += kTile) {
+            transpose_tile(A + (a0[k] + r0) * M, M, m0, rows_here, std::min(kTile, M - m0),
+                           at_ptr + m0 * span + r0, span);
+          }
         }
-      }
-    });
+      });
+    }
     scalar_t* packed_ptr = packed.data_ptr<scalar_t>();
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
       pack_panels_range(B + b0 * N, N, count, begin * P, std::min(N, end * P),
@@ -191,8 +218,10 @@ void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tenso
     });
     for (size_t i = 0; i < products.size(); ++i) {
       if (segments[i].empty()) continue;
-      for (KSegment& segment : segments[i]) segment.a_col -= a0;
-      matmul_packed_segments<scalar_t>(products[i].out.data_ptr<scalar_t>(), M, N, at_ptr, span,
+      const size_t k = left_of_product[i];
+      for (KSegment& segment : segments[i]) segment.a_col -= a0[k];
+      matmul_packed_segments<scalar_t>(products[i].out.data_ptr<scalar_t>(), lefts[k]->size(1),
+                                       N, transposed[k].data_ptr<scalar_t>(), a1[k] - a0[k],
                                        packed_ptr, count * P, segments[i], /*accumulate=*/true);
     }
   }
@@ -201,18 +230,21 @@ void matmul_rows_typed(const std::vector<RowsProduct>& products, const at::Tenso
 
 void matmul_rows_out(const std::vector<RowsProduct>& products, const at::Tensor& a,
                      const at::Tensor& b) {
-  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous());
+  TORCH_INTERNAL_ASSERT(b.dim() == 2 && b.is_contiguous());
   for (const RowsProduct& product : products) {
+    const at::Tensor& left = left_of(product, a);
+    TORCH_INTERNAL_ASSERT(left.dim() == 2 && left.is_contiguous() &&
+                          left.scalar_type() == b.scalar_type());
     TORCH_INTERNAL_ASSERT(product.out.is_contiguous() && product.out.dim() == 2 &&
-                          product.out.size(0) == a.size(1) && product.out.size(1) == b.size(1));
+                          product.out.size(0) == left.size(1) && product.out.size(1) == b.size(1));
     for (const RowRun& run : product.runs) {
       TORCH_INTERNAL_ASSERT(run.count >= 0 && run.a_row >= 0 && run.b_row >= 0 &&
-                            run.a_row + run.count <= a.size(0) &&
+                            run.a_row + run.count <= left.size(0) &&
                             run.b_row + run.count <= b.size(0));
     }
   }
-  if (a.size(1) == 0 || b.size(1) == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "tlstm_cpu_matmul_rows",
+  if (b.size(1) == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "tlstm_cpu_matmul_rows",
                              [&] { matmul_rows_typed<scalar_t>(products, a, b); });
 }
 
