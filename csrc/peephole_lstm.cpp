@@ -289,17 +289,21 @@ peephole_lstm_backward_driver(const Tensor& grad_output_, const Tensor& grad_h_n
   // dW = dG^T x as (x^T dG)^T: the backend's products transpose the narrow x and h, not dG,
   // and read dG once for both
   const auto hidden_prev = hidden_states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, R});
-  Tensor grad_weight_ih, grad_weight_hh;  // [4H, I], [4H, R]
+  Tensor grad_weight_ih, grad_weight_hh, grad_bias;  // [4H, I], [4H, R], [4H]
   if (kernels.matmul_rows_out == nullptr) {
     grad_weight_ih = at::mm(grad_gates_2d.t(), read_input.view({T * B, I}));
     grad_weight_hh = at::mm(grad_gates_2d.t(), hidden_prev);
+    grad_bias = grad_gates_2d.sum(0);
   } else {
-    const auto grads = matmul_t(kernels.matmul_rows_out, {read_input.view({T * B, I}), hidden_prev},
-                                grad_gates_2d);  // [I, 4H], [R, 4H]
+    // and the bias's, 1^T dG, from the same pass (not another one over dG from memory)
+    const Tensor ones = at::ones({T * B, 1}, grad_gates_2d.options());
+    const auto grads = matmul_t(kernels.matmul_rows_out,
+                                {read_input.view({T * B, I}), hidden_prev, ones},
+                                grad_gates_2d);  // [I, 4H], [R, 4H], [1, 4H]
     grad_weight_ih = grads[0].t().contiguous();
     grad_weight_hh = grads[1].t().contiguous();
+    grad_bias = grads[2].view({4 * H});
   }
-  Tensor grad_bias = grad_gates_2d.sum(0);
   Tensor grad_weight_peephole =
       weight_peephole.has_value()
           ? buf.grad_peephole_rows.sum(0).view({3, H}).to(input.scalar_type())
